@@ -1,0 +1,198 @@
+"""The core records of evalkit: the whole contract between data, prompts, scoring, results and reports.
+
+Everything here is plain data (frozen dataclasses and literals) so that every other module, and
+the tests, can build and compare records without torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+LETTERS: tuple[str, str, str, str] = ("A", "B", "C", "D")
+
+LetterRule = Literal["in_context", "standalone"]
+BosPolicy = Literal["tokenizer_default", "never"]
+ShotOrder = Literal["file", "shuffled_per_question"]
+LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
+Aggregation = Literal["micro", "macro"]
+
+
+class EvalkitError(Exception):
+    """A problem with the user's input or environment: printed as one line `error: ...`, exit 2."""
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One subject of a benchmark; `categories` lists every reporting group it belongs to."""
+
+    name: str  # file/config name, e.g. "high_school_physics"
+    name_en: str  # e.g. "High School Physics"
+    name_zh: str  # e.g. "高中物理" ("" where the benchmark has none)
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Question:
+    """One multiple-choice question; `answer` is None on unlabeled splits (C-Eval test)."""
+
+    id: str  # stable: "<task>/<subject>/<split>/<row index>", e.g. "ceval/accountant/val/17"
+    subject: str
+    text: str
+    choices: tuple[str, str, str, str]
+    answer: str | None
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A named, data-only description of prompt bytes, answer tokens, shots and aggregation.
+
+    Templates are `str.format` strings. Fields: `{subject_spaced}` (" abstract algebra": each
+    underscore-separated word with a leading space), `{subject_en}`, `{subject_zh}`,
+    `{question}`, `{A}`..`{D}`, `{letter}`.
+    A prompt is `header + header_joiner + shot_joiner.join(shots) + query_joiner + query` where a
+    shot is `example.format(...) + shot_answer.format(letter=gold)` and the query is
+    `example.format(...)` (which ends with the answer cue).
+    """
+
+    name: str
+    header: str
+    example: str
+    shot_answer: str  # appended to a shot's example, e.g. " {letter}\n\n"
+    answer_cue: str  # the end of `example` after which the letter is scored, e.g. "Answer:"
+    letter_rule: LetterRule
+    aggregation: Aggregation
+    header_joiner: str = ""
+    shot_joiner: str = ""
+    query_joiner: str = ""
+    bos: BosPolicy = "tokenizer_default"
+    shot_order: ShotOrder = "file"
+    length_policy: LengthPolicy = "none"
+    max_tokens: int = 2048
+    strip_text: bool = False  # strip question and choices before formatting (lm-eval)
+    subject_names: dict[str, str] = field(default_factory=dict)  # overrides subject_zh per subject
+    source: str = ""  # where these bytes come from (repository, path, commit)
+
+    def __hash__(self) -> int:  # subject_names is a dict; the name identifies a scheme
+        return hash(self.name)
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark: its subjects, splits, reporting groups and schemes (mostly data from tasks/)."""
+
+    name: str  # "mmlu", "ceval", "cmmlu"
+    title: str  # "MMLU", "C-Eval", "CMMLU"
+    subjects: tuple[Subject, ...]
+    eval_split: str  # the split scored by default
+    shot_split: str  # the split few-shot examples come from
+    splits: tuple[str, ...]  # local split names available
+    local_path: str  # e.g. "{split}/{subject}_{split}.csv" relative to <data-dir>/<task>/
+    csv_header: tuple[str, ...] | None  # expected header row, None when files have none
+    hub_id: str  # datasets hub id, one config per subject
+    hub_splits: dict[str, str]  # local split name -> hub split name
+    categories: tuple[str, ...]  # column order of the report table (before "Average")
+    extra_groups: tuple[str, ...] = ()  # groups reported besides categories, e.g. "Avg(Hard)"
+    labeled_splits: tuple[str, ...] = ()  # splits whose rows carry answers
+    schemes: dict[str, Scheme] = field(default_factory=dict)
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def subject(self, name: str) -> Subject:
+        for subject in self.subjects:
+            if subject.name == name:
+                return subject
+        raise EvalkitError(f"unknown {self.name} subject {name!r}; valid: {', '.join(s.name for s in self.subjects)}")
+
+    def group_subjects(self, group: str) -> tuple[str, ...]:
+        """Subjects in a category or extra group (a subject may be in several groups)."""
+        return tuple(s.name for s in self.subjects if group in s.categories)
+
+
+@dataclass(frozen=True)
+class QuestionResult:
+    """One scored question: one line of questions.jsonl."""
+
+    id: str
+    subject: str
+    gold: str | None
+    pred: str
+    logprobs: tuple[float, float, float, float]  # log-softmax over the four letter ids, fp32
+    correct: bool | None  # None where gold is unknown
+    shots_used: int
+    prompt_tokens: int
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+
+    @staticmethod
+    def from_dict(row: dict) -> "QuestionResult":
+        return QuestionResult(**{**row, "logprobs": tuple(row["logprobs"])})
+
+
+# Fields of RunConfig that do not change any score, so they are left out of the config hash.
+NON_RESULT_FIELDS = frozenset({"batch_tokens", "output_dir", "device", "engine", "progress"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every setting of one run of one task, with every default of evalkit in one place."""
+
+    model: str
+    task: str
+    data_dir: str | None = None  # None: load from the hub through `datasets`
+    split: str | None = None  # None: the task's eval split
+    subjects: tuple[str, ...] | None = None  # None: all
+    scheme: str = "official"
+    letter_rule: LetterRule | None = None  # None: the scheme's rule
+    shots: int = 5
+    limit: int | None = None  # questions per subject, for smoke runs
+    precision: str = "fp32"
+    quant_backend: str | None = None
+    device: str = "auto"
+    trust_remote_code: bool = False
+    seed: int = 1234  # shot shuffles of schemes that shuffle
+    batch_tokens: int | None = None  # None: sized for the device
+    engine: Literal["auto", "prefix", "plain"] = "auto"
+    output_dir: str = "results"
+    progress: bool = True
+
+    def result_fields(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NON_RESULT_FIELDS}
+
+    def config_hash(self) -> str:
+        """Identifies runs whose scores must be identical; resume matches on it."""
+        blob = json.dumps(self.result_fields(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An accuracy over `n` questions (micro) or the mean over `n_subjects` subjects (macro)."""
+
+    accuracy: float  # in [0, 1]
+    n: int  # questions behind the figure
+    n_subjects: int
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """run.json: written last; its presence means the run finished."""
+
+    config: RunConfig
+    config_hash: str
+    scheme: Scheme
+    letter_ids: tuple[int, int, int, int]
+    letter_strings: tuple[str, str, str, str]
+    bos: bool  # whether prompts began with a BOS token
+    environment: dict  # package versions, device, git commit, threads
+    subjects: dict[str, Metric]
+    groups: dict[str, Metric]  # categories and extra groups
+    overall: Metric | None  # None where no answers are known (C-Eval test)
+    timings: dict[str, float]
+    engine: str  # "prefix" or "plain": how questions were scored
+    model_info: dict = field(default_factory=dict)  # precision, backend, weight bytes, ...
+    limited: bool = False  # --limit was used: a smoke run, flagged in reports
