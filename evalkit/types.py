@@ -54,7 +54,8 @@ class Scheme:
     `{question}`, `{A}`..`{D}`, `{letter}`.
     A prompt is `header + header_joiner + shot_joiner.join(shots) + query_joiner + query` where a
     shot is `example.format(...) + shot_answer.format(letter=gold)` and the query is
-    `example.format(...)` (which ends with the answer cue).
+    `example.format(...)` (which ends with the answer cue); `header_joiner` is left out when no
+    shot is used (Baichuan's C-Eval script: header + "\n" + query at 0 shots).
     """
 
     name: str
@@ -71,7 +72,7 @@ class Scheme:
     shot_order: ShotOrder = "file"
     length_policy: LengthPolicy = "none"
     max_tokens: int = 2048
-    strip_text: bool = False  # strip question and choices before formatting (lm-eval)
+    strip_text: bool = False  # strip the question (not the choices) before formatting, as lm-eval does
     subject_names: dict[str, str] = field(default_factory=dict)  # overrides subject_zh per subject
     source: str = ""  # where these bytes come from (repository, path, commit)
 
@@ -96,6 +97,9 @@ class Task:
     categories: tuple[str, ...]  # column order of the report table (before "Average")
     extra_groups: tuple[str, ...] = ()  # groups reported besides categories, e.g. "Avg(Hard)"
     labeled_splits: tuple[str, ...] = ()  # splits whose rows carry answers
+    split_headers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # header per split where it
+    # differs from csv_header (C-Eval dev adds "explanation", C-Eval test has no "answer")
+    id_column: str | None = None  # header of the row-id column, checked to equal the row index
     schemes: dict[str, Scheme] = field(default_factory=dict)
 
     def __hash__(self) -> int:

@@ -104,3 +104,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real benchmark data absent: {SHARED_DATA} (../shared is not beside this checkout)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    """A --data-dir with all three benchmarks in their official layouts (tests/datafiles.py), only
+    for the subjects in datafiles.TINY_SUBJECTS (pass them as `subjects=`: the others have no
+    files); 5 dev rows and 6 rows in every other split."""
+    from datafiles import TINY_SUBJECTS, write_data_dir
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    for task, subjects in TINY_SUBJECTS.items():
+        write_data_dir(root, task, {name: 6 for name in subjects})
+    return root

@@ -1,0 +1,160 @@
+"""Read a benchmark's questions from its official local CSV layout or from the hub, validated up front.
+
+Every check runs before any model work: a missing file, a wrong header or column count, an answer
+outside A-D, an unknown subject or split, an empty file each raise an EvalkitError naming the file,
+the data row and the valid options. Text is kept byte-exact (csv module, newline='', no strip).
+
+Question ids are "<task>/<subject>/<split>/<row index>", the row index counting data rows from 0 in
+file (or hub) order. Where a layout has an id column (C-Eval "id", CMMLU's unnamed first column) it
+must equal that index: the C-Eval submission file is keyed by these ids.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from evalkit.types import LETTERS, EvalkitError, Question, Subject, Task
+
+# the column order of header-less files (MMLU): question, A, B, C, D, answer
+HEADERLESS_COLUMNS = ("question", "A", "B", "C", "D", "answer")
+_ROLES = tuple(c.lower() for c in HEADERLESS_COLUMNS)  # field roles; headers match them in any case
+
+
+@dataclass(frozen=True)
+class SubjectData:
+    """One subject's questions to score and the rows its few-shot examples come from."""
+
+    subject: Subject
+    questions: tuple[Question, ...]  # the evaluated split (after --limit: its first N rows in file order)
+    shots: tuple[Question, ...]  # the shot split (dev), every row in file order
+
+
+def load_task_data(task: Task, data_dir: str | Path | None, split: str | None = None,
+                   subjects: Sequence[str] | None = None, limit: int | None = None) -> list[SubjectData]:
+    """Questions and shots of the selected subjects (task order); data_dir None reads the hub."""
+    split = split or task.eval_split
+    _check_source(task, data_dir, split)
+    if limit is not None and limit < 1:
+        raise EvalkitError(f"--limit must be a positive number of questions per subject, got {limit}")
+    assert task.shot_split in task.labeled_splits, f"{task.name}: shots need answers"
+    out = []
+    for subject in select_subjects(task, subjects):
+        questions = _load(task, data_dir, subject.name, split)
+        shots = _load(task, data_dir, subject.name, task.shot_split)
+        out.append(SubjectData(subject, tuple(questions[:limit]), tuple(shots)))
+    return out
+
+
+def count_rows(task: Task, data_dir: str | Path | None, split: str,
+               subjects: Sequence[str] | None = None) -> dict[str, int]:
+    """Data rows per subject of one split (for the `list` subcommand), validated like a load."""
+    _check_source(task, data_dir, split)
+    return {s.name: len(_load(task, data_dir, s.name, split)) for s in select_subjects(task, subjects)}
+
+
+def select_subjects(task: Task, names: Sequence[str] | None) -> list[Subject]:
+    """The task's subjects in task order, restricted to `names`; unknown names get a did-you-mean."""
+    if names is None:
+        return list(task.subjects)
+    valid = [s.name for s in task.subjects]
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, valid, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise EvalkitError(f"unknown {task.name} subject {name!r}{hint} (valid: {', '.join(valid)})")
+    wanted = set(names)
+    return [s for s in task.subjects if s.name in wanted]
+
+
+def _check_source(task: Task, data_dir: str | Path | None, split: str) -> None:
+    if split not in task.splits:
+        raise EvalkitError(f"{task.name} has no split {split!r} (valid: {', '.join(task.splits)})")
+    if data_dir is not None and not (Path(data_dir) / task.name).is_dir():
+        raise EvalkitError(f"no {task.name} folder in the data dir {data_dir} (expected "
+                           f"{Path(data_dir) / task.name / task.local_path})")
+
+
+def _load(task: Task, data_dir: str | Path | None, subject: str, split: str) -> list[Question]:
+    if data_dir is None:
+        return _load_hub(task, subject, split)
+    return _load_csv(task, Path(data_dir), subject, split)
+
+
+def _load_csv(task: Task, data_dir: Path, subject: str, split: str) -> list[Question]:
+    path = data_dir / task.name / task.local_path.format(split=split, subject=subject)
+    if not path.is_file():
+        raise EvalkitError(f"missing {task.name} data file for subject {subject!r}, split {split!r}: {path}")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            rows, end = [], 0  # (first line of the record, fields); fields may span lines
+            for row in reader:
+                rows.append((end + 1, row))
+                end = reader.line_num
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise EvalkitError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+    if not rows:
+        raise EvalkitError(f"{path}: empty file")
+    header = task.split_headers.get(split, task.csv_header)
+    if header is not None:
+        if tuple(rows[0][1]) != header:
+            raise EvalkitError(f"{path}: header is {tuple(rows[0][1])}, expected {header}")
+        rows = rows[1:]
+        if not rows:
+            raise EvalkitError(f"{path}: no data rows after the header")
+    columns = header or HEADERLESS_COLUMNS
+    questions = []
+    for i, (line, row) in enumerate(rows):
+        where = f"{path}: data row {i} (line {line})"
+        if len(row) != len(columns):
+            raise EvalkitError(f"{where} has {len(row)} columns, expected {len(columns)} ({','.join(columns)})")
+        questions.append(_question(task, subject, split, i, dict(zip(columns, row)), where))
+    return questions
+
+
+def _load_hub(task: Task, subject: str, split: str) -> list[Question]:
+    import datasets  # deferred: importing datasets is slow and local runs never need it
+
+    hub_split = task.hub_splits[split]
+    try:
+        rows = datasets.load_dataset(task.hub_id, subject, split=hub_split)
+    except (OSError, RuntimeError) as exc:  # ConnectionError/offline, not found, unsupported script
+        raise EvalkitError(f"could not load {task.hub_id} config {subject!r} split {hub_split!r} from the "
+                           f"Hugging Face hub ({exc}); pass --data-dir with the official {task.title} CSV files "
+                           f"(<data-dir>/{task.name}/{task.local_path})") from exc
+    where = f"hub {task.hub_id} config {subject!r} split {hub_split!r}"
+    return [question_from_hub_row(task, subject, split, i, row, where) for i, row in enumerate(rows)]
+
+
+def question_from_hub_row(task: Task, subject: str, split: str, index: int, row: dict, where: str = "hub") -> Question:
+    """One hub row as a Question: C-Eval/CMMLU rows carry A..D fields, cais/mmlu a `choices` list
+    and an int answer; the key case differs per dataset (`question` vs `Question`)."""
+    fields = {key.lower(): value for key, value in row.items()}
+    if "choices" in fields:
+        fields.update(zip(_ROLES[1:5], fields.pop("choices")))
+    if isinstance(fields.get("answer"), int) and not isinstance(fields["answer"], bool):
+        fields["answer"] = LETTERS[fields["answer"]] if 0 <= fields["answer"] < 4 else str(fields["answer"])
+    return _question(task, subject, split, index, fields, f"{where}: row {index}")
+
+
+def _question(task: Task, subject: str, split: str, index: int, fields: dict, where: str) -> Question:
+    """Validate one row's fields (keys: any case of question, a..d, answer, id column) into a Question."""
+    fields = {key.lower(): value for key, value in fields.items()}
+    missing = [role for role in _ROLES[:5] if not isinstance(fields.get(role), str)]
+    if missing:
+        raise EvalkitError(f"{where}: missing or non-text field(s) {', '.join(missing)}")
+    row_id = fields.get(task.id_column.lower()) if task.id_column is not None else None
+    if row_id is not None and str(row_id) != str(index):
+        raise EvalkitError(f"{where}: id {row_id!r} differs from the row index {index}; "
+                           "evalkit keys questions (and the C-Eval submission) by row index")
+    answer = fields.get("answer")
+    if split in task.labeled_splits:
+        if answer not in LETTERS:
+            raise EvalkitError(f"{where}: answer {answer!r} is not one of {', '.join(LETTERS)}")
+    else:
+        answer = None
+    return Question(id=f"{task.name}/{subject}/{split}/{index}", subject=subject, text=fields["question"],
+                    choices=(fields["a"], fields["b"], fields["c"], fields["d"]), answer=answer)

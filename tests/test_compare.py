@@ -1,0 +1,153 @@
+"""Paired comparison: known deltas, McNemar p-values, bootstrap intervals, the gate, mismatch errors."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from evalkit.compare import compare, compare_pair, mcnemar_p, pair_by_task, to_markdown
+from evalkit.metrics import aggregate
+from evalkit.results import RunDir, SavedRun, load_run
+from evalkit.types import EvalkitError, QuestionResult, RunConfig, RunResult
+from tasks import get_task
+
+CEVAL, MMLU = get_task("ceval"), get_task("mmlu")
+
+
+def answers(task: str, subject: str, right: set[int], total: int, gold: str | None = "A") -> list[QuestionResult]:
+    return [QuestionResult(id=f"{task}/{subject}/test/{i}", subject=subject, gold=gold,
+                           pred="A" if i in right else "C", logprobs=(-1.0, -2.0, -3.0, -4.0),
+                           correct=None if gold is None else i in right, shots_used=5, prompt_tokens=80)
+            for i in range(total)]
+
+
+def run(questions: list[QuestionResult], task: str = "mmlu", **overrides) -> SavedRun:
+    cfg = RunConfig(**{"model": "org/Model-7B", "task": task, **overrides})
+    scheme = get_task(task).schemes[cfg.scheme]
+    summary = aggregate(get_task(task), scheme.aggregation, questions)
+    result = RunResult(config=cfg, config_hash=cfg.config_hash(), scheme=scheme, letter_ids=(1, 2, 3, 4),
+                       letter_strings=("A", "B", "C", "D"), bos=True, environment={}, subjects=summary.subjects,
+                       groups=summary.groups, overall=summary.overall, timings={}, engine="prefix")
+    return SavedRun(result, questions)
+
+
+# 100 STEM questions; A answers 70 right, B loses 10 of them (right -> wrong) and gains none
+BASE = answers("mmlu", "astronomy", set(range(70)), 100)
+WORSE = answers("mmlu", "astronomy", set(range(10, 70)), 100)
+
+
+def test_ten_right_to_wrong_flips_out_of_a_hundred():
+    c = compare_pair(MMLU, run(BASE), run(WORSE, precision="int4"))
+    assert 100 * c.overall.delta == pytest.approx(-10.0)
+    assert (c.overall.a.accuracy, c.overall.b.accuracy) == (0.7, 0.6)
+    assert (c.overall.right_to_wrong, c.overall.wrong_to_right) == (10, 0)
+    assert c.overall.p_value == pytest.approx(2 * 0.5 ** 10)
+    assert c.overall.ci.high <= 0 and c.overall.ci.low < -0.1 < c.overall.ci.high
+    assert [f.id for f in c.flips] == [f"mmlu/astronomy/test/{i}" for i in range(10)]
+    assert {f.direction for f in c.flips} == {"right→wrong"} and c.flips[0].pred_b == "C"
+    assert c.groups["STEM"] == c.overall and list(c.subjects) == ["astronomy"]
+    assert (c.label_a, c.label_b) == ("Model-7B fp32", "Model-7B int4")
+
+
+@pytest.mark.parametrize("max_drop, passed", [(5, False), (15, True), (10, True), (None, True)])
+def test_gate_trips_only_when_the_drop_exceeds_max_drop(max_drop, passed):
+    result = compare([run(BASE)], [run(WORSE)], get_task, max_drop=max_drop)
+    assert result.passed is passed
+    assert result.failed == (() if passed else ("mmlu",))
+
+
+def test_gains_never_trip_the_gate():
+    assert compare([run(WORSE)], [run(BASE)], get_task, max_drop=0).passed
+
+
+def test_mcnemar_two_sided_exact_values():
+    assert mcnemar_p(3, 1) == pytest.approx(10 / 16)  # P(X<=1 or X>=3), X ~ Bin(4, 1/2)
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(0, 6) == pytest.approx(2 / 64)
+
+
+def test_delta_honours_macro_where_micro_would_differ():
+    # C-Eval (macro): accountant 10 questions, B loses 5; art_studies 90 questions, unchanged
+    a = answers("ceval", "accountant", set(range(10)), 10) + answers("ceval", "art_studies", set(range(45)), 90)
+    b = answers("ceval", "accountant", set(range(5)), 10) + answers("ceval", "art_studies", set(range(45)), 90)
+    macro = compare_pair(CEVAL, run(a, "ceval"), run(b, "ceval")).overall
+    micro = compare_pair(CEVAL, run(a, "ceval", scheme="lm-eval"), run(b, "ceval", scheme="lm-eval")).overall
+    assert macro.delta == pytest.approx((-0.5 + 0) / 2)
+    assert micro.delta == pytest.approx(-5 / 100)
+    assert macro.p_value == micro.p_value == pytest.approx(2 * 0.5 ** 5)  # McNemar is per question either way
+    c = compare_pair(CEVAL, run(a, "ceval"), run(b, "ceval"))
+    assert c.subjects["art_studies"].delta == 0 and c.subjects["art_studies"].ci.low == 0 == c.subjects[
+        "art_studies"].ci.high
+    assert c.groups["Others"].delta == pytest.approx(-0.5) and "Humanities" in c.groups
+
+
+def test_bootstrap_interval_is_seeded():
+    first = compare_pair(MMLU, run(BASE), run(WORSE), seed=3).overall.ci
+    assert first == compare_pair(MMLU, run(BASE), run(WORSE), seed=3).overall.ci
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("scheme", "lm-eval", "scheme differs"),
+    ("shots", 0, "shots differs"),
+    ("split", "val", "split differs"),
+    ("letter_rule", "standalone", "letter rule differs"),
+])
+def test_different_settings_are_refused(field, value, message):
+    with pytest.raises(EvalkitError, match=message):
+        compare_pair(MMLU, run(BASE), run(WORSE, **{field: value}))
+
+
+def test_the_default_split_equals_the_named_one():
+    assert compare_pair(MMLU, run(BASE), run(WORSE, split="test")).overall.a.n == 100
+
+
+def test_different_question_sets_are_refused_unless_a_subset_is_allowed():
+    with pytest.raises(EvalkitError, match=r"question sets differ \(20 only in A.*0 only in B"):
+        compare_pair(MMLU, run(BASE), run(WORSE[:80], limit=80))
+    c = compare_pair(MMLU, run(BASE), run(WORSE[:80], limit=80), allow_subset=True)
+    assert (c.only_a, c.only_b, c.overall.a.n) == (20, 0, 80)
+    assert "20 questions only in A" in to_markdown(compare([run(BASE)], [run(WORSE[:80])], get_task,
+                                                           allow_subset=True))
+
+
+def test_changed_gold_or_unlabeled_runs_are_refused():
+    changed = [dataclasses.replace(q, gold="B", correct=q.pred == "B") if q.id.endswith("/5") else q for q in WORSE]
+    with pytest.raises(EvalkitError, match="question mmlu/astronomy/test/5 differs"):
+        compare_pair(MMLU, run(BASE), run(changed))
+    blind = answers("ceval", "accountant", set(), 3, gold=None)
+    with pytest.raises(EvalkitError, match="has no gold answers"):
+        compare_pair(CEVAL, run(blind, "ceval", split="test"), run(blind, "ceval", split="test"))
+
+
+def test_run_sets_are_paired_by_task():
+    ceval_a = run(answers("ceval", "accountant", {0}, 2), "ceval")
+    pairs = pair_by_task([run(BASE), ceval_a], [ceval_a, run(WORSE)])
+    assert [(a.result.config.task, b.result.config.task) for a, b in pairs] == [("mmlu", "mmlu"), ("ceval", "ceval")]
+    with pytest.raises(EvalkitError, match=r"A has tasks \['ceval', 'mmlu'\], B has \['mmlu'\]"):
+        pair_by_task([run(BASE), ceval_a], [run(WORSE)])
+    with pytest.raises(EvalkitError, match="side B has several runs of mmlu"):
+        pair_by_task([run(BASE)], [run(WORSE), run(BASE)])
+    with pytest.raises(EvalkitError, match="max drop"):
+        compare([run(BASE)], [run(WORSE)], get_task, max_drop=-1)
+
+
+def test_markdown_lists_flips_and_the_verdict():
+    text = to_markdown(compare([run(BASE)], [run(WORSE, precision="int4")], get_task, max_drop=5), max_flips=3)
+    assert "## MMLU: B = Model-7B int4 vs A = Model-7B fp32" in text
+    assert "- right→wrong: 10: mmlu/astronomy/test/0 (A→C, gold A)" in text and "… and 7 more" in text
+    assert "- wrong→right: 0" in text
+    average = next(line for line in text.splitlines() if line.startswith("| Average"))
+    assert [c.strip() for c in average.strip("|").split("|")][:4] == ["Average", "70.0", "60.0", "-10.0"]
+    assert text.rstrip().endswith("Gate (max drop 5 points): FAIL: mmlu")
+
+
+def test_compare_runs_read_back_from_disk(tmp_path):
+    saved = []
+    for precision, questions in (("fp16", BASE), ("int8", WORSE)):
+        cfg = RunConfig(model="org/Model-7B", task="mmlu", precision=precision, output_dir=str(tmp_path))
+        directory = RunDir.open(cfg, "Model-7B")
+        directory.append(questions)
+        directory.finish(dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash()))
+        saved.append(load_run(directory.path))
+    result = compare(saved[:1], saved[1:], get_task, max_drop=5)
+    assert result.failed == ("mmlu",) and 100 * result.benchmarks["mmlu"].overall.delta == pytest.approx(-10)
