@@ -26,6 +26,7 @@ from evalkit.types import EvalkitError, Metric, QuestionResult, RunConfig, RunRe
 
 CONFIG_FILE = "config.json"
 QUESTIONS_FILE = "questions.jsonl"
+SHARD_FILE = "questions.shard-{rank}.jsonl"
 RUN_FILE = "run.json"
 SUBMISSION_FILE = "submission.json"
 log = logging.getLogger(__name__)
@@ -112,12 +113,33 @@ def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> tuple[dict[str,
     return done, len(data) - len(lines[-1])
 
 
-class RunDir:
-    """The directory of one run of one task: created or resumed from its config hash."""
+def _repair(path: Path) -> dict[str, QuestionResult]:
+    """The results in a questions file, cutting a torn last line (kill -9 mid-write) from it."""
+    done, good_bytes = _parse_questions(path, tolerate_torn_tail=True)
+    if path.exists() and path.stat().st_size != good_bytes:
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+            os.fsync(f.fileno())
+    return done
 
-    def __init__(self, path: Path, resumed: bool) -> None:
+
+class RunDir:
+    """The directory of one run of one task: created or resumed from its config hash.
+
+    Under data-parallel evaluation each process appends to its own `questions.shard-<rank>.jsonl`
+    (`shard` set), so no two processes ever write one file; `merge_shards` folds them into
+    questions.jsonl at the start (leftovers of a killed run) and at the end of a run.
+    """
+
+    def __init__(self, path: Path, resumed: bool, shard: int | None = None) -> None:
         self.path = path
         self.resumed = resumed
+        self.shard = shard
+
+    @property
+    def questions_path(self) -> Path:
+        """The file this process appends to."""
+        return self.path / (QUESTIONS_FILE if self.shard is None else SHARD_FILE.format(rank=self.shard))
 
     @classmethod
     def open(cls, config: RunConfig, model_label: str) -> "RunDir":
@@ -137,23 +159,39 @@ class RunDir:
 
     def completed(self) -> dict[str, QuestionResult]:
         """Questions already scored; a torn last line is dropped (with a warning) and cut from the file."""
-        path = self.path / QUESTIONS_FILE
-        done, good_bytes = _parse_questions(path, tolerate_torn_tail=True)
-        if path.exists() and path.stat().st_size != good_bytes:
-            with open(path, "r+b") as f:
-                f.truncate(good_bytes)
-                os.fsync(f.fileno())
-        return done
+        return _repair(self.path / QUESTIONS_FILE)
+
+    def merge_shards(self, order: Sequence[str] | None = None) -> None:
+        """Fold every shard file into questions.jsonl (in `order` of ids if given) and delete the shards.
+
+        Only one process may call this, while no other writes (the runner calls it on the main
+        process between barriers). A question in two files is an error: it was scored twice.
+        """
+        shards = sorted(self.path.glob(SHARD_FILE.format(rank="*")))
+        if not shards and order is None:
+            return
+        merged = self.completed()
+        for shard in shards:
+            for qid, result in _repair(shard).items():
+                if qid in merged:
+                    raise EvalkitError(f"{shard}: question {qid!r} is also in another questions file of {self.path}")
+                merged[qid] = result
+        if order is not None:
+            rank = {qid: i for i, qid in enumerate(order)}
+            merged = dict(sorted(merged.items(), key=lambda item: rank.get(item[0], len(rank))))
+        _write_atomic(self.path / QUESTIONS_FILE, "".join(r.to_json() + "\n" for r in merged.values()))
+        for shard in shards:
+            shard.unlink()
 
     def append(self, results: Sequence[QuestionResult]) -> None:
         """Add one batch of scored questions durably (flush + fsync)."""
-        path = self.path / QUESTIONS_FILE
+        path = self.questions_path
         if path.exists() and path.stat().st_size:
             with open(path, "rb") as f:
                 f.seek(-1, os.SEEK_END)
                 torn = f.read(1) != b"\n"
             if torn:  # never glue a new line onto a torn one
-                self.completed()
+                _repair(path)
         with open(path, "a", encoding="utf-8") as f:
             f.write("".join(r.to_json() + "\n" for r in results))
             f.flush()

@@ -5,30 +5,17 @@ import dataclasses
 
 import pytest
 
+from builders import answers, saved_run
 from evalkit.compare import compare, compare_pair, mcnemar_p, pair_by_task, to_markdown
-from evalkit.metrics import aggregate
 from evalkit.results import RunDir, SavedRun, load_run
-from evalkit.types import EvalkitError, QuestionResult, RunConfig, RunResult
+from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 
 CEVAL, MMLU = get_task("ceval"), get_task("mmlu")
 
 
-def answers(task: str, subject: str, right: set[int], total: int, gold: str | None = "A") -> list[QuestionResult]:
-    return [QuestionResult(id=f"{task}/{subject}/test/{i}", subject=subject, gold=gold,
-                           pred="A" if i in right else "C", logprobs=(-1.0, -2.0, -3.0, -4.0),
-                           correct=None if gold is None else i in right, shots_used=5, prompt_tokens=80)
-            for i in range(total)]
-
-
 def run(questions: list[QuestionResult], task: str = "mmlu", **overrides) -> SavedRun:
-    cfg = RunConfig(**{"model": "org/Model-7B", "task": task, **overrides})
-    scheme = get_task(task).schemes[cfg.scheme]
-    summary = aggregate(get_task(task), scheme.aggregation, questions)
-    result = RunResult(config=cfg, config_hash=cfg.config_hash(), scheme=scheme, letter_ids=(1, 2, 3, 4),
-                       letter_strings=("A", "B", "C", "D"), bos=True, environment={}, subjects=summary.subjects,
-                       groups=summary.groups, overall=summary.overall, timings={}, engine="prefix")
-    return SavedRun(result, questions)
+    return saved_run(RunConfig(**{"model": "org/Model-7B", "task": task, **overrides}), questions)
 
 
 # 100 STEM questions; A answers 70 right, B loses 10 of them (right -> wrong) and gains none

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from evalkit.metrics import aggregate, bootstrap_ci, combine, correct_by_subject
-from evalkit.types import EvalkitError, QuestionResult, Subject, Task
+from builders import answers, small_task
+from evalkit.types import EvalkitError, QuestionResult, Task
 from tasks import get_task
 
 # Baichuan-13B-Base rows of the README tables (reference/Baichuan-13B-README.md)
@@ -15,27 +16,8 @@ MMLU_BASE = {"STEM": 41.6, "Social Sciences": 60.9, "Humanities": 47.4, "Others"
 MMLU_TEST_QUESTIONS = {"STEM": 3018, "Humanities": 4705, "Social Sciences": 3077, "Others": 3242}
 
 
-def results(subject: str, correct: int, total: int, gold: str | None = "A") -> list[QuestionResult]:
-    """`total` questions of `subject`, the first `correct` of them answered right."""
-    out = []
-    for i in range(total):
-        pred = "A" if i < correct else "B"
-        out.append(QuestionResult(id=f"t/{subject}/test/{i}", subject=subject, gold=gold, pred=pred,
-                                  logprobs=(-1.0, -2.0, -3.0, -4.0), correct=None if gold is None else pred == gold,
-                                  shots_used=5, prompt_tokens=100))
-    return out
-
-
-def small_task() -> Task:
-    subjects = (Subject("s1", "S1", "", ("X",)), Subject("s2", "S2", "", ("X", "Hard")),
-                Subject("s3", "S3", "", ("Y",)))
-    return Task(name="t", title="T", subjects=subjects, eval_split="test", shot_split="dev", splits=("dev", "test"),
-                local_path="{split}/{subject}.csv", csv_header=None, hub_id="", hub_splits={},
-                categories=("X", "Y"), extra_groups=("Hard",))
-
-
 def test_micro_and_macro_differ_as_computed_by_hand():
-    rs = results("s1", 1, 1) + results("s2", 1, 3) + results("s3", 3, 4)
+    rs = answers("t", "s1", 1, 1) + answers("t", "s2", 1, 3) + answers("t", "s3", 3, 4)
     micro = aggregate(small_task(), "micro", rs)
     macro = aggregate(small_task(), "macro", rs)
     assert micro.subjects == macro.subjects
@@ -51,25 +33,25 @@ def test_micro_and_macro_differ_as_computed_by_hand():
 
 
 def test_subset_run_reports_only_the_groups_it_has():
-    agg = aggregate(small_task(), "macro", results("s3", 1, 2))
+    agg = aggregate(small_task(), "macro", answers("t", "s3", 1, 2))
     assert list(agg.subjects) == ["s3"]
     assert list(agg.groups) == ["Y"]
     assert agg.overall.accuracy == 0.5 and agg.overall.n_subjects == 1
 
 
 def test_unlabeled_results_have_no_accuracy():
-    agg = aggregate(small_task(), "macro", results("s1", 0, 3, gold=None))
+    agg = aggregate(small_task(), "macro", answers("t", "s1", 0, 3, gold=None))
     assert agg.overall is None and agg.subjects == {} and agg.groups == {}
 
 
 def test_labeled_and_unlabeled_mixed_is_an_error():
     with pytest.raises(EvalkitError, match="mixed.*t/s2/test/0"):
-        aggregate(small_task(), "micro", results("s1", 1, 1) + results("s2", 0, 1, gold=None))
+        aggregate(small_task(), "micro", answers("t", "s1", 1, 1) + answers("t", "s2", 0, 1, gold=None))
 
 
 def test_unknown_subject_is_an_error_naming_the_valid_ones():
     with pytest.raises(EvalkitError, match="unknown t subject 'nope'; valid: s1, s2, s3"):
-        aggregate(small_task(), "micro", results("nope", 1, 1))
+        aggregate(small_task(), "micro", answers("t", "nope", 1, 1))
 
 
 def test_unknown_aggregation_is_an_error():
@@ -82,7 +64,7 @@ def per_category_results(task: Task, figures: dict[str, float], per_subject: int
     out = []
     for subject in task.subjects:
         figure = next(figures[c] for c in subject.categories if c in figures)
-        out += results(subject.name, round(figure / 100 * per_subject), per_subject)
+        out += answers("t", subject.name, round(figure / 100 * per_subject), per_subject)
     return out
 
 
@@ -114,7 +96,7 @@ def test_mmlu_micro_reproduces_the_published_average_and_macro_would_not():
         for k, subject in enumerate(members):  # spread the questions and right answers over the subjects
             share = total // len(members) + (k < total % len(members))
             right = correct // len(members) + (k < correct % len(members))
-            rs += results(subject, right, share)
+            rs += answers("t", subject, right, share)
     micro = aggregate(task, task.schemes["official"].aggregation, rs)
     assert micro.overall.n == 14042
     assert 100 * micro.overall.accuracy == pytest.approx(51.67, abs=0.01)
@@ -152,7 +134,7 @@ def test_bootstrap_counts_draw_equals_index_resampling():
 
 
 def test_bootstrap_of_constant_values_is_a_point():
-    interval = bootstrap_ci(correct_by_subject(results("s1", 4, 4)), "macro")
+    interval = bootstrap_ci(correct_by_subject(answers("t", "s1", 4, 4)), "macro")
     assert (interval.low, interval.high) == (1.0, 1.0)
 
 
@@ -160,4 +142,4 @@ def test_bootstrap_bad_input():
     with pytest.raises(EvalkitError, match="level"):
         bootstrap_ci({"s": [1.0]}, "micro", level=95)
     with pytest.raises(EvalkitError, match="no labeled results"):
-        bootstrap_ci(correct_by_subject(results("s1", 0, 2, gold=None)), "micro")
+        bootstrap_ci(correct_by_subject(answers("t", "s1", 0, 2, gold=None)), "micro")

@@ -9,32 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.metrics import aggregate
 from evalkit.results import RunDir, find_runs, load_run, short_model_name, write_submission
-from evalkit.types import EvalkitError, QuestionResult, RunConfig, RunResult
-from tasks import get_task
+from builders import question, run_result
+from evalkit.types import EvalkitError, RunConfig
 
 
 def config(tmp_path: Path, **overrides) -> RunConfig:
     return RunConfig(**{"model": "/models/Baichuan-13B-Base", "task": "ceval", "output_dir": str(tmp_path / "results"),
                         **overrides})
-
-
-def question(i: int, subject: str = "accountant", gold: str | None = "A", pred: str = "A") -> QuestionResult:
-    return QuestionResult(id=f"ceval/{subject}/val/{i}", subject=subject, gold=gold, pred=pred,
-                          logprobs=(-0.25, -1.5, -2.0, -3.125), correct=None if gold is None else gold == pred,
-                          shots_used=5, prompt_tokens=321 + i)
-
-
-def run_result(cfg: RunConfig, questions: list[QuestionResult]) -> RunResult:
-    task = get_task(cfg.task)
-    scheme = task.schemes[cfg.scheme]
-    summary = aggregate(task, scheme.aggregation, questions)
-    return RunResult(config=cfg, config_hash=cfg.config_hash(), scheme=scheme, letter_ids=(29909, 29933, 29907, 29928),
-                     letter_strings=("A", "B", "C", "D"), bos=True, environment={"packages": {"torch": "2.13"}},
-                     subjects=summary.subjects, groups=summary.groups, overall=summary.overall,
-                     timings={"scoring_seconds": 1.5}, engine="prefix", model_info={"precision": "fp32"},
-                     limited=cfg.limit is not None)
 
 
 def test_open_names_the_directory_and_writes_config_first(tmp_path):

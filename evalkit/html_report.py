@@ -1,0 +1,160 @@
+"""A report as one self-contained HTML page: the benchmark tables, the precision table and plots.
+
+Plots are drawn with matplotlib's object API (a bare Figure renders through the Agg canvas: no
+display and no pyplot global state), saved as PNG files beside the page and embedded in it as
+base64 data URIs. The page uses no external CSS, script or font, so it opens offline and can be
+mailed as one file.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from evalkit.published import PublishedRow, name_key
+from evalkit.quant_report import QuantTable, build_quant_table, quant_frame, show_precision
+from evalkit.report import BenchmarkTable, ReportRun, build_tables, count_frame, display_frame
+
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; max-width: 80em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: center; }
+th:first-child, td:first-child { text-align: left; }
+thead th { background: #eee; }
+tr.published td { font-style: italic; background: #f4f7fb; }
+tr.delta td { color: #555; background: #fafafa; }
+ul.notes { font-size: 0.85em; color: #444; }
+img { max-width: 100%; border: 1px solid #ddd; }
+"""
+
+
+@dataclass(frozen=True)
+class HtmlReport:
+    path: Path  # the page
+    plots: tuple[Path, ...]  # the PNG files beside it (also embedded in the page)
+
+
+def _html_table(frame: pd.DataFrame, kinds: Sequence[str] | None = None) -> str:
+    """A plain table of strings; each body row gets its kind ("measured", "published", "delta") as class."""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in [frame.index.name or "", *frame.columns])
+    body = []
+    for i, (label, row) in enumerate(frame.iterrows()):
+        cls = f' class="{kinds[i]}"' if kinds else ""
+        cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in [label, *row])
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _legend(fig: Figure) -> None:
+    fig.legend(loc="outside right upper", fontsize="small")
+
+
+def category_figure(table: BenchmarkTable) -> Figure:
+    """Grouped bars: one group per category (and Average), one bar per run or published row; a published
+    row shares the colour of the run it is set beside, hatched."""
+    rows = [(label, kind, figures) for label, kind, figures in table.rows() if kind != "delta"]
+    columns = list(table.scores.columns)
+    fig = Figure(figsize=(max(7.0, 1.2 * len(columns) + 0.2 * len(rows) + 3), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(rows), 1)
+    colors: dict[str, str] = {}
+    for label, kind, _ in rows:
+        linked = [run for run, names in table.links.items() if label in names]
+        colors[label] = colors[linked[0]] if kind == "published" and linked else f"C{len(set(colors.values())) % 10}"
+    for i, (label, kind, figures) in enumerate(rows):
+        x = np.arange(len(columns)) + (i - (len(rows) - 1) / 2) * width
+        ax.bar(x, [0.0 if math.isnan(figures[c]) else figures[c] for c in columns], width, label=label,
+               color=colors[label], hatch="//" if kind == "published" else None,
+               alpha=0.5 if kind == "published" else 1.0, edgecolor="black", linewidth=0.3)
+    ax.set_xticks(np.arange(len(columns)), columns)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{table.title} per category (hatched: published)")
+    ax.grid(axis="y", alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+def precision_figure(table: QuantTable) -> Figure:
+    """Δ of every compared row against its baseline per benchmark with its 95% CI; the published Δ of the
+    same model and precision as a diamond on the bar."""
+    rows = [row for row in table.rows if row.baseline is not None]
+    tasks = list(table.titles)
+    fig = Figure(figsize=(max(7.0, 2.0 * len(tasks) + 4), 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(rows), 1)
+    marked = set()
+    for i, row in enumerate(rows):
+        x = np.arange(len(tasks)) + (i - (len(rows) - 1) / 2) * width
+        deltas = [row.cells[t].delta if t in row.cells else None for t in tasks]
+        err = np.array([[100 * (d.delta - d.ci.low), 100 * (d.ci.high - d.delta)] if d else [0.0, 0.0]
+                        for d in deltas]).T
+        ax.bar(x, [100 * d.delta if d else math.nan for d in deltas], width, yerr=err, capsize=3,
+               label=f"{row.label} vs {row.baseline}", color=f"C{i % 10}")
+        for pub in table.published:
+            if pub.precision == row.precision and name_key(pub.model) == name_key(row.model) and pub.deltas:
+                ax.scatter([x[tasks.index(t)] for t in pub.deltas], list(pub.deltas.values()), marker="D",
+                           color="crimson", edgecolor="white", zorder=3, label=None if marked else "published Δ")
+                marked.add(pub.label)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(np.arange(len(tasks)), [table.titles[t] for t in tasks])
+    ax.set_ylabel("Δ accuracy (points)")
+    ax.set_title("Average against full precision (95% CI)")
+    ax.grid(axis="y", alpha=0.3)
+    _legend(fig)
+    return fig
+
+
+def _save(fig: Figure, path: Path) -> str:
+    """Write the PNG file and return the same bytes as an <img> data URI."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    data = buffer.getvalue()
+    path.write_bytes(data)
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def _notes(notes: Sequence[str]) -> str:
+    return '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+
+
+def write_html(runs: Sequence[ReportRun | tuple], path: str | Path, published: Sequence[PublishedRow] = (),
+               extra: Sequence[str] = (), quant_published: Sequence[PublishedRow] = (),
+               quant: bool | None = None) -> HtmlReport:
+    """The page at `path` and its plots beside it (`<stem>-<benchmark>.png`, `<stem>-precision.png`).
+
+    `quant`: show the precision table (True), never (False), or when some model has several (None)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    runs = [ReportRun(*r) for r in runs]
+    body, plots = [], []
+    for name, table in build_tables(runs, published, extra).items():
+        body.append(f"<h2>{html.escape(table.title)}</h2>")
+        if len(table.scores) or len(table.published):
+            body.append(_html_table(display_frame(table), [kind for _, kind, _ in table.rows()]))
+            plots.append(path.with_name(f"{path.stem}-{name}.png"))
+            body.append(_save(category_figure(table), plots[-1]))
+        if len(table.scores):
+            body.append("<details><summary>Questions (subjects) behind each figure</summary>"
+                        f"{_html_table(count_frame(table))}</details>")
+        body.append(_notes(table.notes))
+    precision = build_quant_table(runs, quant_published)
+    if show_precision(precision, quant):
+        kinds = ["measured"] * len(precision.rows) + ["published"] * len(precision.published)
+        body.append("<h2>Precision</h2>" + _html_table(quant_frame(precision), kinds) + _notes(precision.notes))
+        if any(row.baseline is not None for row in precision.rows):
+            plots.append(path.with_name(f"{path.stem}-precision.png"))
+            body.append(_save(precision_figure(precision), plots[-1]))
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>evalkit report</title>"
+            f"<style>{STYLE}</style></head><body><h1>evalkit report</h1>"
+            f"<p>{len(runs)} runs. Accuracy in %, one decimal; Δ in accuracy points.</p>"
+            f"{''.join(body)}</body></html>\n")
+    path.write_text(page, encoding="utf-8")
+    return HtmlReport(path=path, plots=tuple(plots))

@@ -1,0 +1,298 @@
+"""Load a causal LM and its tokenizer from a hub id, a local directory or a GGUF file, at a precision.
+
+Loading is the one place that touches the hub: a local path is always preferred, a hub id is tried
+only when no such path exists, and a failure says how to point evalkit at a local copy instead.
+`trust_remote_code` is passed through only when the user asked for it. The precision/backend
+combination is checked (`check_precision`) before anything heavy is loaded; quantization itself
+lives in evalkit.quantize. Memory is counted from the real tensors and the measured peak of the load.
+"""
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from evalkit.quantize import (FLOAT_PRECISIONS, Prequantized, QuantPlan, bnb_config, linear_layer_report,
+                              plan_quantization, quantize_rtn, quantize_torchao, quantize_with_model_code)
+from evalkit.types import EvalkitError
+
+__all__ = ["FLOAT_PRECISIONS", "LoadedModel", "ModelSource", "PeakMemory", "check_precision", "load_model",
+           "measure_peak_memory", "resolve_device", "resolve_source", "weight_bytes"]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the weights come from: `from_pretrained(location, gguf_file=gguf_file)`."""
+
+    kind: str  # "gguf" | "local" | "hub"
+    location: str
+    gguf_file: str | None = None
+
+    @property
+    def label(self) -> str:
+        """A short name for reports and run directories."""
+        return Path(self.gguf_file or self.location.rstrip("/")).name.removesuffix(".gguf")
+
+
+@dataclass
+class LoadedModel:
+    model: Any  # a transformers PreTrainedModel in eval mode
+    tokenizer: Any
+    source: ModelSource
+    info: dict = field(default_factory=dict)  # precision, backend, method, weight bytes, peak memory, ...
+
+
+def resolve_source(model: str) -> ModelSource:
+    """Classify `--model`: a .gguf file, a local directory, or else a hub id."""
+    path = Path(model).expanduser()
+    if model.endswith(".gguf"):
+        if not path.is_file():
+            raise EvalkitError(f"GGUF file not found: {path}")
+        return ModelSource("gguf", str(path.parent), path.name)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise EvalkitError(f"{path} is a directory without config.json; pass a transformers checkpoint "
+                               f"directory or a .gguf file")
+        return ModelSource("local", str(path))
+    if model.startswith((".", "/", "~")) or path.exists():
+        raise EvalkitError(f"model path not found: {path}")
+    return ModelSource("hub", model)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalkitError(f"--device {device} asked for, but torch sees no CUDA device (torch {torch.__version__})")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise EvalkitError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+    return device
+
+
+def _hub_hint(source: ModelSource) -> str:
+    if source.kind != "hub":
+        return ""
+    return " (the hub is unreachable from here? download the model and pass its local directory or .gguf file)"
+
+
+def source_quantization(source: ModelSource) -> Prequantized | None:
+    """How the checkpoint is quantized on disk, read from metadata only (GGUF header, config.json)."""
+    if source.gguf_file:
+        from gguf import GGUFReader, LlamaFileType
+
+        reader = GGUFReader(Path(source.location) / source.gguf_file)
+        file_type = reader.fields.get("general.file_type")
+        if file_type is None:
+            return Prequantized("gguf", "unknown file type")
+        code = int(file_type.parts[file_type.data[0]][0])
+        return Prequantized("gguf", LlamaFileType(code).name.removeprefix("MOSTLY_"))
+    from transformers import PretrainedConfig
+
+    try:
+        config, _ = PretrainedConfig.get_config_dict(source.location)
+    except OSError as exc:
+        raise EvalkitError(f"could not read the config of {source.location!r}{_hub_hint(source)}: {exc}") from exc
+    quant = config.get("quantization_config")
+    if not quant:
+        return None
+    bits = quant.get("bits") or (8 if quant.get("load_in_8bit") else 4 if quant.get("load_in_4bit") else None)
+    group = quant.get("group_size")
+    return Prequantized("config", str(quant.get("quant_method", "unknown")), bits,
+                        group if isinstance(group, int) and group > 0 else None)
+
+
+def check_precision(precision: str, backend: str | None, device: str, source: ModelSource | str,
+                    trust_remote_code: bool = False) -> QuantPlan:
+    """Refuse a precision/backend/device/source combination that cannot run, before any model is loaded."""
+    if isinstance(source, str):
+        source = resolve_source(source)
+    return plan_quantization(precision, backend, resolve_device(device), source_quantization(source),
+                             trust_remote_code)
+
+
+def _side_tensors(obj: object, depth: int) -> Iterator[torch.Tensor]:
+    """Tensors hung on an object's attributes: bitsandbytes' CB/SCB and quant_state, Baichuan's QLinear."""
+    for value in vars(obj).values():
+        if isinstance(value, torch.Tensor):
+            yield from _storage_tensors(value, depth)
+        elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, (nn.Module, type)):
+            yield from _side_tensors(value, depth - 1)
+
+
+def _storage_tensors(tensor: torch.Tensor, depth: int = 3) -> Iterator[torch.Tensor]:
+    """The plain tensors that hold a tensor's bytes: a quantized subclass (torchao) holds inner tensors."""
+    if hasattr(type(tensor), "__tensor_flatten__"):
+        for name in tensor.__tensor_flatten__()[0]:
+            yield from _storage_tensors(getattr(tensor, name), depth)
+        return
+    yield tensor
+    if depth > 0 and hasattr(tensor, "__dict__"):
+        yield from _side_tensors(tensor, depth - 1)
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of every tensor the model holds, each storage counted once.
+
+    Parameters, buffers, plain tensor attributes, the inner tensors of quantized subclasses and the
+    scales hung on bitsandbytes parameters: `get_memory_footprint()` sizes a torchao int8 weight at
+    its float dtype and misses tensors that are not parameters or buffers.
+    """
+    storages: dict[tuple[str, int], int] = {}
+    for module in model.modules():
+        held = [*module._parameters.values(), *module._buffers.values()]
+        tensors = [t for t in held if t is not None]
+        for tensor in (*(leaf for t in tensors for leaf in _storage_tensors(t)), *_side_tensors(module, 1)):
+            if tensor.device.type != "meta":
+                storage = tensor.untyped_storage()
+                storages[(str(tensor.device), storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())
+
+
+@dataclass
+class PeakMemory:
+    """The peak of a `measure_peak_memory` block, filled when the block exits."""
+
+    rss_bytes: int = 0  # peak resident set size of this process
+    rss_scope: str = ""  # "block": the peak was reset at entry; "process": the peak since the process started
+    cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated over the block, on CUDA devices
+
+    def info(self) -> dict[str, Any]:
+        return {"peak_rss_bytes": self.rss_bytes, "peak_rss_scope": self.rss_scope, "peak_cuda_bytes": self.cuda_bytes}
+
+
+def _reset_rss_peak() -> bool:
+    # Linux resets VmHWM (the peak RSS) when "5" is written to clear_refs; elsewhere the peak is process-wide
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def _rss_peak() -> int:
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource  # macOS: ru_maxrss is in bytes there, kilobytes on Linux
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+@contextmanager
+def measure_peak_memory(device: str = "cpu") -> Iterator[PeakMemory]:
+    """Measure the peak memory of a block: host RSS always, CUDA allocations too on a CUDA device."""
+    peak = PeakMemory(rss_scope="block" if _reset_rss_peak() else "process")
+    on_cuda = device.startswith("cuda")
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        yield peak
+    finally:
+        peak.rss_bytes = _rss_peak()
+        if on_cuda:
+            peak.cuda_bytes = torch.cuda.max_memory_allocated(device)
+
+
+def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    try:
+        return loader.from_pretrained(source.location, **kwargs)
+    except (OSError, ImportError) as exc:  # ImportError: a quantized checkpoint whose kernel package is missing
+        raise EvalkitError(f"could not load {source.location!r}{_hub_hint(source)}: {exc}") from exc
+
+
+def _load_dense(source: ModelSource, **kwargs: Any) -> Any:
+    """A float model to quantize: a GGUF file is dequantized, even where transformers could keep it packed."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    if source.gguf_file:
+        kwargs["quantization_config"] = GgufConfig(dequantize=True)
+    return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
+
+
+def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, target: str, **kwargs: Any) -> Any:
+    """bitsandbytes and pre-quantized checkpoints: transformers quantizes (or reads) weight by weight."""
+    from transformers import AutoModelForCausalLM
+
+    if plan.backend == "bnb":
+        kwargs["quantization_config"] = bnb_config(plan)
+    if not source.gguf_file:
+        return _from_pretrained(AutoModelForCausalLM, source, device_map={"": target}, **kwargs)
+    # transformers refuses quantization_config with gguf_file: dequantize the GGUF once, save it as a
+    # safetensors checkpoint in a temporary directory, and let bitsandbytes quantize that
+    with tempfile.TemporaryDirectory(prefix="evalkit-gguf-") as staging:
+        dense = _load_dense(source, dtype=kwargs["dtype"], trust_remote_code=kwargs["trust_remote_code"])
+        dense.save_pretrained(staging)
+        del dense
+        return _from_pretrained(AutoModelForCausalLM, ModelSource("local", staging), device_map={"": target}, **kwargs)
+
+
+def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remote_code: bool) -> tuple[Any, QuantPlan]:
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": plan.compute_dtype, "trust_remote_code": trust_remote_code}
+    if plan.backend in ("bnb", "pre-quantized"):
+        return _load_quantized_on_load(source, plan, target, **kwargs), plan
+    if plan.backend == "none":  # as it comes: transformers keeps a GGUF packed where it has kernels for it
+        return _from_pretrained(AutoModelForCausalLM, source, **kwargs).to(target), plan
+    network = _load_dense(source, **kwargs)
+    if plan.backend == "torchao":  # quantized where it runs: its CPU int4 layout is CPU-only
+        network = network.to(target)
+        plan = quantize_torchao(network, plan)
+    elif plan.backend == "rtn":  # on CPU before moving, as Baichuan advises, so the device holds only codes
+        quantize_rtn(network, plan.bits)
+    elif plan.backend == "model":
+        network = quantize_with_model_code(network, plan.bits)
+    return network.to(target), plan
+
+
+def _weights_format(source: ModelSource, network: Any) -> str:
+    if not source.gguf_file:
+        return "transformers"
+    gguf = getattr(getattr(network, "hf_quantizer", None), "quantization_config", None)
+    packed = gguf is not None and not getattr(gguf, "dequantize", True)
+    return f"gguf {source.gguf_file} ({'packed GGUF blocks' if packed else 'dequantized on load'})"
+
+
+def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_remote_code: bool = False,
+               quant_backend: str | None = None) -> LoadedModel:
+    """Load model and tokenizer once at a precision; the caller runs every task on the result."""
+    from transformers import AutoTokenizer
+
+    source = resolve_source(model)
+    target = resolve_device(device)
+    plan = check_precision(precision, quant_backend, target, source, trust_remote_code)
+    with measure_peak_memory(target) as peak:
+        started = time.perf_counter()
+        tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
+        network, plan = _load_network(source, plan, target, trust_remote_code)
+        network.eval()
+        load_seconds = time.perf_counter() - started
+    quantized, floating = linear_layer_report(network)
+    info = {
+        **plan.info(),
+        "dtype": str(plan.compute_dtype).removeprefix("torch."),
+        "device": target,
+        "source": source.kind,
+        "weights_format": _weights_format(source, network),
+        "quantized_layers": len(quantized),
+        "skipped_layers": floating if plan.bits else [],  # linear layers left in float by a quantizing backend
+        "weight_bytes": weight_bytes(network),
+        **peak.info(),
+        "load_seconds": round(load_seconds, 2),
+        "model_class": type(network).__name__,
+        "trust_remote_code": trust_remote_code,
+    }
+    return LoadedModel(network, tokenizer, source, info)

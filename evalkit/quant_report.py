@@ -1,0 +1,215 @@
+"""The precision table of a sweep, in the layout of the Baichuan-13B README's quantization table.
+
+Rows model × precision; columns the Average of each benchmark (in the order the runs come) and
+memory: the weight bytes the model holds (model_info.weight_bytes, real tensor bytes) and the peak
+measured while loading it (CUDA allocations on a GPU, else the process's peak RSS). Every row is set
+against its model's full-precision row run with the same settings (fp32 if there is one, else bf16,
+else fp16): Δ and its 95% CI come from evalkit.compare's paired bootstrap over the questions both
+runs scored. Published rows of the same model (int8/int4) follow with their Δ to the published
+unquantized row and the published GPU memory.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from evalkit.compare import Delta, compare_pair
+from evalkit.published import FULL, FULL_PRECISIONS, PublishedRow, matching
+from evalkit.report import AVERAGE, ReportRun, markdown_table, run_label
+from evalkit.results import SavedRun, short_model_name
+from evalkit.types import EvalkitError, Metric
+
+GIB = 2**30
+EXPLAINED = ("Cells: Average (Δ [95% CI]) in accuracy points against the model's full-precision row (fp32, else "
+             "bf16, else fp16) with the same settings; paired bootstrap over the shared questions.",
+             "Weights: bytes of the tensors the model holds. Peak load: the peak while loading it (CUDA allocations, "
+             "or the resident set (RSS) of the process on CPU).")
+
+
+@dataclass(frozen=True)
+class QuantCell:
+    """One benchmark Average of one row, and its change against the row's baseline."""
+
+    metric: Metric
+    delta: Delta | None  # None on the baseline row, or where the baseline lacks the benchmark or questions
+
+
+@dataclass(frozen=True)
+class QuantRow:
+    label: str  # "Baichuan-13B-Base int8/bnb"
+    group: int  # rows of one group share model and settings: one comparison
+    model: str  # the name matched against published rows (run label or the run's explicit reference)
+    precision: str
+    baseline: str | None  # label of the row it is compared with; None for a baseline itself
+    cells: dict[str, QuantCell]  # task name -> cell
+    weight_bytes: int | None
+    peak_bytes: int | None
+    peak_kind: str  # "CUDA", "RSS" or "" where not recorded
+
+
+@dataclass(frozen=True)
+class PublishedQuant:
+    label: str  # as published: "Baichuan-13B-Base-int8"
+    model: str  # the model it names: "Baichuan-13B-Base"
+    precision: str
+    averages: dict[str, float]  # task name -> accuracy x100
+    deltas: dict[str, float]  # task name -> points against the published unquantized row
+    memory_gb: float | None
+    sources: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class QuantTable:
+    titles: dict[str, str]  # task name -> title, in column order
+    rows: tuple[QuantRow, ...]
+    published: tuple[PublishedQuant, ...]
+    notes: tuple[str, ...]
+
+
+def _settings(run: ReportRun) -> tuple:
+    """What must agree for two runs to be rows of one model's comparison (all but precision and backend)."""
+    config = run.result.config
+    seed = config.seed if run.result.scheme.shot_order == "shuffled_per_question" else None
+    return (run.reference or short_model_name(config.model), config.scheme, config.letter_rule, config.shots,
+            config.split, config.limit, seed)
+
+
+def _memory(runs: Sequence[ReportRun]) -> tuple[int | None, int | None, str]:
+    infos = [run.result.model_info for run in runs]
+    weights = [i["weight_bytes"] for i in infos if i.get("weight_bytes")]
+    cuda = [i["peak_cuda_bytes"] for i in infos if i.get("peak_cuda_bytes")]
+    rss = [i["peak_rss_bytes"] for i in infos if i.get("peak_rss_bytes")]
+    peak, kind = (max(cuda), "CUDA") if cuda else (max(rss), "RSS") if rss else (None, "")
+    return max(weights) if weights else None, peak, kind
+
+
+def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, ReportRun]]]:
+    """settings -> (precision, backend) -> task name -> run; a second run of one cell is an error."""
+    groups: dict[tuple, dict[tuple, dict[str, ReportRun]]] = {}
+    for run in runs:
+        if run.result.overall is None:
+            continue  # an unlabeled split has no Average
+        config = run.result.config
+        cell = groups.setdefault(_settings(run), {}).setdefault((config.precision, config.quant_backend), {})
+        if run.task.name in cell:
+            label = run_label(run.result, run.task.eval_split)
+            raise EvalkitError(f"precision table: two {run.task.name} runs of {label!r} (config "
+                               f"{cell[run.task.name].result.config_hash} and {run.result.config_hash}); report one")
+        cell[run.task.name] = run
+    return groups
+
+
+def _baseline(keys: Sequence[tuple]) -> tuple | None:
+    for precision in FULL_PRECISIONS:
+        if (precision, None) in keys:
+            return precision, None
+    return None
+
+
+def _saved(run: ReportRun) -> SavedRun | None:
+    return None if run.questions is None else SavedRun(run.result, list(run.questions))
+
+
+def _cells(row: dict[str, ReportRun], base: dict[str, ReportRun] | None, notes: list[str]) -> dict[str, QuantCell]:
+    cells = {}
+    for name, run in row.items():
+        delta = None
+        if base is not None and name in base and (a := _saved(base[name])) and (b := _saved(run)):
+            comparison = compare_pair(run.task, a, b, allow_subset=True)
+            delta = comparison.overall
+            if comparison.only_a or comparison.only_b:
+                notes.append(f"⚠ {comparison.label_b} vs {comparison.label_a} ({run.task.title}): Δ over the "
+                             f"{delta.a.n} shared questions ({comparison.only_a} and {comparison.only_b} left out).")
+        cells[name] = QuantCell(run.result.overall, delta)
+    return cells
+
+
+def _published(models: Sequence[str], published: Sequence[PublishedRow], tasks: Sequence[str]) -> list[PublishedQuant]:
+    """The published rows of each reported model, the unquantized one first."""
+    out = []
+    for model in dict.fromkeys(models):
+        found: dict[str, list[PublishedRow]] = {}
+        for precision in (FULL, "int8", "int4"):
+            for task in tasks:
+                for pub in matching(published, task, model, precision):
+                    found.setdefault(pub.label, []).append(pub)
+        full = {p.benchmark: p.scores[AVERAGE] for pubs in found.values() for p in pubs if p.precision == FULL}
+        out += [PublishedQuant(label=label, model=pubs[0].model, precision=pubs[0].precision,
+                               averages={p.benchmark: p.scores[AVERAGE] for p in pubs},
+                               deltas={p.benchmark: p.scores[AVERAGE] - full[p.benchmark] for p in pubs
+                                       if p.precision != FULL and p.benchmark in full},
+                               memory_gb=pubs[0].memory_gb, sources=pubs[0].sources, notes=pubs[0].notes)
+                for label, pubs in found.items()]
+    return out
+
+
+def build_quant_table(runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = ()) -> QuantTable:
+    """Rows model × precision of every labeled run, compared with their full-precision row.
+
+    `published`: quantization rows (tasks.references.published_quantization()); those of the reported
+    models are added."""
+    runs = [ReportRun(*r) for r in runs]
+    titles = {run.task.name: run.task.title for run in runs if run.result.overall is not None}
+    rows, notes = [], []
+    for group, (settings, cells) in enumerate(_group_rows(runs).items()):
+        base_key = _baseline(list(cells))
+        base_label = None
+        for key in sorted(cells, key=lambda k: k != base_key):  # the baseline first, then in run order
+            first = next(iter(cells[key].values()))
+            label = run_label(first.result, first.task.eval_split)
+            weights, peak, kind = _memory(list(cells[key].values()))
+            is_base = key == base_key
+            base = None if is_base or base_key is None else cells[base_key]
+            rows.append(QuantRow(label=label, group=group, model=settings[0], precision=key[0],
+                                 baseline=None if is_base else base_label, cells=_cells(cells[key], base, notes),
+                                 weight_bytes=weights, peak_bytes=peak, peak_kind=kind))
+            base_label = label if is_base else base_label
+        if base_key is None:
+            notes.append(f"{settings[0]}: no fp32, bf16 or fp16 run with the same settings, so no Δ.")
+    pubs = _published([row.model for row in rows], published, list(titles))
+    if pubs:
+        sources = "; ".join(dict.fromkeys(s for p in pubs for s in p.sources))
+        notes = [f"Published rows: {sources}; Δ against the published unquantized row.",
+                 *(f"Published: {n}." for n in dict.fromkeys(n for p in pubs for n in p.notes)), *notes]
+    notes = [*EXPLAINED, *notes]
+    return QuantTable(titles=titles, rows=tuple(rows), published=tuple(pubs), notes=tuple(notes))
+
+
+def _cell(cell: QuantCell | None) -> str:
+    if cell is None:
+        return "–"
+    text = f"{100 * cell.metric.accuracy:.1f}"
+    if (d := cell.delta) is not None:
+        text += f" ({100 * d.delta:+.1f} [{100 * d.ci.low:+.1f}, {100 * d.ci.high:+.1f}])"
+    return text
+
+
+def quant_frame(table: QuantTable) -> pd.DataFrame:
+    """The table as strings: "49.9 (-1.7 [-2.4, -1.0])" = Average (Δ [95% CI]) against the baseline."""
+    def gib(value: int | None) -> str:
+        return "–" if value is None else f"{value / GIB:.2f}"
+
+    data = {row.label: {**{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
+                        "Weights (GiB)": gib(row.weight_bytes),
+                        "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else "")}
+            for row in table.rows}
+    for pub in table.published:
+        data[f"{pub.label} (published)"] = {
+            **{t: "–" if name not in pub.averages else f"{pub.averages[name]:.1f}"
+               + (f" ({pub.deltas[name]:+.1f})" if name in pub.deltas else "") for name, t in table.titles.items()},
+            "GPU Mem (GB, published)": "–" if pub.memory_gb is None else f"{pub.memory_gb:.1f}"}
+    return pd.DataFrame.from_dict(data, orient="index").fillna("–").rename_axis("Model")
+
+
+def quant_markdown(table: QuantTable) -> str:
+    notes = "".join(f"- {n}\n" for n in table.notes)
+    return f"## Precision\n\n{markdown_table(quant_frame(table))}\n{notes}"
+
+
+def show_precision(table: QuantTable, asked: bool | None) -> bool:
+    """Shown when asked (True), never (False), or by default (None) when a model has several precisions."""
+    groups = [row.group for row in table.rows]
+    return asked if asked is not None else len(set(groups)) < len(groups)

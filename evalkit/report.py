@@ -1,0 +1,303 @@
+"""Report tables from saved results only (never a model), in the layout of the Baichuan-13B README.
+
+Per benchmark: `Model 5-shot | <categories in task order> | <extra groups> | Average`, one row per
+run, accuracies x100 with one decimal; beside it a table of the questions (subjects) behind every
+figure, and notes for smoke runs (`--limit`), subset runs and C-Eval test runs (which have no
+accuracy, only a leaderboard submission file). Published figures (evalkit.published) stand under
+the runs they match, each followed by a Δ row (measured − published); rows of other published models
+can be added for comparison. The same tables go to CSV.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject
+from evalkit.published import PublishedRow, check_names, matching, named_rows
+from evalkit.results import SUBMISSION_FILE, short_model_name
+from evalkit.types import Metric, QuestionResult, RunConfig, RunResult, Task
+
+AVERAGE = "Average"
+AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}
+
+
+class ReportRun(NamedTuple):
+    """One saved run to report; with `questions` the table gains a bootstrap 95% CI of the Average."""
+
+    result: RunResult
+    task: Task
+    path: Path | None = None  # the run directory: where a C-Eval test submission file lies
+    questions: Sequence[QuestionResult] | None = None
+    reference: str | None = None  # the published model to set beside it; None: matched on the model label
+
+
+@dataclass(frozen=True)
+class BenchmarkTable:
+    """One benchmark's table: scores x100 (NaN where a run has no result), counts, notes."""
+
+    title: str
+    first_column: str  # "Model 5-shot"
+    scores: pd.DataFrame  # index = row labels; columns = categories, extra groups, Average
+    questions: pd.DataFrame  # same shape: questions behind each figure (nullable Int64)
+    subjects: pd.DataFrame  # same shape: subjects behind each figure
+    intervals: dict[str, Interval]  # row label -> 95% CI of the Average, where questions were given
+    configs: dict[str, RunConfig]  # row label -> the run's config
+    notes: tuple[str, ...]
+    published: pd.DataFrame  # published figures, rows labelled "<model> (published)", columns as `scores`
+    published_rows: dict[str, PublishedRow]  # published row label -> its record (sources, split, scheme)
+    links: dict[str, tuple[str, ...]]  # run label -> the published rows it is compared with, first for Δ
+
+    def rows(self) -> list[tuple[str, str, pd.Series]]:
+        """(label, kind, figures) in display order: each run ("measured") with the published rows it matches
+        under it (each shown once) and its "delta" row, then the published rows added for comparison."""
+        out, placed = [], set()
+        for label in self.scores.index:
+            out.append((label, "measured", self.scores.loc[label]))
+            for name in self.links.get(label, ()):
+                if name not in placed:
+                    out.append((name, "published", self.published.loc[name]))
+                    placed.add(name)
+            if label in self.links:
+                delta = self.scores.loc[label] - self.published.loc[self.links[label][0]]
+                out.append((f"Δ {label}", "delta", delta))
+        out += [(name, "published", self.published.loc[name]) for name in self.published.index if name not in placed]
+        return out
+
+
+def run_label(result: RunResult, eval_split: str, *, show_scheme: bool = False, show_shots: bool = False) -> str:
+    """Model + precision (+ scheme, shots, split and --limit where they set the run apart)."""
+    config = result.config
+    label = f"{short_model_name(config.model)} {config.precision}"
+    if config.quant_backend:
+        label += f"/{config.quant_backend}"
+    if show_scheme or config.scheme != "official":
+        label += f" [{config.scheme}]"
+    if config.letter_rule:
+        label += f" letters={config.letter_rule}"
+    if show_shots:
+        label += f" {config.shots}-shot"
+    if config.split not in (None, eval_split):
+        label += f" ({config.split})"
+    if config.limit is not None:
+        label += f" ⚠ limit={config.limit}"
+    return label
+
+
+def _labels(results: Sequence[RunResult], eval_split: str) -> list[str]:
+    """Row labels, unique within one table (the config hash tells identical labels apart)."""
+    show_scheme = len({r.config.scheme for r in results}) > 1
+    show_shots = len({r.config.shots for r in results}) > 1
+    labels = [run_label(r, eval_split, show_scheme=show_scheme, show_shots=show_shots) for r in results]
+    return [f"{label} #{r.config_hash[:6]}" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
+
+
+def _figures(result: RunResult, columns: Sequence[str]) -> dict[str, Metric]:
+    figures = {c: result.groups[c] for c in columns if c in result.groups}
+    if result.overall is not None:
+        figures[AVERAGE] = result.overall
+    return figures
+
+
+def _submission(run: ReportRun) -> str:
+    """Where the leaderboard file of an unlabeled (C-Eval test) run lies."""
+    if run.path is None:
+        return "unknown (run directory not given)"
+    path = run.path / SUBMISSION_FILE
+    return str(path) if path.is_file() else f"missing from {run.path}"
+
+
+def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list[str]:
+    notes = []
+    aggregations = {run.result.scheme.aggregation for run in runs}
+    for aggregation in sorted(aggregations):
+        who = "" if len(aggregations) == 1 else " for " + ", ".join(
+            lbl for lbl, run in zip(labels, runs) if run.result.scheme.aggregation == aggregation)
+        notes.append(f"Categories and Average{who}: {AGGREGATION_NOTES[aggregation]}.")
+    for label, run in zip(labels, runs):
+        config = run.result.config
+        if run.result.overall is None:
+            notes.append(f"{label}: split {config.split or task.eval_split} has no answers, no accuracy; "
+                         f"submission written: {_submission(run)}")
+        if config.limit is not None:
+            notes.append(f"⚠ {label}: --limit {config.limit} questions per subject, a smoke run: "
+                         "not comparable with published figures.")
+        if run.result.overall is not None and run.result.overall.n_subjects < len(task.subjects):
+            notes.append(f"⚠ {label}: {run.result.overall.n_subjects} of {len(task.subjects)} subjects; "
+                         "groups without results are blank.")
+    return notes
+
+
+def _frame(figures: dict[str, dict[str, Metric]], columns: list[str], value: Callable[[Metric], float],
+           dtype: str | type) -> pd.DataFrame:
+    rows = {label: {c: value(m) for c, m in row.items()} for label, row in figures.items()}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=columns).astype(dtype)
+
+
+def _place(shown: dict[str, PublishedRow], row: PublishedRow) -> str:
+    """The row label of a published row in this table, adding it on first use."""
+    for label, known in shown.items():
+        if known is row:
+            return label
+    label = f"{row.label} (published)"
+    if label in shown:  # two documents that disagree on one model
+        label = f"{row.label} (published, {row.sources[0].split(' § ')[0]})"
+    shown[label] = row
+    return label
+
+
+def _published_notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str], shown: dict[str, PublishedRow],
+                     links: dict[str, tuple[str, ...]], intervals: dict[str, Interval]) -> list[str]:
+    notes = [f"{label}: {'; '.join(row.sources)}" + (f"; code reproduced by scheme {row.scheme}" if row.scheme else "")
+             + "".join(f"; {n}" for n in dict.fromkeys(row.notes)) for label, row in shown.items()]
+    if links:
+        notes.append("Δ rows: the run above minus the first published row under it, in accuracy points.")
+    for label, run in zip(labels, runs):
+        if label not in links:
+            continue
+        row, config = shown[links[label][0]], run.result.config
+        if AVERAGE in row.scores and (interval := intervals.get(label)):
+            inside = "inside" if interval.low <= row.scores[AVERAGE] / 100 <= interval.high else "outside"
+            notes.append(f"{label}: the published Average {row.scores[AVERAGE]:.1f} lies {inside} the measured 95% "
+                         f"CI {100 * interval.low:.1f}–{100 * interval.high:.1f}.")
+        if row.scheme and row.scheme != config.scheme:
+            notes.append(f"⚠ {label}: measured with scheme {config.scheme}; the published figures come from the "
+                         f"code that scheme {row.scheme} reproduces.")
+        if row.split and row.split != (config.split or task.eval_split):
+            notes.append(f"⚠ {label}: measured on {config.split or task.eval_split}, published on {row.split}.")
+    return notes
+
+
+def _table(task: Task, runs: Sequence[ReportRun], published: Sequence[PublishedRow],
+           extra: Sequence[str]) -> BenchmarkTable:
+    columns = [*task.categories, *task.extra_groups, AVERAGE]
+    labels = _labels([run.result for run in runs], task.eval_split)
+    figures: dict[str, dict[str, Metric]] = {}
+    intervals, shown, links = {}, {}, {}
+    for label, run in zip(labels, runs):
+        if run.result.overall is None:
+            continue  # unlabeled split: listed in the notes with its submission file
+        figures[label] = _figures(run.result, columns)
+        if run.questions is not None:
+            intervals[label] = bootstrap_ci(correct_by_subject(run.questions), run.result.scheme.aggregation)
+        name = run.reference or short_model_name(run.result.config.model)
+        if found := matching(published, task.name, name, run.result.config.precision):
+            links[label] = tuple(_place(shown, row) for row in found)
+    for row in named_rows(published, task.name, extra):
+        _place(shown, row)
+    shots = {run.result.config.shots for run in runs}
+    return BenchmarkTable(
+        title=task.title,
+        first_column=f"Model {shots.pop()}-shot" if len(shots) == 1 else "Model",
+        scores=_frame(figures, columns, lambda m: 100 * m.accuracy, float),
+        questions=_frame(figures, columns, lambda m: m.n, "Int64"),
+        subjects=_frame(figures, columns, lambda m: m.n_subjects, "Int64"),
+        intervals=intervals,
+        configs={label: run.result.config for label, run in zip(labels, runs) if label in figures},
+        notes=tuple(_notes(task, runs, labels) + _published_notes(task, runs, labels, shown, links, intervals)),
+        published=pd.DataFrame.from_dict({label: row.scores for label, row in shown.items()}, orient="index",
+                                         columns=columns).astype(float),
+        published_rows=shown,
+        links=links,
+    )
+
+
+def build_tables(runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (),
+                 extra: Sequence[str] = ()) -> dict[str, BenchmarkTable]:
+    """One table per benchmark (task name), benchmarks and rows in the order the runs come.
+
+    `published`: the known published rows (tasks.references.published_rows()); a run is set beside the
+    ones it matches. `extra`: names of published models whose rows are added for comparison.
+    """
+    runs = [ReportRun(*r) for r in runs]
+    check_names([*extra, *(run.reference for run in runs if run.reference)], published)
+    by_task: dict[str, list[ReportRun]] = {}
+    for run in runs:
+        by_task.setdefault(run.task.name, []).append(run)
+    return {name: _table(group[0].task, group, published, extra) for name, group in by_task.items()}
+
+
+def display_frame(table: BenchmarkTable) -> pd.DataFrame:
+    """Every row as one-decimal strings ("–" where absent, Δ signed), plus the CI column when there is one."""
+    rows = table.rows()
+    shown = pd.DataFrame([[_cell(v, kind) for v in figures] for _, kind, figures in rows],
+                         index=[label for label, _, _ in rows], columns=table.scores.columns)
+    if table.intervals:
+        shown["95% CI"] = [f"{100 * i.low:.1f}–{100 * i.high:.1f}" if (i := table.intervals.get(label)) else "–"
+                           for label in shown.index]
+    return shown.rename_axis(table.first_column)
+
+
+def _cell(value: float, kind: str) -> str:
+    return "–" if math.isnan(value) else f"{value:+.1f}" if kind == "delta" else f"{value:.1f}"
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """Label column left, figures centred as in the README; strings kept as formatted ("50.0", not 50)."""
+    align = ("left",) + ("center",) * len(frame.columns)
+    return frame.to_markdown(colalign=align, disable_numparse=True) + "\n"
+
+
+def count_frame(table: BenchmarkTable) -> pd.DataFrame:
+    """The "questions (subjects)" behind each measured figure."""
+    counts = table.questions.astype(str) + " (" + table.subjects.astype(str) + ")"
+    return counts.where(table.questions.notna(), "–").rename_axis(table.first_column)
+
+
+def to_markdown(runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (),
+                extra: Sequence[str] = ()) -> str:
+    """The README-style markdown: per benchmark the scores, the counts behind them, and the notes."""
+    parts = []
+    for table in build_tables(runs, published, extra).values():
+        parts.append(f"## {table.title}\n")
+        if len(table.scores) or len(table.published):
+            parts.append(markdown_table(display_frame(table)))
+        if len(table.scores):
+            parts.append("Questions (subjects) behind each figure:\n")
+            parts.append(markdown_table(count_frame(table)))
+        parts.extend(f"- {note}" for note in table.notes)
+        parts.append("")
+    return "\n".join(parts)
+
+
+CSV_COLUMNS = ["benchmark", "run", "source", "model", "precision", "scheme", "shots", "limit", "group", "accuracy",
+               "n", "subjects", "ci95_low", "ci95_high", "published", "published_row"]
+
+
+def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
+    rows = []
+    for label in table.scores.index:
+        interval, config = table.intervals.get(label), table.configs[label]
+        reference = table.links.get(label, (None,))[0]
+        for group in table.scores.columns:
+            if pd.isna(table.scores.at[label, group]):
+                continue
+            ci = interval if group == AVERAGE and interval else None
+            published = table.published.at[reference, group] if reference else math.nan
+            rows.append({"benchmark": name, "run": label, "source": "measured", "model": short_model_name(config.model),
+                         "precision": config.precision, "scheme": config.scheme, "shots": config.shots,
+                         "limit": config.limit, "group": group, "accuracy": table.scores.at[label, group],
+                         "n": table.questions.at[label, group], "subjects": table.subjects.at[label, group],
+                         "ci95_low": 100 * ci.low if ci else None, "ci95_high": 100 * ci.high if ci else None,
+                         "published": None if math.isnan(published) else published,
+                         "published_row": reference if reference and not math.isnan(published) else None})
+    for label, row in table.published_rows.items():
+        rows += [{"benchmark": name, "run": label, "source": "; ".join(row.sources), "model": row.model,
+                  "precision": row.precision, "scheme": row.scheme, "group": group, "accuracy": value}
+                 for group, value in row.scores.items()]
+    return rows
+
+
+def write_csv(runs: Sequence[ReportRun | tuple], path: str | Path, published: Sequence[PublishedRow] = (),
+              extra: Sequence[str] = ()) -> Path:
+    """Every figure of every table, one per line (benchmark, run, group): accuracy x100 unrounded, n, CI,
+    and the published figure a run is compared with; published rows follow with their source."""
+    rows = [row for name, table in build_tables(runs, published, extra).items() for row in _csv_rows(name, table)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(path, index=False, encoding="utf-8")
+    return path

@@ -1,0 +1,306 @@
+"""evalkit command line: 5-shot C-Eval / MMLU / CMMLU scored like the official code.
+
+Examples:
+  python run_eval.py eval --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --data-dir ../shared/data --tasks ceval,mmlu,cmmlu --limit 10
+  python run_eval.py eval --model /models/Baichuan-13B-Base --trust-remote-code --precision bf16 --device cuda
+  python run_eval.py report results/
+  python run_eval.py list --data-dir ../shared/data
+
+Exit status: 0 on success, 2 on a user error (one line `error: ...`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from evalkit.types import EvalkitError, RunConfig
+from tasks import TASKS, get_task
+
+if TYPE_CHECKING:
+    from evalkit.report import ReportRun
+    from evalkit.results import SavedRun
+
+log = logging.getLogger("evalkit")
+DEFAULTS = RunConfig(model="", task="")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _subjects_by_task(task_names: Sequence[str], subjects: Sequence[str] | None) -> dict[str, tuple[str, ...] | None]:
+    """Assign `--subjects` names ("law" or "ceval/law") to the selected tasks that have them."""
+    if not subjects:
+        return {name: None for name in task_names}
+    chosen: dict[str, list[str]] = {name: [] for name in task_names}
+    for item in subjects:
+        task_name, _, subject = item.rpartition("/")
+        owners = [t for t in task_names if (not task_name or t == task_name)
+                  and subject in {s.name for s in get_task(t).subjects}]
+        if not owners:
+            known = sorted({s.name for t in task_names for s in get_task(t).subjects})
+            hint = difflib.get_close_matches(subject, known, n=1)
+            raise EvalkitError(f"subject {item!r} is in none of the tasks {', '.join(task_names)}"
+                               + (f"; did you mean {hint[0]}?" if hint else ""))
+        for owner in owners:
+            chosen[owner].append(subject)
+    return {name: tuple(names) or None for name, names in chosen.items() if names or not subjects}
+
+
+def _process_device(device: str) -> str:
+    """This process's device; under `accelerate launch` each process takes its own (gloo on CPU, nccl on GPU)."""
+    from datetime import timedelta
+
+    import torch
+    from accelerate import PartialState
+
+    from evalkit.model import resolve_device
+
+    resolved = resolve_device(device)
+    # a long timeout: the processes meet only at the end of each task, after hours of scoring
+    state = PartialState(cpu=resolved == "cpu", timeout=timedelta(hours=48))
+    if state.num_processes == 1:
+        return resolved
+    if resolved != "cpu" and not device.startswith("cuda:"):
+        torch.cuda.set_device(state.local_process_index)
+        return f"cuda:{state.local_process_index}"
+    return resolved
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["ReportRun"]:
+    """Validate all data and precisions up front, then per precision: load once, run every task, free."""
+    import gc
+
+    import torch
+
+    from evalkit.data import load_task_data
+    from evalkit.model import check_precision, load_model
+    from evalkit.report import ReportRun
+    from evalkit.runner import run_task
+
+    task_names = [get_task(name).name for name in args.tasks]
+    subjects = _subjects_by_task(task_names, args.subjects)
+    device = _process_device(args.device)
+    base = {name: RunConfig(
+        model=args.model, task=name, data_dir=args.data_dir, split=args.split, subjects=subjects[name],
+        scheme=args.scheme, letter_rule=args.letter_token, shots=args.shots, limit=args.limit,
+        quant_backend=args.quant_backend, device=args.device, trust_remote_code=args.trust_remote_code,
+        seed=args.seed, batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
+        progress=not args.no_progress) for name in subjects}
+    # every file of every task and every precision is checked before the (slow) model loads
+    data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit) for name, c in base.items()}
+    for precision in precisions:
+        check_precision(precision, args.quant_backend, device, args.model, args.trust_remote_code)
+    if args.limit is not None:
+        log.warning("--limit %d: only the first %d questions of each subject are scored; a smoke run, "
+                    "not comparable with published figures (flagged in the report)", args.limit, args.limit)
+    runs = []
+    for precision in precisions:
+        loaded = load_model(args.model, precision, device, args.trust_remote_code, args.quant_backend)
+        for name, config in base.items():
+            config = dataclasses.replace(config, precision=precision)
+            run_dir, result = run_task(loaded, get_task(name), data[name], config)
+            if _is_main_process():
+                print(f"{get_task(name).title} {precision}: {run_dir.path}", file=sys.stderr)
+            runs.append(ReportRun(result, get_task(name), run_dir.path))
+        del loaded
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return runs
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evalkit.report import to_markdown
+    from tasks.references import published_rows
+
+    runs = _evaluate(args, [args.precision])
+    if _is_main_process():
+        print(to_markdown(runs, published_rows()))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from evalkit.quant_report import build_quant_table, quant_markdown
+    from evalkit.report import to_markdown
+    from tasks.references import published_quantization, published_rows
+
+    runs = _evaluate(args, args.precision)
+    if _is_main_process():
+        print(to_markdown(runs, published_rows()))
+        print(quant_markdown(build_quant_table(runs, published_quantization())))
+    return 0
+
+
+def _saved_runs(paths: Sequence[str]) -> dict[Path, "SavedRun"]:
+    """Finished runs found under `paths`, by directory."""
+    from evalkit.results import find_runs, load_run
+
+    runs = {path: load_run(path) for path in find_runs(paths)}
+    if not runs:
+        raise EvalkitError(f"no finished runs (run.json) under {', '.join(map(str, paths))}")
+    return runs
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evalkit.html_report import write_html
+    from evalkit.quant_report import build_quant_table, quant_markdown, show_precision
+    from evalkit.report import ReportRun, to_markdown, write_csv
+    from evalkit.results import short_model_name
+    from tasks.references import published_quantization, published_rows
+
+    published = () if args.no_published else published_rows()
+    quant_published = () if args.no_published else published_quantization()
+    matches = dict(item.split("=", 1) for item in args.match)
+    runs = [ReportRun(saved.result, get_task(saved.result.config.task), path, saved.questions,
+                      matches.get(short_model_name(saved.result.config.model)))
+            for path, saved in _saved_runs(args.paths).items()]
+    print(to_markdown(runs, published, args.reference))
+    quant = {"auto": None, "always": True, "never": False}[args.precision_table]
+    table = build_quant_table(runs, quant_published)
+    if show_precision(table, quant):
+        print(quant_markdown(table))
+    if args.csv:
+        write_csv(runs, args.csv, published, args.reference)
+        print(f"CSV written: {args.csv}", file=sys.stderr)
+    if args.html:
+        page = write_html(runs, args.html, published, args.reference, quant_published, quant)
+        print(f"HTML written: {page.path} (plots: {', '.join(str(p) for p in page.plots)})", file=sys.stderr)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from evalkit.compare import compare, to_markdown
+
+    comparison = compare(list(_saved_runs([args.a]).values()), list(_saved_runs([args.b]).values()), get_task, max_drop=args.max_drop,
+                         allow_subset=args.allow_subset)
+    print(to_markdown(comparison))
+    return 0 if comparison.passed else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from evalkit.data import count_rows
+
+    for name in args.tasks:
+        task = get_task(name)
+        counts = {split: count_rows(task, args.data_dir, split) for split in task.splits} if args.data_dir else {}
+        print(f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
+              f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}")
+        for subject in task.subjects:
+            rows = " ".join(f"{split}={counts[split].get(subject.name, 0)}" for split in counts)
+            print(f"  {subject.name:42s} {subject.name_zh:10s} {', '.join(subject.categories):28s} {rows}")
+    return 0
+
+
+def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
+    parser.add_argument("--tasks", type=_comma_list, default=list(TASKS), help="comma list of " + ", ".join(TASKS))
+    parser.add_argument("--data-dir", help="local copy of the benchmarks in their official layouts "
+                        "(<dir>/{mmlu,ceval,cmmlu}/...); default: the hub datasets")
+    parser.add_argument("--split", help="split to score (default: each task's own: mmlu test, ceval val, cmmlu test; "
+                        "ceval test writes the leaderboard submission JSON)")
+    parser.add_argument("--subjects", type=_comma_list, help="comma list of subjects ('law' or 'ceval/law')")
+    parser.add_argument("--scheme", default=DEFAULTS.scheme, choices=sorted({s for t in TASKS.values() for s in t.schemes}),
+                        help="prompt/scoring scheme: official (the benchmarks' own code), baichuan (Baichuan's "
+                             "evaluation scripts), lm-eval (lm-evaluation-harness)")
+    parser.add_argument("--letter-token", choices=["in_context", "standalone"],
+                        help="override the scheme's rule for the A/B/C/D token ids")
+    parser.add_argument("--shots", type=int, default=DEFAULTS.shots, help="few-shot examples per prompt")
+    parser.add_argument("--limit", type=int, help="score only the first N questions of each subject (smoke runs)")
+    if sweep:
+        parser.add_argument("--precision", type=_comma_list, default="fp32,int8,int4",
+                            help="comma list of precisions: fp32, bf16, fp16, int8, int4")
+    else:
+        parser.add_argument("--precision", "--dtype", dest="precision", default=DEFAULTS.precision,
+                            help="fp32, bf16, fp16, int8 or int4")
+    parser.add_argument("--quant-backend", choices=["bnb", "torchao", "rtn", "model"],
+                        help="int8/int4 method: bnb (default: LLM.int8 / NF4), torchao (weight-only), rtn "
+                             "(per-channel absmax round-to-nearest, Baichuan's quantize()), model (the model's "
+                             "own quantize(bits), needs --trust-remote-code)")
+    parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the model repository's own Python code (needed by e.g. Baichuan); off by default")
+    parser.add_argument("--batch-tokens", type=int, help="token budget per batch (default: sized for the device); "
+                        "lower it after an out-of-memory error")
+    parser.add_argument("--engine", choices=["auto", "prefix", "plain"], default=DEFAULTS.engine,
+                        help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full prompts")
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (recorded in run.json)")
+    parser.add_argument("--output-dir", default=DEFAULTS.output_dir, help="where run directories go")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="run_eval.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p_eval = sub.add_parser("eval", help="score a model on the tasks", formatter_class=fmt)
+    _add_eval_flags(p_eval)
+    p_eval.set_defaults(func=cmd_eval)
+    p_sweep = sub.add_parser("sweep", formatter_class=fmt,
+                             help="one model at several precisions: each loaded once, every task run on it")
+    _add_eval_flags(p_sweep, sweep=True)
+    p_sweep.set_defaults(func=cmd_sweep)
+    p_report = sub.add_parser("report", help="tables from saved run directories", formatter_class=fmt)
+    p_report.add_argument("paths", nargs="+", help="run directories, or folders to search for them")
+    p_report.add_argument("--csv", help="also write the tables as CSV to this file")
+    p_report.add_argument("--html", help="also write one self-contained HTML page (tables, plots) to this file; "
+                          "the plots are saved beside it as PNG")
+    p_report.add_argument("--reference", type=_comma_list, default=[],
+                          help="published rows to add to the tables, e.g. LLaMA-13B,Baichuan-13B-Base")
+    p_report.add_argument("--match", action="append", default=[], metavar="MODEL=NAME",
+                          help="compare runs of MODEL (its short name) with the published row NAME "
+                               "(otherwise matched by name automatically); repeatable")
+    p_report.add_argument("--no-published", action="store_true", help="leave published figures out")
+    p_report.add_argument("--precision-table", choices=["auto", "always", "never"], default="auto",
+                          help="the quantization table (rows model x precision, delta to full precision with "
+                               "its 95%% CI); auto: when a model has runs at several precisions")
+    p_report.set_defaults(func=cmd_report)
+    p_compare = sub.add_parser(
+        "compare", formatter_class=fmt, help="paired per-question comparison of two runs; the CI gate",
+        description="Compare run(s) B against A on the questions both scored: accuracy deltas per subject, "
+                    "category and benchmark with paired-bootstrap 95% intervals, McNemar's exact p-value and the "
+                    "questions that flipped. With --max-drop the exit status is 1 when a benchmark's Average "
+                    "drops by more than that many points (the gate for quantized releases), else 0.")
+    p_compare.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
+    p_compare.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
+    p_compare.add_argument("--max-drop", type=float, help="accuracy points B may lose against A per benchmark")
+    p_compare.add_argument("--allow-subset", action="store_true",
+                           help="compare only the questions both runs scored instead of refusing different sets")
+    p_compare.set_defaults(func=cmd_compare)
+    p_list = sub.add_parser("list", help="tasks, subjects, categories and row counts", formatter_class=fmt)
+    p_list.add_argument("--tasks", type=_comma_list, default=list(TASKS), help="comma list of tasks")
+    p_list.add_argument("--data-dir", help="count rows of each split in this local copy")
+    p_list.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return args.func(args)
+    except EvalkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

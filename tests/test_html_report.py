@@ -1,0 +1,120 @@
+"""The HTML report: one self-contained page (tables, embedded plots) with the PNGs beside it, rendered in
+headless Chromium where it is installed."""
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+
+from builders import answers, saved_run
+from evalkit.html_report import write_html
+from evalkit.published import PublishedRow
+from evalkit.report import ReportRun
+from evalkit.types import RunConfig
+from tasks import get_task
+
+CEVAL = get_task("ceval")
+PUBLISHED = (PublishedRow(label="Baichuan-13B-Base", model="Baichuan-13B-Base", benchmark="ceval",
+                          scores={"Others": 49.3, "Average": 52.4}, sources=("README.md § C-Eval",)),
+             PublishedRow(label="Vicuna-13B", model="Vicuna-13B", benchmark="ceval", scores={"Average": 32.8},
+                          sources=("README.md § C-Eval",)))
+QUANT_PUBLISHED = (PublishedRow(label="Baichuan-13B-Base-int8", model="Baichuan-13B-Base", benchmark="ceval",
+                                scores={"Average": 51.2}, sources=("README.md § Quantization",), precision="int8",
+                                memory_gb=15.8),)
+
+
+def runs(precisions: tuple[str, ...] = ("fp16", "int8")) -> list[ReportRun]:
+    """Baichuan-13B-Base on two C-Eval subjects: fp16 answers 30 + 20 of 40 right, int8 loses 5 of each."""
+    out = []
+    for precision in precisions:
+        lost = 5 if precision == "int8" else 0
+        questions = (answers("ceval", "accountant", set(range(lost, 30)), 40, split="val")
+                     + answers("ceval", "advanced_mathematics", set(range(lost, 20)), 40, split="val"))
+        config = RunConfig(model="baichuan-inc/Baichuan-13B-Base", task="ceval", precision=precision,
+                           quant_backend="bnb" if precision == "int8" else None)
+        saved = saved_run(config, questions, model_info={"weight_bytes": 2**30, "peak_cuda_bytes": 2**31})
+        out.append(ReportRun(saved.result, CEVAL, None, saved.questions))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("html") / "report.html"
+    return write_html(runs(), path, PUBLISHED, ["Vicuna-13B"], QUANT_PUBLISHED)
+
+
+def test_page_and_plots_are_written_side_by_side(report):
+    assert report.path.is_file()
+    assert [p.name for p in report.plots] == ["report-ceval.png", "report-precision.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in report.plots)
+
+
+def test_plots_are_embedded_as_the_same_png_bytes(report):
+    page = report.path.read_text(encoding="utf-8")
+    embedded = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert [name for name, _ in embedded] == [p.name for p in report.plots]
+    for (_, data), plot in zip(embedded, report.plots):
+        assert base64.b64decode(data) == plot.read_bytes()
+
+
+def test_page_needs_nothing_from_outside(report):
+    page = report.path.read_text(encoding="utf-8")
+    assert not re.search(r"<script|<link|@import|url\(", page)
+    links = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page)
+    assert len(links) == 2 and all(link.startswith("data:image/png;base64,") for link in links)
+    assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
+
+
+def test_page_holds_the_tables(report):
+    page = report.path.read_text(encoding="utf-8")
+    assert '<tr class="published"><td>Baichuan-13B-Base (published)</td>' in page
+    assert '<tr class="delta"><td>Δ Baichuan-13B-Base fp16</td>' in page
+    assert "<th>Model 5-shot</th>" in page and "<h2>Precision</h2>" in page
+    assert "<td>51.2 (-1.2)</td>" not in page  # no published unquantized row given, so no published Δ
+    assert "<td>15.8</td>" in page
+
+
+def test_precision_section_only_for_a_sweep_unless_asked(tmp_path):
+    single = write_html(runs(("fp16",)), tmp_path / "one.html")
+    assert "<h2>Precision</h2>" not in single.path.read_text(encoding="utf-8")
+    assert [p.name for p in single.plots] == ["one-ceval.png"]
+    asked = write_html(runs(("fp16",)), tmp_path / "asked.html", quant=True)
+    assert "<h2>Precision</h2>" in asked.path.read_text(encoding="utf-8")
+    never = write_html(runs(), tmp_path / "never.html", quant=False)
+    assert "<h2>Precision</h2>" not in never.path.read_text(encoding="utf-8")
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not found:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    return found
+
+
+def render(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """Headless Chromium on the page with a fresh profile and no network activity of its own."""
+    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+               "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
+
+
+def test_chromium_renders_the_tables(report, tmp_path):
+    dom = render(report.path, tmp_path, "--dump-dom").stdout
+    assert "<td>Δ Baichuan-13B-Base fp16</td>" in dom and "<td>Vicuna-13B (published)</td>" in dom
+    assert "<td>52.4</td>" in dom and "<td>32.8</td>" in dom  # published Averages
+    assert "<td>62.5</td>" in dom  # measured fp16 Average: (30/40 + 20/40) / 2 subjects
+    assert len(re.findall(r'<img alt="report-', dom)) == 2
+
+
+def test_chromium_screenshot_is_not_blank(report, tmp_path):
+    shot = tmp_path / "shot.png"
+    render(report.path, tmp_path, f"--screenshot={shot}", "--window-size=1200,2400", "--hide-scrollbars")
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2400, 1200)
+    assert len({tuple(p) for p in pixels[::20, ::20, :3].reshape(-1, 3).round(2)}) > 20  # text, tables, bars

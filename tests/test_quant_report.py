@@ -1,0 +1,120 @@
+"""The precision table: rows model × precision, baselines, Δ with evalkit.compare's paired CI, memory,
+published int8/int4 rows, when it is shown, and errors."""
+from __future__ import annotations
+
+import pytest
+
+from builders import answers, saved_run
+from evalkit.compare import compare_pair
+from evalkit.published import PublishedRow
+from evalkit.quant_report import build_quant_table, quant_frame, quant_markdown, show_precision
+from evalkit.report import ReportRun
+from evalkit.results import SavedRun
+from evalkit.types import EvalkitError, QuestionResult, RunConfig
+from tasks import get_task
+from tasks.references import published_quantization
+
+MMLU = get_task("mmlu")
+# MMLU astronomy, 100 questions: fp32 and bf16 answer 70 right, int8 loses 10 of them, int4 loses 20
+RIGHT = {"fp32": set(range(70)), "bf16": set(range(70)), "int8": set(range(10, 70)), "int4": set(range(20, 70))}
+GIB = 2**30
+
+
+def run(precision: str, task: str = "mmlu", questions: list[QuestionResult] | None = None,
+        model: str = "org/Model-7B", info: dict | None = None, **config) -> ReportRun:
+    """A saved run with questions, as `report` loads it; weight bytes 4/2/1/0.5 GiB by precision."""
+    backend = "bnb" if precision in ("int8", "int4") else None
+    if questions is None:
+        subject = "astronomy" if task == "mmlu" else "accountant"
+        questions = answers(task, subject, RIGHT[precision], 100, split=get_task(task).eval_split)
+    cfg = RunConfig(model=model, task=task, precision=precision, quant_backend=backend, **config)
+    weights = int({"fp32": 4, "bf16": 2, "int8": 1, "int4": 0.5}[precision] * GIB)
+    saved = saved_run(cfg, questions, model_info={"weight_bytes": weights, **(info or {})})
+    return ReportRun(saved.result, get_task(task), None, saved.questions)
+
+
+def pair(report_run: ReportRun) -> SavedRun:
+    return SavedRun(report_run.result, list(report_run.questions))
+
+
+def test_rows_are_model_by_precision_against_the_fp32_row():
+    runs = [run(p, t) for p in ("bf16", "int8", "fp32", "int4") for t in ("mmlu", "ceval")]
+    table = build_quant_table(runs)
+    assert [(r.label, r.baseline) for r in table.rows] == [
+        ("Model-7B fp32", None), ("Model-7B bf16", "Model-7B fp32"), ("Model-7B int8/bnb", "Model-7B fp32"),
+        ("Model-7B int4/bnb", "Model-7B fp32")]
+    assert table.titles == {"mmlu": "MMLU", "ceval": "C-Eval"}
+    int8 = table.rows[2].cells["mmlu"]
+    expected = compare_pair(MMLU, pair(runs[4]), pair(runs[2])).overall  # fp32 -> int8 on MMLU
+    assert int8.delta == expected and 100 * int8.delta.delta == pytest.approx(-10.0)
+    assert int8.metric.accuracy == pytest.approx(0.6) and table.rows[0].cells["mmlu"].delta is None
+    assert 100 * table.rows[3].cells["ceval"].delta.delta == pytest.approx(-20.0)
+
+
+def test_bf16_is_the_baseline_without_fp32_and_no_baseline_means_no_delta():
+    table = build_quant_table([run("int8"), run("bf16")])
+    assert [(r.label, r.baseline) for r in table.rows] == [("Model-7B bf16", None),
+                                                           ("Model-7B int8/bnb", "Model-7B bf16")]
+    table = build_quant_table([run("int8"), run("int4")])
+    assert all(r.baseline is None and r.cells["mmlu"].delta is None for r in table.rows)
+    assert "Model-7B: no fp32, bf16 or fp16 run with the same settings, so no Δ." in table.notes
+
+
+def test_models_and_settings_form_separate_comparisons():
+    other = run("int8", model="org/Other-7B")
+    smoke = run("int4", questions=answers("mmlu", "astronomy", 5, 10), limit=10)
+    table = build_quant_table([run("fp32"), other, smoke])
+    assert [(r.label, r.group, r.baseline) for r in table.rows] == [
+        ("Model-7B fp32", 0, None), ("Other-7B int8/bnb", 1, None), ("Model-7B int4/bnb ⚠ limit=10", 2, None)]
+    assert not show_precision(table, None) and show_precision(table, True)
+    assert show_precision(build_quant_table([run("fp32"), run("int8")]), None)
+    assert not show_precision(build_quant_table([run("fp32"), run("int8")]), False)
+
+
+def test_a_subset_is_compared_on_the_shared_questions_with_a_note():
+    full, part = run("fp32"), run("int8")
+    part = part._replace(questions=part.questions[:80])
+    table = build_quant_table([full, part])
+    cell = table.rows[1].cells["mmlu"]
+    assert cell.delta.a.n == 80 and 100 * cell.delta.delta == pytest.approx(100 * (60 - 70) / 80)
+    notes = table.notes
+    assert any("Δ over the 80 shared questions (20 and 0 left out)" in n for n in notes)
+
+
+def test_two_runs_of_one_cell_are_an_error():
+    first, second = run("int8"), run("int8", data_dir="/other/copy")
+    with pytest.raises(EvalkitError, match="two mmlu runs of 'Model-7B int8/bnb'.*report one"):
+        build_quant_table([first, second])
+
+
+def test_memory_columns_prefer_cuda_peaks_and_say_which():
+    table = build_quant_table([run("fp32", info={"peak_rss_bytes": 5 * GIB}),
+                               run("int8", info={"peak_cuda_bytes": GIB // 2, "peak_rss_bytes": 9 * GIB})])
+    frame = quant_frame(table)
+    assert frame.loc["Model-7B fp32", "Weights (GiB)"] == "4.00" and frame.loc["Model-7B fp32",
+                                                                                "Peak load (GiB)"] == "5.00 RSS"
+    assert frame.loc["Model-7B int8/bnb", "Peak load (GiB)"] == "0.50 CUDA"
+    assert frame.loc["Model-7B int8/bnb", "MMLU"].startswith("60.0 (-10.0 [")
+
+
+def test_published_rows_of_the_same_model_follow_with_their_deltas_and_memory():
+    published = [PublishedRow(label=f"Model-7B{suffix}", model="Model-7B", benchmark="mmlu", scores={"Average": avg},
+                              sources=("card § Quantization",), precision=precision, memory_gb=gb)
+                 for suffix, precision, avg, gb in (("", "full", 50.0, 14.0), ("-int4", "int4", 45.5, 4.5))]
+    table = build_quant_table([run("fp32"), run("int4")], published)
+    assert [(p.label, p.averages, p.deltas, p.memory_gb) for p in table.published] == [
+        ("Model-7B", {"mmlu": 50.0}, {}, 14.0), ("Model-7B-int4", {"mmlu": 45.5}, {"mmlu": -4.5}, 4.5)]
+    frame = quant_frame(table)
+    assert frame.loc["Model-7B-int4 (published)", "MMLU"] == "45.5 (-4.5)"
+    assert frame.loc["Model-7B-int4 (published)", "GPU Mem (GB, published)"] == "4.5"
+    assert "Published rows: card § Quantization; Δ against the published unquantized row." in table.notes
+    assert build_quant_table([run("fp32", model="org/Else")], published).published == ()
+
+
+def test_the_real_quantization_table_stands_beside_a_baichuan_sweep():
+    runs = [run(p, model="baichuan-inc/Baichuan-13B-Base") for p in ("bf16", "int8")]
+    text = quant_markdown(build_quant_table(runs, published_quantization()))
+    assert text.startswith("## Precision\n\n| Model")
+    row = next(line for line in text.splitlines() if line.startswith("| Baichuan-13B-Base-int8 (published)"))
+    assert [c.strip() for c in row.strip("|").split("|")][:2] == ["Baichuan-13B-Base-int8 (published)", "49.9 (-1.7)"]
+    assert "15.8" in row and "most likely GiB" in text

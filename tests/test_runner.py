@@ -1,0 +1,174 @@
+"""End to end through the CLI on tiny real models and tiny official-layout data directories."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from run_eval import main
+
+TASKS = ("ceval", "mmlu", "cmmlu")
+
+
+def subjects_in(data_dir: Path, task: str) -> list[str]:
+    """The subjects the fixture wrote for a task (from its dev files)."""
+    names = [p.stem.removesuffix("_dev") for p in sorted((data_dir / task / "dev").glob("*.csv"))]
+    assert names, f"fixture wrote no {task} subjects"
+    return names
+
+
+def count_eval_rows(data_dir: Path, task: str) -> int:
+    """Rows of the task's scored split, counted with the csv module (fields may hold newlines)."""
+    split, header = {"ceval": ("val", 1), "mmlu": ("test", 0), "cmmlu": ("test", 1)}[task]
+    total = 0
+    for path in (data_dir / task / split).glob("*.csv"):
+        with path.open(encoding="utf-8", newline="") as handle:
+            total += len(list(csv.reader(handle))) - header
+    return total
+
+
+def eval_args(model_dir: Path, data_dir: Path, out: Path, *extra: str, tasks: tuple[str, ...] = TASKS) -> list[str]:
+    subjects = ",".join(f"{t}/{s}" for t in tasks for s in subjects_in(data_dir, t))
+    return ["eval", "--model", str(model_dir), "--data-dir", str(data_dir), "--tasks", ",".join(tasks),
+            "--subjects", subjects, "--output-dir", str(out), "--no-progress", *extra]
+
+
+def run_dirs(out: Path) -> dict[str, Path]:
+    """task -> its single run directory under `out`."""
+    dirs = {}
+    for config in out.glob("*/config.json"):
+        task = json.loads(config.read_text(encoding="utf-8"))["config"]["task"]
+        assert task not in dirs, f"two run dirs for {task} under {out}"
+        dirs[task] = config.parent
+    return dirs
+
+
+def questions(run_dir: Path) -> dict[str, dict]:
+    lines = (run_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
+    by_id = {row["id"]: row for row in rows}
+    assert len(by_id) == len(rows), "a question was written twice"
+    return by_id
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_spm_model_dir, tiny_data_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("full")
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out)) == 0
+    return out
+
+
+def test_eval_writes_every_question_and_a_complete_run_json(full_run, tiny_data_dir, capsys):
+    dirs = run_dirs(full_run)
+    assert set(dirs) == set(TASKS)
+    for task, run_dir in dirs.items():
+        rows = questions(run_dir)
+        assert len(rows) == count_eval_rows(tiny_data_dir, task)
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        assert run["config_hash"] == json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config_hash"]
+        assert run["scheme"]["name"] == "official"
+        assert len(set(run["letter_ids"])) == 4 and len(run["letter_strings"]) == 4
+        assert run["overall"]["n"] == len(rows)
+        assert sum(m["n"] for m in run["subjects"].values()) == len(rows)
+        for row in rows.values():
+            assert row["pred"] in "ABCD" and row["gold"] in "ABCD"
+            assert row["correct"] == (row["pred"] == row["gold"])
+            best = max(range(4), key=lambda i: (row["logprobs"][i], -i))
+            assert "ABCD"[best] == row["pred"]
+            assert row["shots_used"] == 5 and row["prompt_tokens"] > 0
+        assert run["environment"]["packages"]["transformers"]
+
+
+def test_report_reprints_the_tables_from_saved_results(full_run, capsys):
+    assert main(["report", str(full_run), "--csv", str(full_run / "tables.csv")]) == 0
+    printed = capsys.readouterr().out
+    for header in ("STEM", "Social Sciences", "Humanities", "Others", "Average", "China Specific"):
+        assert header in printed
+    assert (full_run / "tables.csv").read_text(encoding="utf-8").strip()
+
+
+def test_results_do_not_depend_on_batch_size_or_engine(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
+    reference = {t: questions(d) for t, d in run_dirs(full_run).items()}
+    for variant, extra in {"small": ["--batch-tokens", "64"], "plain": ["--engine", "plain"]}.items():
+        out = tmp_path / variant
+        assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, *extra)) == 0
+        for task, run_dir in run_dirs(out).items():
+            got = questions(run_dir)
+            assert got.keys() == reference[task].keys()
+            for qid, row in got.items():
+                assert row["pred"] == reference[task][qid]["pred"], (variant, qid)
+                assert row["logprobs"] == pytest.approx(reference[task][qid]["logprobs"], abs=1e-4)
+
+
+def test_rerun_after_a_kill_resumes_to_the_same_results(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
+    """The on-disk state a kill -9 leaves (no run.json, a torn last line) resumes to identical results."""
+    out = tmp_path / "killed"
+    shutil.copytree(full_run, out)
+    for run_dir in run_dirs(out).values():
+        (run_dir / "run.json").unlink()
+        lines = (run_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+        (run_dir / "questions.jsonl").write_text("".join(lines[:3]) + lines[3][:17], encoding="utf-8")
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out)) == 0
+    reference = run_dirs(full_run)
+    for task, run_dir in run_dirs(out).items():
+        assert questions(run_dir) == questions(reference[task])
+        resumed = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        original = json.loads((reference[task] / "run.json").read_text(encoding="utf-8"))
+        assert resumed["overall"] == original["overall"] and resumed["groups"] == original["groups"]
+        assert resumed["timings"]["resumed_questions"] == 3
+
+
+def test_a_different_config_starts_a_new_run(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
+    out = tmp_path / "two"
+    shutil.copytree(full_run, out)
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, "--shots", "2", tasks=("ceval",))) == 0
+    configs = [json.loads(p.read_text(encoding="utf-8"))["config"] for p in out.glob("*/config.json")]
+    assert sorted(c["shots"] for c in configs if c["task"] == "ceval") == [2, 5]
+
+
+def test_bpe_tokenizer_scores_in_context_space_letters(tiny_bpe_model_dir, tiny_data_dir, tmp_path):
+    assert main(eval_args(tiny_bpe_model_dir, tiny_data_dir, tmp_path, tasks=("mmlu",))) == 0
+    run = json.loads((run_dirs(tmp_path)["mmlu"] / "run.json").read_text(encoding="utf-8"))
+    assert run["letter_strings"] == ["ĠA", "ĠB", "ĠC", "ĠD"]
+    assert run["bos"] is False
+
+
+def test_limit_is_flagged_in_the_report(tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys):
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--limit", "2", tasks=("cmmlu",))) == 0
+    run_dir = run_dirs(tmp_path)["cmmlu"]
+    assert len(questions(run_dir)) == 2 * len(subjects_in(tiny_data_dir, "cmmlu"))
+    assert json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["limited"] is True
+    assert "limit" in capsys.readouterr().out.lower()
+
+
+def test_ceval_test_split_writes_a_submission_and_no_accuracy(tiny_spm_model_dir, tiny_data_dir, tmp_path):
+    if not (tiny_data_dir / "ceval" / "test").is_dir():
+        pytest.skip("fixture wrote no C-Eval test split")
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--split", "test", tasks=("ceval",))) == 0
+    run_dir = run_dirs(tmp_path)["ceval"]
+    submission = json.loads((run_dir / "submission.json").read_text(encoding="utf-8"))
+    assert set(submission) == set(subjects_in(tiny_data_dir, "ceval"))
+    assert all(answer in "ABCD" for answers in submission.values() for answer in answers.values())
+    assert json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["overall"] is None
+
+
+def test_bad_input_exits_2_with_the_file_and_row(tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data_dir, data)
+    subject = subjects_in(data, "mmlu")[0]
+    bad = data / "mmlu" / "test" / f"{subject}_test.csv"
+    bad.write_text(bad.read_text(encoding="utf-8") + "q,a,b,c,d,E\n", encoding="utf-8")
+    assert main(eval_args(tiny_spm_model_dir, data, tmp_path / "out", tasks=("mmlu",))) == 2
+    message = capsys.readouterr().err
+    assert bad.name in message and "E" in message and "row" in message.lower()
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*/questions.jsonl"))
+
+
+def test_unknown_task_and_subject_suggest_the_right_name(capsys):
+    assert main(["eval", "--model", "x", "--tasks", "cevl"]) == 2
+    assert "did you mean ceval" in capsys.readouterr().err
+    assert main(["eval", "--model", "x", "--tasks", "ceval", "--subjects", "acountant"]) == 2
+    assert "accountant" in capsys.readouterr().err
