@@ -73,6 +73,12 @@ def _process_device(device: str) -> str:
     return resolved
 
 
+def _is_single_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().num_processes == 1
+
+
 def _is_main_process() -> bool:
     from accelerate import PartialState
 
@@ -87,30 +93,36 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
 
     from evalkit.data import load_task_data
     from evalkit.model import check_precision, load_model
+    from evalkit.quantize import QUANT_BITS
     from evalkit.report import ReportRun
     from evalkit.runner import run_task
 
     task_names = [get_task(name).name for name in args.tasks]
     subjects = _subjects_by_task(task_names, args.subjects)
     device = _process_device(args.device)
+    if args.device_map and not _is_single_process():
+        raise EvalkitError("--device-map spreads one model over all GPUs of one process; under accelerate launch "
+                           "each process holds its own copy: use one or the other")
     base = {name: RunConfig(
         model=args.model, task=name, data_dir=args.data_dir, split=args.split, subjects=subjects[name],
         scheme=args.scheme, letter_rule=args.letter_token, shots=args.shots, limit=args.limit,
-        quant_backend=args.quant_backend, device=args.device, trust_remote_code=args.trust_remote_code,
+        device=args.device, trust_remote_code=args.trust_remote_code,
         seed=args.seed, batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
         progress=not args.no_progress) for name in subjects}
     # every file of every task and every precision is checked before the (slow) model loads
     data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit) for name, c in base.items()}
+    backend_for = {p: args.quant_backend if p in QUANT_BITS else None for p in precisions}  # floats take none
     for precision in precisions:
-        check_precision(precision, args.quant_backend, device, args.model, args.trust_remote_code)
+        check_precision(precision, backend_for[precision], device, args.model, args.trust_remote_code)
     if args.limit is not None:
         log.warning("--limit %d: only the first %d questions of each subject are scored; a smoke run, "
                     "not comparable with published figures (flagged in the report)", args.limit, args.limit)
     runs = []
     for precision in precisions:
-        loaded = load_model(args.model, precision, device, args.trust_remote_code, args.quant_backend)
+        loaded = load_model(args.model, precision, device, args.trust_remote_code, backend_for[precision],
+                            args.device_map)
         for name, config in base.items():
-            config = dataclasses.replace(config, precision=precision)
+            config = dataclasses.replace(config, precision=precision, quant_backend=backend_for[precision])
             run_dir, result = run_task(loaded, get_task(name), data[name], config)
             if _is_main_process():
                 print(f"{get_task(name).title} {precision}: {run_dir.path}", file=sys.stderr)
@@ -230,6 +242,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
                              "(per-channel absmax round-to-nearest, Baichuan's quantize()), model (the model's "
                              "own quantize(bits), needs --trust-remote-code)")
     parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device-map", choices=["auto", "balanced", "balanced_low_0", "sequential"],
+                        help="spread one model over all visible GPUs (transformers/accelerate) instead of one "
+                             "device; for models too large for one GPU (not under accelerate launch)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the model repository's own Python code (needed by e.g. Baichuan); off by default")
     parser.add_argument("--batch-tokens", type=int, help="token budget per batch (default: sized for the device); "

@@ -3,7 +3,7 @@
 Example (from the repository root):
   python -m benchmarks.throughput_stability --new-tokens 64 --repeats 3 --threads 1
 
-The model is loaded once; the bandwidth probe and `evalkit.bench.bench_loaded` then run twice on it.
+The model is loaded once; `evalkit.bench.bench_loaded` (with its bandwidth probes) then runs twice on it.
 Printed per figure: each run's median, the relative difference of the medians (run 2 vs run 1) and
 each run's repeat spread ((max − min) / median), then how busy the machine was during each run.
 A difference well above the spreads means the machine changed between runs (other load, clocks).
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tabulate import tabulate
 
-from evalkit.bench import MODES, BenchRow, BenchSettings, bench_loaded, probe_bandwidth
+from evalkit.bench import MODES, BenchRow, BenchSettings, bench_loaded
 from evalkit.model import load_model, resolve_device
 from evalkit.types import EvalkitError
 
@@ -63,20 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         device = resolve_device(args.device)
         loaded = load_model(args.model, args.precision, device)
-        runs = []
-        for _ in range(2):
-            probe = probe_bandwidth(device)
-            runs.append((probe, bench_loaded(loaded, args.batch_size, settings, probe)))
+        first, second = (bench_loaded(loaded, args.batch_size, settings) for _ in range(2))
     except EvalkitError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    (probe1, first), (probe2, second) = runs
     print(f"{first.model} {first.precision} ({first.mode}) on {device}: batch {args.batch_size}, "
           f"{args.prompt_tokens} prompt + {args.new_tokens} new tokens, {args.repeats} repeats per run, "
           f"threads {torch.get_num_threads()}")
     print(_compare(first, second))
-    print(f"bandwidth GB/s: run 1 {probe1.gb_s:.2f}, run 2 {probe2.gb_s:.2f} "
-          f"({100 * (probe2.gb_s - probe1.gb_s) / probe1.gb_s:+.1f} %)")
+    bw1, bw2 = first.bandwidth.gb_s, second.bandwidth.gb_s
+    print(f"bandwidth GB/s (best copy around each run's repeats): run 1 {bw1:.2f}, run 2 {bw2:.2f} "
+          f"({100 * (bw2 - bw1) / bw1:+.1f} %)")
     for name, row in (("run 1", first), ("run 2", second)):
         print(f"{name}: achieved {row.achieved_fraction:.2f} of the {row.bound_tok_s:.2f} tok/s bound; "
               f"load average {row.load.loadavg_1m_start:.2f} -> {row.load.loadavg_1m_end:.2f}, "

@@ -8,7 +8,9 @@ Definitions (PROTOCOL §4), per model × precision × batch size, B rows of P pr
 - end-to-end tok/s = B·N / T_N (Baichuan's figure at B = 1); prefill tok/s = B·P / T_1;
   decode tok/s = B·(N−1) / (T_N − T_1): the set-up cost cancels in the difference.
 - bound: a decode step reads every weight (an untied input embedding only by row) and the KV
-  cache; bound tok/s = B · bandwidth / bytes per step, bandwidth from a large copy on the device.
+  cache; bound tok/s = B · bandwidth / bytes per step, bandwidth from a large copy on the device
+  just before and just after the row's repeats (the best of both: a shared machine's bandwidth
+  moves, and a probe minutes away from the repeats once gave a bound decode beat by 23 %).
 Each repeat pairs one T_1 and one T_N call; figures are medians over repeats with min/max.
 `compiled` mode (static KV cache + torch.compile through transformers) is a separate report.
 """
@@ -22,15 +24,23 @@ import os
 import re
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import psutil
 import torch
 
-from evalkit.model import LoadedModel, check_precision, load_model, measure_peak_memory, resolve_device, resolve_source
+from evalkit.model import (
+    LoadedModel,
+    check_precision,
+    load_model,
+    measure_peak_memory,
+    resolve_device,
+    resolve_source,
+)
 from evalkit.types import EvalkitError
 
 log = logging.getLogger(__name__)
@@ -51,7 +61,7 @@ class Stat:
     values: tuple[float, ...]
 
     @staticmethod
-    def of(values: list[float]) -> "Stat":
+    def of(values: list[float]) -> Stat:
         return Stat(statistics.median(values), min(values), max(values), tuple(values))
 
     @property
@@ -75,6 +85,7 @@ class BenchSettings:
     trust_remote_code: bool = False
     threads: int | None = None  # None: leave torch's setting alone
     compile_backend: str = "inductor"
+    probe_bytes: int | None = None  # bandwidth probe buffer; None: max(256 MiB, 4 × last-level cache)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -135,6 +146,7 @@ class BenchRow:
     weight_bytes: int
     weight_read_bytes: int  # read per decode step: weights less an untied input embedding
     kv_bytes_per_token: int  # per row and position, measured from a real cache
+    bandwidth: BandwidthProbe  # probed just before and after the repeats; gb_s is the best of both
     bytes_per_step: int  # weights + mean KV read per decode step, all rows
     bound_tok_s: float
     achieved_fraction: float  # decode tok/s ÷ bound, not clamped
@@ -147,6 +159,7 @@ class BenchRow:
     warmup_s: float  # includes compilation in compiled mode
     device: str
     dtype: str
+    model_info: dict = field(default_factory=dict)  # load_model's record: backend, method, source, load peak
     notes: tuple[str, ...] = ()
 
 
@@ -157,7 +170,6 @@ class BenchReport:
     created: str  # UTC, ISO 8601
     mode: str
     settings: dict
-    bandwidth: BandwidthProbe
     environment: dict
     rows: tuple[BenchRow, ...]
 
@@ -195,7 +207,6 @@ def probe_bandwidth(device: str, buffer_bytes: int | None = None, repeats: int =
     dst = torch.empty_like(src)
     dst.copy_(src)
     values = [2 * size / _timed(lambda: dst.copy_(src), device)[0] / 1e9 for _ in range(repeats)]
-    del src, dst
     return BandwidthProbe(device, size, max(values), tuple(values), torch.get_num_threads(), llc)
 
 
@@ -315,12 +326,14 @@ def _notes(row: BenchRow, settings: BenchSettings) -> tuple[str, ...]:
                      "figures are static-cache eager")
     if row.compiled:
         notes.append(f"compilation + warmup took {row.warmup_s:.1f} s (excluded from the figures)")
+    if settings.repeats < 3:
+        notes.append(f"only {settings.repeats} timed repeat(s): PROTOCOL §4 asks for at least 3")
     if row.load.other_cores_busy >= 0.5:
         notes.append(f"other processes kept {row.load.other_cores_busy:.1f} cores busy during the timed repeats")
     return tuple(notes)
 
 
-def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings, bandwidth: BandwidthProbe) -> BenchRow:
+def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) -> BenchRow:
     """Time one loaded model at one batch size (definitions in the module docstring)."""
     device, (B, P, N) = str(loaded.model.device), (batch_size, settings.prompt_tokens, settings.new_tokens)
     inputs = prompt_ids(loaded.tokenizer, P, B).to(device)
@@ -332,10 +345,14 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings, 
         return seconds
 
     warmup_s = _warm_up(call, settings, device)
+    before = probe_bandwidth(device, settings.probe_bytes)
     with measure_peak_memory(device) as peak:
         meter = _LoadMeter()
         pairs = [(call(1), call(N)) for _ in range(settings.repeats)]
         load = meter.stop()
+    after = probe_bandwidth(device, settings.probe_bytes)
+    bandwidth = dataclasses.replace(before, gb_s=max(before.gb_s, after.gb_s),
+                                    values_gb_s=before.values_gb_s + after.values_gb_s)
     if any(total <= first for first, total in pairs):
         raise EvalkitError(f"{loaded.source.label}: a {N}-token generate was not slower than a 1-token one "
                            f"({pairs}); timer noise swamps decode, use more --new-tokens")
@@ -354,11 +371,12 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings, 
         ttft_s=Stat.of([f for f, _ in pairs]), decode_s=Stat.of([t - f for f, t in pairs]),
         e2e_tok_s=Stat.of([B * N / t for _, t in pairs]), prefill_tok_s=Stat.of([B * P / f for f, _ in pairs]),
         decode_tok_s=decode_tok_s, weight_bytes=loaded.info["weight_bytes"],
-        weight_read_bytes=read, kv_bytes_per_token=kv, bytes_per_step=step_bytes,
+        weight_read_bytes=read, kv_bytes_per_token=kv, bandwidth=bandwidth, bytes_per_step=step_bytes,
         bound_tok_s=bound, achieved_fraction=decode_tok_s.median / bound,
         cache_resident=None if bandwidth.llc_bytes is None else step_bytes <= bandwidth.llc_bytes,
         peak_rss_bytes=peak.rss_bytes, peak_rss_scope=peak.rss_scope, peak_cuda_bytes=peak.cuda_bytes,
-        threads=torch.get_num_threads(), load=load, warmup_s=warmup_s, device=device, dtype=loaded.info["dtype"])
+        threads=torch.get_num_threads(), load=load, warmup_s=warmup_s, device=device, dtype=loaded.info["dtype"],
+        model_info=dict(loaded.info))
     return dataclasses.replace(row, notes=_notes(row, settings))
 
 
@@ -375,16 +393,16 @@ def _environment(device: str) -> dict:
             "cpu_count": os.cpu_count()}
 
 
-def _bench_variant(model: str, precision: str, settings: BenchSettings, probe: BandwidthProbe) -> list[BenchRow]:
+def _bench_variant(model: str, precision: str, settings: BenchSettings, device: str) -> list[BenchRow]:
     """Load one model × precision, time every batch size on it, then free it before the next."""
-    loaded = load_model(model, precision, probe.device, settings.trust_remote_code, settings.quant_backend)
-    rows = [bench_loaded(loaded, batch, settings, probe) for batch in settings.batch_sizes]
+    loaded = load_model(model, precision, device, settings.trust_remote_code, settings.quant_backend)
+    rows = [bench_loaded(loaded, batch, settings) for batch in settings.batch_sizes]
     for row in rows:
         log.info("%s %s batch %d (%s): %.2f tok/s end-to-end, %.2f decode", row.model, _precision_label(row),
                  row.batch_size, row.mode, row.e2e_tok_s.median, row.decode_tok_s.median)
     del loaded
     gc.collect()
-    if probe.device.startswith("cuda"):
+    if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return rows
 
@@ -407,44 +425,48 @@ def run_bench(models: list[str], precisions: list[str], settings: BenchSettings 
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     try:
-        probe = probe_bandwidth(device)
         rows = [dataclasses.replace(row, model=labels[model]) for model in models for precision in precisions
-                for row in _bench_variant(model, precision, settings, probe)]
+                for row in _bench_variant(model, precision, settings, device)]
     finally:
         torch.set_num_threads(previous)
     return BenchReport(datetime.now(timezone.utc).isoformat(timespec="seconds"), settings.mode,
-                       dataclasses.asdict(settings), probe, _environment(device), tuple(rows))
+                       dataclasses.asdict(settings), _environment(device), tuple(rows))
 
 
 def _precision_label(row: BenchRow) -> str:
     return row.precision + (f" ({row.quant_backend})" if row.quant_backend not in (None, "none") else "")
 
 
+HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "prefill tok/s", "decode tok/s",
+           "GB/s", "bound tok/s", "achieved", "peak MiB", "weights MiB", "threads", "others busy")
+
+
+def _table_row(r: BenchRow) -> list:
+    peak = r.peak_cuda_bytes if r.peak_cuda_bytes is not None else r.peak_rss_bytes
+    return [r.model, _precision_label(r), r.batch_size, f"{r.e2e_tok_s.median:.2f}", f"{r.e2e_tok_s.spread_pct:.1f}",
+            f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}", f"{r.decode_tok_s.median:.2f}",
+            f"{r.bandwidth.gb_s:.1f}", f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}", f"{peak / MIB:.1f}",
+            f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
+
+
 def format_table(report: BenchReport) -> str:
     """Baichuan's "| Model | tokens/s |" table with our other columns, the ratio to the first model and notes."""
     from tabulate import tabulate
 
-    s, bw, env = report.settings, report.bandwidth, report.environment
+    s, env = report.settings, report.environment
     models = list(dict.fromkeys(row.model for row in report.rows))
     first: dict[tuple, float] = {}
     table = []
-    for r in report.rows:
+    for r in report.rows:  # the ratio compares models at the same precision and batch size
         base = first.setdefault((r.precision, r.quant_backend, r.batch_size), r.e2e_tok_s.median)
-        table.append([r.model, _precision_label(r), r.batch_size, f"{r.e2e_tok_s.median:.2f}",
-                      f"{r.e2e_tok_s.spread_pct:.1f}", f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}",
-                      f"{r.decode_tok_s.median:.2f}", f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}",
-                      f"{(r.peak_cuda_bytes if r.peak_cuda_bytes is not None else r.peak_rss_bytes) / MIB:.1f}",
-                      f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
-                     + ([f"{r.e2e_tok_s.median / base:.2f}"] if len(models) > 1 else []))
-    headers = (["Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "prefill tok/s", "decode tok/s",
-                "bound tok/s", "achieved", "peak MiB", "weights MiB", "threads", "others busy"]
-               + ([f"× {models[0]}"] if len(models) > 1 else []))
+        table.append(_table_row(r) + ([f"{r.e2e_tok_s.median / base:.2f}"] if len(models) > 1 else []))
+    headers = list(HEADERS) + ([f"× {models[0]}"] if len(models) > 1 else [])
+    on_cuda = env["device"].startswith("cuda")
     title = (f"Throughput ({report.mode}) on {env['device_name']}: {s['new_tokens']} new tokens after "
              f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
-             f"(spread = (max − min)/median). Bandwidth {bw.gb_s:.1f} GB/s (copy of {bw.buffer_bytes / MIB:.0f} MiB); "
-             f"bound = bandwidth ÷ bytes read per decode step; achieved = decode ÷ bound. "
-             f"Peak memory: {'CUDA max allocated' if bw.device.startswith('cuda') else 'process peak RSS'} "
-             f"over the timed repeats.")
+             f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
+             f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "
+             f"Peak: {'CUDA max allocated' if on_cuda else 'process peak RSS'} over the timed repeats.")
     notes = [f"- {r.model} {_precision_label(r)} batch {r.batch_size}: {note}" for r in report.rows for note in r.notes]
     body = tabulate(table, headers, tablefmt="github", disable_numparse=True,
                     colalign=("left", "left") + ("right",) * (len(headers) - 2))
@@ -462,7 +484,8 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     width = 0.8 / len(series)
     for ax, attr, label in zip(figure.subplots(1, 2), ("e2e_tok_s", "decode_tok_s"), ("end-to-end", "decode")):
         for k, (model, batch) in enumerate(series):
-            rows = {_precision_label(r): getattr(r, attr) for r in report.rows if (r.model, r.batch_size) == (model, batch)}
+            rows = {_precision_label(r): getattr(r, attr) for r in report.rows
+                    if (r.model, r.batch_size) == (model, batch)}
             xs = [i + k * width for i, p in enumerate(precisions) if p in rows]
             stats = [rows[p] for p in precisions if p in rows]
             ax.bar(xs, [s.median for s in stats], width, label=f"{model} b{batch}",

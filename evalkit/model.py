@@ -222,30 +222,33 @@ def _load_dense(source: ModelSource, **kwargs: Any) -> Any:
     return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
 
 
-def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, target: str, **kwargs: Any) -> Any:
+def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, placement: str | dict, **kwargs: Any) -> Any:
     """bitsandbytes and pre-quantized checkpoints: transformers quantizes (or reads) weight by weight."""
     from transformers import AutoModelForCausalLM
 
     if plan.backend == "bnb":
         kwargs["quantization_config"] = bnb_config(plan)
     if not source.gguf_file:
-        return _from_pretrained(AutoModelForCausalLM, source, device_map={"": target}, **kwargs)
+        return _from_pretrained(AutoModelForCausalLM, source, device_map=placement, **kwargs)
     # transformers refuses quantization_config with gguf_file: dequantize the GGUF once, save it as a
     # safetensors checkpoint in a temporary directory, and let bitsandbytes quantize that
     with tempfile.TemporaryDirectory(prefix="evalkit-gguf-") as staging:
         dense = _load_dense(source, dtype=kwargs["dtype"], trust_remote_code=kwargs["trust_remote_code"])
         dense.save_pretrained(staging)
         del dense
-        return _from_pretrained(AutoModelForCausalLM, ModelSource("local", staging), device_map={"": target}, **kwargs)
+        return _from_pretrained(AutoModelForCausalLM, ModelSource("local", staging), device_map=placement, **kwargs)
 
 
-def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remote_code: bool) -> tuple[Any, QuantPlan]:
+def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remote_code: bool,
+                  device_map: str | None = None) -> tuple[Any, QuantPlan]:
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": plan.compute_dtype, "trust_remote_code": trust_remote_code}
     if plan.backend in ("bnb", "pre-quantized"):
-        return _load_quantized_on_load(source, plan, target, **kwargs), plan
+        return _load_quantized_on_load(source, plan, device_map or {"": target}, **kwargs), plan
     if plan.backend == "none":  # as it comes: transformers keeps a GGUF packed where it has kernels for it
+        if device_map:  # accelerate places the layers over the visible GPUs (and CPU) as they load
+            return _from_pretrained(AutoModelForCausalLM, source, device_map=device_map, **kwargs), plan
         return _from_pretrained(AutoModelForCausalLM, source, **kwargs).to(target), plan
     network = _load_dense(source, **kwargs)
     if plan.backend == "torchao":  # quantized where it runs: its CPU int4 layout is CPU-only
@@ -258,6 +261,14 @@ def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remot
     return network.to(target), plan
 
 
+def _placement(network: Any) -> dict[str, int]:
+    """Modules per device of a dispatched model (the summary of its hf_device_map)."""
+    counts: dict[str, int] = {}
+    for device in getattr(network, "hf_device_map", {}).values():
+        counts[str(device)] = counts.get(str(device), 0) + 1
+    return counts
+
+
 def _weights_format(source: ModelSource, network: Any) -> str:
     if not source.gguf_file:
         return "transformers"
@@ -266,18 +277,31 @@ def _weights_format(source: ModelSource, network: Any) -> str:
     return f"gguf {source.gguf_file} ({'packed GGUF blocks' if packed else 'dequantized on load'})"
 
 
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
 def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_remote_code: bool = False,
-               quant_backend: str | None = None) -> LoadedModel:
-    """Load model and tokenizer once at a precision; the caller runs every task on the result."""
+               quant_backend: str | None = None, device_map: str | None = None) -> LoadedModel:
+    """Load model and tokenizer once at a precision; the caller runs every task on the result.
+
+    `device_map` ("auto", ...) spreads one model over the visible GPUs (transformers + accelerate)
+    instead of putting it whole on `device`; backends that quantize after loading cannot take it.
+    """
     from transformers import AutoTokenizer
 
     source = resolve_source(model)
     target = resolve_device(device)
     plan = check_precision(precision, quant_backend, target, source, trust_remote_code)
+    if device_map is not None:
+        if device_map not in DEVICE_MAPS:
+            raise EvalkitError(f"unknown device map {device_map!r}; valid: {', '.join(DEVICE_MAPS)}")
+        if plan.backend not in ("none", "bnb", "pre-quantized"):
+            raise EvalkitError(f"--device-map works with float precisions, bnb and pre-quantized checkpoints, "
+                               f"not with --quant-backend {plan.backend} (it quantizes after loading, on one device)")
     with measure_peak_memory(target) as peak:
         started = time.perf_counter()
         tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
-        network, plan = _load_network(source, plan, target, trust_remote_code)
+        network, plan = _load_network(source, plan, target, trust_remote_code, device_map)
         network.eval()
         load_seconds = time.perf_counter() - started
     quantized, floating = linear_layer_report(network)
@@ -285,6 +309,7 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
         **plan.info(),
         "dtype": str(plan.compute_dtype).removeprefix("torch."),
         "device": target,
+        "device_map": _placement(network) if device_map else None,
         "source": source.kind,
         "weights_format": _weights_format(source, network),
         "quantized_layers": len(quantized),

@@ -16,8 +16,9 @@ quantizes; fp32 on CPU, where fp16 matmuls are several times slower; bf16 for to
 `model` (Baichuan's int4 kernel accepts fp16/bf16 only). Every choice is recorded in the model info.
 Pre-quantized inputs: a checkpoint whose config carries `quantization_config` (GPTQ, AWQ, ...) runs as
 it comes at its own bit width and is never re-quantized. transformers dequantizes a GGUF file to
-float on load, so GGUF runs as it comes at a float precision; int8/int4 of a GGUF quantize those
-floats a second time: allowed, and labelled `requantized_from`.
+float on load (it keeps the blocks packed only where the `kernels` package has a matmul for them;
+`weights_format` says which), so GGUF runs as it comes at a float precision; int8/int4 of a GGUF
+quantize the dequantized floats a second time: allowed, and labelled `requantized_from`.
 """
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def _score_subjects(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData]
             todo = [i for i, p in enumerate(prompts) if p.question.id not in done]
             if not todo:
                 continue
-            for batch in scorer.score(token_ids, only=todo):
+            for batch in scorer.score_batches(token_ids, only=todo):
                 results = [_question_result(prompts[i], logprobs, len(token_ids[i]), subject_data.subject.name)
                            for i, logprobs in batch]
                 run_dir.append(results)
@@ -176,7 +176,9 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
     title = f"{task.title} {config.scheme}" + (f" [{state.process_index}]" if state.num_processes > 1 else "")
     engines = _score_subjects(loaded, scheme, mine, config, run_dir, done, scorer, title)
     scoring_seconds = time.perf_counter() - started
-    engines = set().union(*gather_object([engines])) if state.num_processes > 1 else engines
+    if state.num_processes > 1:  # the parallel phase lasts as long as its slowest process
+        engines = set().union(*gather_object([engines]))
+        scoring_seconds = max(gather_object([scoring_seconds]))
     state.wait_for_everyone()
     if state.is_main_process:
         order = [q.id for d in data for q in d.questions]

@@ -11,13 +11,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.bench import (BenchSettings, bench_loaded, check_exact, format_table, generate_exactly, probe_bandwidth,
-                           prompt_ids, run_bench, write_outputs)
+from evalkit.bench import (
+    BenchSettings,
+    bench_loaded,
+    check_exact,
+    format_table,
+    generate_exactly,
+    probe_bandwidth,
+    prompt_ids,
+    run_bench,
+    write_outputs,
+)
 from evalkit.model import LoadedModel, load_model
 from evalkit.types import EvalkitError
 
-SMALL = BenchSettings(new_tokens=24, prompt_tokens=7, batch_sizes=(1, 2), repeats=2, warmup=1, threads=1)
-PROBE = dict(buffer_bytes=8 * 2**20, repeats=2)
+SMALL = BenchSettings(new_tokens=24, prompt_tokens=7, batch_sizes=(1, 2), repeats=2, warmup=1, threads=1,
+                      probe_bytes=8 * 2**20)
+PROBE = {"buffer_bytes": 8 * 2**20, "repeats": 2}
 
 
 def _favour_eos(loaded: LoadedModel) -> None:
@@ -72,14 +82,13 @@ def test_prompt_has_exactly_p_tokens_with_the_tokenizers_bos(eos_loving: LoadedM
 
 
 def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
-    probe = probe_bandwidth("cpu", **PROBE)
     torch.set_num_threads(1)
     config = eos_loving.model.config
     head_dim = config.hidden_size // config.num_attention_heads
     kv_expected = 2 * config.num_hidden_layers * config.num_key_value_heads * head_dim * 4  # K and V, fp32
     embed = eos_loving.model.get_input_embeddings().weight
     for batch in SMALL.batch_sizes:  # EOS favoured: the bench itself raises unless exactly N tokens came out
-        row = bench_loaded(eos_loving, batch, SMALL, probe)
+        row = bench_loaded(eos_loving, batch, SMALL)
         N, P = SMALL.new_tokens, SMALL.prompt_tokens
         assert (row.batch_size, row.mode, row.compiled, row.threads) == (batch, "eager", False, 1)
         for first, total, decode in zip(row.ttft_s.values, row.generate_s.values, row.decode_s.values):
@@ -92,27 +101,33 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         assert row.kv_bytes_per_token == kv_expected
         assert row.weight_read_bytes == row.weight_bytes - embed.numel() * 4  # untied: embedding read by row only
         assert row.bytes_per_step == int(row.weight_read_bytes + batch * kv_expected * (P + N / 2))
+        probe = row.bandwidth  # two probes (before and after the repeats) of 8 MiB, 5 copies each
+        assert probe.buffer_bytes == SMALL.probe_bytes and len(probe.values_gb_s) == 10
+        assert probe.gb_s == max(probe.values_gb_s) and min(probe.values_gb_s) > 0
         assert row.bound_tok_s == pytest.approx(batch * probe.gb_s * 1e9 / row.bytes_per_step)
         assert row.achieved_fraction == pytest.approx(row.decode_tok_s.median / row.bound_tok_s)
         # a tiny model sits in cache: a fraction above 1 is then possible and must be flagged, never hidden
-        assert row.achieved_fraction <= 1 or (row.cache_resident and any("bound does not apply" in n for n in row.notes))
+        flagged = row.cache_resident and any("bound does not apply" in note for note in row.notes)
+        assert row.achieved_fraction <= 1 or flagged
         assert row.peak_rss_bytes > row.weight_bytes and row.peak_cuda_bytes is None
         assert row.load.cpu_count >= 1 and math.isfinite(row.load.cpu_percent_system)
 
 
-def test_bandwidth_probe_is_positive() -> None:
+def test_bandwidth_probe_is_positive_and_outsizes_the_cache() -> None:
     probe = probe_bandwidth("cpu", **PROBE)
     assert probe.buffer_bytes == PROBE["buffer_bytes"] and len(probe.values_gb_s) == 2
     assert all(v > 0 for v in probe.values_gb_s) and probe.gb_s == max(probe.values_gb_s)
+    default = probe_bandwidth("cpu", repeats=1)  # sized so that it measures memory, not cache
+    assert default.buffer_bytes >= max(256 * 2**20, 4 * (default.llc_bytes or 0)) and default.gb_s > 0
 
 
 @pytest.mark.parametrize("bad, message", [
-    (dict(mode="fast"), "valid: eager, compiled"),
-    (dict(new_tokens=1), r"new-tokens must be ≥ 2 \(decode"),
-    (dict(repeats=0), "repeats must be ≥ 1, got 0"),
-    (dict(batch_sizes=(1, 0)), r"batch sizes must be ≥ 1, got \[1, 0\]"),
-    (dict(mode="compiled", warmup=0), "warmup must be ≥ 1 in compiled mode"),
-    (dict(threads=0), "threads must be ≥ 1, got 0"),
+    ({"mode": "fast"}, "valid: eager, compiled"),
+    ({"new_tokens": 1}, r"new-tokens must be ≥ 2 \(decode"),
+    ({"repeats": 0}, "repeats must be ≥ 1, got 0"),
+    ({"batch_sizes": (1, 0)}, r"batch sizes must be ≥ 1, got \[1, 0\]"),
+    ({"mode": "compiled", "warmup": 0}, "warmup must be ≥ 1 in compiled mode"),
+    ({"threads": 0}, "threads must be ≥ 1, got 0"),
 ])
 def test_settings_reject_bad_input(bad: dict, message: str) -> None:
     with pytest.raises(EvalkitError, match=message):
@@ -127,7 +142,8 @@ def test_missing_model_fails_before_any_work(tmp_path: Path) -> None:
 def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Path, tiny_bpe_model_dir: Path,
                                                          tmp_path: Path) -> None:
     threads_before = torch.get_num_threads()
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, batch_sizes=(1,), repeats=2, warmup=1, threads=1)
+    settings = BenchSettings(new_tokens=24, prompt_tokens=5, batch_sizes=(1,), repeats=2, warmup=1, threads=1,
+                             probe_bytes=2**20)
     report = run_bench([str(tiny_spm_model_dir), str(tiny_bpe_model_dir)], ["fp32", "bf16"], settings)
     assert torch.get_num_threads() == threads_before  # the caller's setting is restored
     assert [(r.precision, r.dtype) for r in report.rows] == [("fp32", "float32"), ("bf16", "bfloat16")] * 2
@@ -143,6 +159,7 @@ def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Pat
     saved = json.loads(paths[0].read_text(encoding="utf-8"))
     assert saved["mode"] == "eager" and saved["settings"]["new_tokens"] == 24 and len(saved["rows"]) == 4
     assert saved["rows"][0]["e2e_tok_s"]["values"] == list(report.rows[0].e2e_tok_s.values)
+    assert saved["rows"][1]["model_info"]["precision"] == "bf16" and saved["rows"][1]["bandwidth"]["gb_s"] > 0
     assert paths[1].read_text(encoding="utf-8").strip() == table
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -150,9 +167,9 @@ def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Pat
 def test_compiled_mode_uses_a_static_cache_and_reports_compilation(tiny_bpe_model_dir: Path) -> None:
     # the "eager" dynamo backend traces the real decode graph without inductor's C++ build (seconds, not minutes)
     settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", compile_backend="eager",
-                             threads=1)
+                             threads=1, probe_bytes=2**20)
     loaded = load_model(str(tiny_bpe_model_dir), "fp32", "cpu")
-    row = bench_loaded(loaded, 1, settings, probe_bandwidth("cpu", **PROBE))
+    row = bench_loaded(loaded, 1, settings)
     assert row.mode == "compiled" and row.compiled
     assert any("compilation + warmup" in note for note in row.notes)
     assert row.bytes_per_step == int(row.weight_read_bytes + row.kv_bytes_per_token * (5 + 24))  # whole static cache
@@ -164,10 +181,11 @@ def test_a_broken_compiler_fails_clearly(tiny_bpe_model_dir: Path, monkeypatch: 
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached graph would need no compiler
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", threads=1)
+    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", threads=1, probe_bytes=2**20)
     loaded = load_model(str(tiny_bpe_model_dir), "fp32", "cpu")
-    with pytest.raises(EvalkitError, match=r"torch.compile \(inductor\) failed on cpu: InvalidCxxCompiler.*--mode eager"):
-        bench_loaded(loaded, 1, settings, probe_bandwidth("cpu", **PROBE))
+    expected = r"torch.compile \(inductor\) failed on cpu: InvalidCxxCompiler.*--mode eager"
+    with pytest.raises(EvalkitError, match=expected):
+        bench_loaded(loaded, 1, settings)
 
 
 @pytest.mark.slow

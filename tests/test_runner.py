@@ -90,9 +90,10 @@ def test_report_reprints_the_tables_from_saved_results(full_run, capsys):
     assert (full_run / "tables.csv").read_text(encoding="utf-8").strip()
 
 
-def test_results_do_not_depend_on_batch_size_or_engine(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
+def test_results_do_not_depend_on_batch_size_engine_or_placement(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
     reference = {t: questions(d) for t, d in run_dirs(full_run).items()}
-    for variant, extra in {"small": ["--batch-tokens", "64"], "plain": ["--engine", "plain"]}.items():
+    variants = {"small": ["--batch-tokens", "64"], "plain": ["--engine", "plain"], "mapped": ["--device-map", "auto"]}
+    for variant, extra in variants.items():
         out = tmp_path / variant
         assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, *extra)) == 0
         for task, run_dir in run_dirs(out).items():

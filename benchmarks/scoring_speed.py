@@ -1,0 +1,136 @@
+"""Scoring speed: the engine (shared-prefix KV reuse) against one plain forward per prompt, on real prompts.
+
+    python benchmarks/scoring_speed.py                          # every subject, 10 questions each, 1 thread
+    python benchmarks/scoring_speed.py --subjects-per-task 2    # a quick look
+
+SmolLM2-135M (CPU, fp32), the official 5-shot prompts of MMLU (test), C-Eval (val) and CMMLU (test),
+the first --per-subject questions of every subject, all in one process, interleaved per subject (the
+order of the three rotates from subject to subject so that drift in machine speed spreads evenly):
+  A  one plain forward per full prompt, batch 1, full logits: the definition, and the reference
+  C  plain batched forwards of the full prompts, no prefix reuse (Scorer engine="plain")
+  B  the engine (Scorer engine="prefix")
+Prints the work ratio (tokens A runs / tokens B runs: B/A can pass it only by A's full-vocabulary
+logits), questions/s, the speed ratios B/A and B/C (median over subjects, and overall = total time
+ratio), B's and C's prediction agreement with A and their max |log-prob difference|, peak RSS and the
+torch thread count. Targets: B/A >= 5, B/C >= 3, 100% agreement. Timings are wall clock; the CPU-time
+ratios beside them are steadier on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tabulate import tabulate
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from evalkit.data import load_task_data  # noqa: E402
+from evalkit.model import load_model  # noqa: E402
+from evalkit.prompts import build_prompts  # noqa: E402
+from evalkit.scoring import Scorer, count_tokens_fn, encode_prompts, letter_tokens, prefix_groups  # noqa: E402
+from tasks import get_task  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+Scores = list[list[float]]
+
+
+def reference(model, seqs: list[list[int]], letters: tuple[int, ...]) -> Scores:
+    """A: one forward per prompt, full logits, fp32 log-softmax over the four letters at the last token."""
+    with torch.inference_mode():
+        return [torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(letters)].float(), -1).tolist()
+                for s in seqs]
+
+
+def engine_scores(scorer: Scorer, seqs: list[list[int]]) -> Scores:
+    found = dict(scorer.score(seqs))
+    return [list(found[i]) for i in range(len(seqs))]
+
+
+def pred(scores: list[float]) -> int:
+    return max(range(4), key=lambda i: (scores[i], -i))  # ties to the lowest index, as the runner does
+
+
+def timed(run: Callable[[], Scores]) -> tuple[Scores, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    scores = run()
+    return scores, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
+    """One record per subject: times and scores of A, C and B."""
+    records = []
+    for name in args.tasks.split(","):
+        task = get_task(name)
+        scheme = task.schemes["official"]
+        letters = letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
+        engine = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="prefix", progress=False)
+        plain = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="plain", progress=False)
+        subjects = [s.name for s in task.subjects][: args.subjects_per_task]
+        for k, data in enumerate(load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject)):
+            prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
+            seqs = encode_prompts(tokenizer, [p.text for p in prompts], scheme.bos)
+            runs = {"A": lambda: reference(model, seqs, letters), "C": lambda: engine_scores(plain, seqs),
+                    "B": lambda: engine_scores(engine, seqs)}
+            order = "ACB"[k % 3:] + "ACB"[: k % 3]
+            shared = sum((len(members) - 1) * prefix for prefix, members in prefix_groups(seqs))
+            record = {"task": name, "subject": data.subject.name, "n": len(seqs), "tokens": sum(map(len, seqs)),
+                      "shared": shared, **{key: timed(runs[key]) for key in order}}
+            record["engine"] = engine.engine_used
+            records.append(record)
+            print(f"{name}/{data.subject.name}: {len(seqs)} q, A {record['A'][1]:.1f}s C {record['C'][1]:.1f}s "
+                  f"B {record['B'][1]:.1f}s ({engine.engine_used})", file=sys.stderr, flush=True)
+    return records
+
+
+def summary(label: str, records: list[dict]) -> dict:
+    """Throughputs, speed ratios, agreement and log-prob differences over some subjects."""
+    n, tokens = sum(r["n"] for r in records), sum(r["tokens"] for r in records)
+    wall = {key: sum(r[key][1] for r in records) for key in "ACB"}
+    cpu = {key: sum(r[key][2] for r in records) for key in "ACB"}
+    pairs = {key: [(got, ref) for r in records for got, ref in zip(r[key][0], r["A"][0])] for key in "CB"}
+    return {"set": label, "subjects": len(records), "questions": n,
+            "A/B tokens": round(tokens / (tokens - sum(r["shared"] for r in records)), 2),
+            **{f"{key} q/s": round(n / wall[key], 2) for key in "ACB"},
+            "B/A median": round(statistics.median(r["A"][1] / r["B"][1] for r in records), 2),
+            "B/A overall": round(wall["A"] / wall["B"], 2),
+            "B/C median": round(statistics.median(r["C"][1] / r["B"][1] for r in records), 2),
+            "B/C overall": round(wall["C"] / wall["B"], 2),
+            "B/A cpu": round(cpu["A"] / cpu["B"], 2), "B/C cpu": round(cpu["C"] / cpu["B"], 2),
+            **{f"{key} agree": f"{sum(pred(got) == pred(ref) for got, ref in pairs[key])}/{n}" for key in "BC"},
+            **{f"{key} max|d|": max(abs(x - y) for got, ref in pairs[key] for x, y in zip(got, ref)) for key in "BC"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+    parser.add_argument("--data-dir", default=str(SHARED / "data"))
+    parser.add_argument("--tasks", default="mmlu,ceval,cmmlu")
+    parser.add_argument("--per-subject", type=int, default=10, help="first N questions of each subject")
+    parser.add_argument("--subjects-per-task", type=int, default=None, help="first N subjects of each task (all)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed for all three")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="Scorer budget (default: sized for CPU)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    loaded = load_model(args.model, "fp32", "cpu")
+    records = subject_rows(args, loaded.model, loaded.tokenizer)
+    rows = [summary(t, [r for r in records if r["task"] == t]) for t in args.tasks.split(",")]
+    rows.append(summary("all", records))
+    print(tabulate(rows, headers="keys", floatfmt=".3g"))
+    engines = sorted({r["engine"] for r in records})
+    print(f"\nmodel {args.model}, fp32, CPU, torch threads {torch.get_num_threads()}, engine used: {', '.join(engines)}, "
+          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    overall = rows[-1]
+    met = overall["B/A overall"] >= 5 and overall["B/C overall"] >= 3 and overall["B agree"] == f"{overall['questions']}/{overall['questions']}"
+    print(f"targets (B/A >= 5, B/C >= 3, 100% agreement): {'met' if met else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
