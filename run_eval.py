@@ -202,6 +202,21 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0 if comparison.passed else 1
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from evalkit.bench import BenchSettings, format_table, run_bench, write_outputs
+
+    settings = BenchSettings(new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
+                             batch_sizes=tuple(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,
+                             mode=args.mode, device=args.device, quant_backend=args.quant_backend,
+                             trust_remote_code=args.trust_remote_code, threads=args.threads,
+                             compile_backend=args.compile_backend)
+    report = run_bench(args.model, args.precision, settings)
+    print(format_table(report))
+    for path in write_outputs(report, args.output_dir):
+        print(f"written: {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from evalkit.data import count_rows
 
@@ -257,6 +272,38 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_bench_parser(sub: argparse._SubParsersAction, fmt: type) -> None:
+    from evalkit.bench import MODES, BenchSettings
+
+    bench = BenchSettings()
+    p = sub.add_parser("bench", formatter_class=fmt, help="generation tokens/s per model and precision, "
+                       "against the memory-bandwidth bound",
+                       description="Greedy generation of exactly --new-tokens tokens (EOS suppressed), timed between "
+                                   "device synchronisations, model load and tokenization excluded: end-to-end tok/s "
+                                   "(Baichuan's figure), time to first token, prefill and decode tok/s (medians over "
+                                   "repeats, with spread), peak memory, and the decode bound from a measured "
+                                   "memory bandwidth.")
+    p.add_argument("--model", action="append", required=True,
+                   help="hub id, checkpoint directory or .gguf file; repeat for several models (ratios are to the first)")
+    p.add_argument("--precision", type=_comma_list, default="fp16",
+                   help="comma list: fp32, bf16, fp16, int8, int4 (fp16 is Baichuan's published setting)")
+    p.add_argument("--quant-backend", choices=["bnb", "torchao", "rtn", "model"], help="int8/int4 method (default: bnb)")
+    p.add_argument("--new-tokens", type=int, default=bench.new_tokens, help="tokens generated per row (Baichuan: 2048)")
+    p.add_argument("--prompt-tokens", type=int, default=bench.prompt_tokens, help="prompt length in tokens")
+    p.add_argument("--batch-sizes", type=lambda t: [int(x) for x in _comma_list(t)], default="1",
+                   help="comma list of batch sizes (Baichuan: 1)")
+    p.add_argument("--repeats", type=int, default=bench.repeats, help="timed repeats; figures are medians")
+    p.add_argument("--warmup", type=int, default=bench.warmup, help="untimed runs first (compiled mode needs >= 1)")
+    p.add_argument("--mode", choices=MODES, default=bench.mode,
+                   help="eager, or compiled: static KV cache + torch.compile (reported separately)")
+    p.add_argument("--compile-backend", default=bench.compile_backend, help="torch.compile backend for --mode compiled")
+    p.add_argument("--device", default=bench.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; recorded per row)")
+    p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
+    p.add_argument("--output-dir", default="results/bench", help="JSON, markdown table and PNG plot go here")
+    p.set_defaults(func=cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="run_eval.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -296,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_compare.add_argument("--allow-subset", action="store_true",
                            help="compare only the questions both runs scored instead of refusing different sets")
     p_compare.set_defaults(func=cmd_compare)
+    _add_bench_parser(sub, fmt)
     p_list = sub.add_parser("list", help="tasks, subjects, categories and row counts", formatter_class=fmt)
     p_list.add_argument("--tasks", type=_comma_list, default=list(TASKS), help="comma list of tasks")
     p_list.add_argument("--data-dir", help="count rows of each split in this local copy")

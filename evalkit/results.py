@@ -165,7 +165,8 @@ class RunDir:
         """Fold every shard file into questions.jsonl (in `order` of ids if given) and delete the shards.
 
         Only one process may call this, while no other writes (the runner calls it on the main
-        process between barriers). A question in two files is an error: it was scored twice.
+        process between barriers). A kill between writing questions.jsonl and deleting the shards
+        leaves the same record in two files: that is folded; two different records are an error.
         """
         shards = sorted(self.path.glob(SHARD_FILE.format(rank="*")))
         if not shards and order is None:
@@ -173,8 +174,9 @@ class RunDir:
         merged = self.completed()
         for shard in shards:
             for qid, result in _repair(shard).items():
-                if qid in merged:
-                    raise EvalkitError(f"{shard}: question {qid!r} is also in another questions file of {self.path}")
+                if qid in merged and merged[qid] != result:
+                    raise EvalkitError(f"{shard}: question {qid!r} has a different result in another questions "
+                                       f"file of {self.path}; it was scored twice")
                 merged[qid] = result
         if order is not None:
             rank = {qid: i for i, qid in enumerate(order)}

@@ -251,6 +251,8 @@ class Scorer:
             raise EvalkitError(f"indices to score out of range 0..{len(seqs) - 1}: {sorted(todo)[:5]}...")
         if empty := [i for i, s in enumerate(seqs) if not s]:
             raise EvalkitError(f"prompts {empty[:5]} have no tokens")
+        if not todo:
+            return
         groups = prefix_groups(seqs) if self.engine != "plain" else []
         if self.engine == "auto" and sum((len(m) - 1) * p for p, m in groups) < AUTO_MIN_SHARE * sum(map(len, seqs)):
             groups = []

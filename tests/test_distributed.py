@@ -1,6 +1,7 @@
 """Data-parallel evaluation under `accelerate launch` (two CPU processes, gloo) on the tiny real model."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from datafiles import write_data_dir
@@ -91,15 +93,23 @@ def test_a_killed_two_process_run_resumes_with_one_process(tiny_spm_model_dir, d
     # small batches: many appends, so the kill lands mid-run
     args = eval_args(tiny_spm_model_dir, data_dir, tmp_path, "--batch-tokens", "64")
     job = subprocess.Popen(launch_command(2, args), env=_env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL, start_new_session=True)
+                           stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
         written = sum(len(p.read_bytes().splitlines()) for p in tmp_path.glob("*/questions*.jsonl"))
         if written >= 8:
             break
         time.sleep(0.02)
-    os.killpg(job.pid, signal.SIGKILL)  # every process of the launch, mid-write or not
+    # kill -9 every process of the launch, mid-write or not (torchrun starts its workers in sessions of
+    # their own, so the launcher's process group does not hold them)
+    launched = [job.pid, *(child.pid for child in psutil.Process(job.pid).children(recursive=True))]
+    for pid in launched:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     job.wait()
+    for pid in launched:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(timeout=30)
     assert written >= 8, "the launched run wrote no questions before the deadline"
     assert not list(tmp_path.glob("*/run.json")) or len(list(tmp_path.glob("*/run.json"))) < len(SUBJECTS), \
         "the run finished before it could be killed"

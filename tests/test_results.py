@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.results import RunDir, find_runs, load_run, short_model_name, write_submission
+from evalkit.results import SHARD_FILE, RunDir, find_runs, load_run, short_model_name, write_submission
 from builders import question, run_result
 from evalkit.types import EvalkitError, RunConfig
 
@@ -196,3 +196,22 @@ def test_write_submission_is_the_ceval_leaderboard_layout(tmp_path):
 ])
 def test_short_model_name(model, short):
     assert short_model_name(model) == short
+
+
+def test_merging_shards_folds_a_merge_interrupted_before_the_shards_were_deleted(tmp_path):
+    """kill -9 after questions.jsonl was rewritten but before the shard files were removed."""
+    run_dir = RunDir(tmp_path, resumed=True, shard=0)
+    first, second = question(0), question(1)
+    run_dir.append([first, second])
+    RunDir(tmp_path, resumed=True, shard=1).append([question(2)])
+    (tmp_path / "questions.jsonl").write_text(first.to_json() + "\n" + second.to_json() + "\n", encoding="utf-8")
+    RunDir(tmp_path, resumed=True).merge_shards(["ceval/accountant/val/2", "ceval/accountant/val/0", "ceval/accountant/val/1"])
+    assert not list(tmp_path.glob(SHARD_FILE.format(rank="*")))
+    assert list(RunDir(tmp_path, resumed=True).completed()) == ["ceval/accountant/val/2", "ceval/accountant/val/0", "ceval/accountant/val/1"]
+
+
+def test_merging_shards_refuses_a_question_scored_twice_differently(tmp_path):
+    RunDir(tmp_path, resumed=True, shard=0).append([question(0, pred="A")])
+    RunDir(tmp_path, resumed=True, shard=1).append([question(0, pred="B")])
+    with pytest.raises(EvalkitError, match="ceval/accountant/val/0.*scored twice"):
+        RunDir(tmp_path, resumed=True).merge_shards()

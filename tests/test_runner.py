@@ -173,3 +173,12 @@ def test_unknown_task_and_subject_suggest_the_right_name(capsys):
     assert "did you mean ceval" in capsys.readouterr().err
     assert main(["eval", "--model", "x", "--tasks", "ceval", "--subjects", "acountant"]) == 2
     assert "accountant" in capsys.readouterr().err
+
+
+def test_bench_command_writes_table_json_and_plot(tiny_bpe_model_dir, tmp_path, capsys):
+    assert main(["bench", "--model", str(tiny_bpe_model_dir), "--precision", "fp32", "--new-tokens", "4",
+                 "--prompt-tokens", "8", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                 "--output-dir", str(tmp_path)]) == 0
+    assert "tokens/s" in capsys.readouterr().out
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text(encoding="utf-8"))
+    assert saved and list(tmp_path.glob("*.png"))
