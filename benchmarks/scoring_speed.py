@@ -18,6 +18,7 @@ ratios beside them are steadier on a shared machine.
 from __future__ import annotations
 
 import argparse
+import functools
 import resource
 import statistics
 import sys
@@ -31,11 +32,17 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evalkit.data import load_task_data  # noqa: E402
-from evalkit.model import load_model  # noqa: E402
-from evalkit.prompts import build_prompts  # noqa: E402
-from evalkit.scoring import Scorer, count_tokens_fn, encode_prompts, letter_tokens, prefix_groups  # noqa: E402
-from tasks import get_task  # noqa: E402
+from evalkit.data import load_task_data
+from evalkit.model import load_model
+from evalkit.prompts import build_prompts
+from evalkit.scoring import (
+    Scorer,
+    count_tokens_fn,
+    encode_prompts,
+    letter_tokens,
+    prefix_groups,
+)
+from tasks import get_task
 
 SHARED = ROOT.parent / "shared"
 Scores = list[list[float]]
@@ -76,8 +83,8 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
         for k, data in enumerate(load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject)):
             prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
             seqs = encode_prompts(tokenizer, [p.text for p in prompts], scheme.bos)
-            runs = {"A": lambda: reference(model, seqs, letters), "C": lambda: engine_scores(plain, seqs),
-                    "B": lambda: engine_scores(engine, seqs)}
+            runs = {"A": functools.partial(reference, model, seqs, letters),
+                    "C": functools.partial(engine_scores, plain, seqs), "B": functools.partial(engine_scores, engine, seqs)}
             order = "ACB"[k % 3:] + "ACB"[: k % 3]
             shared = sum((len(members) - 1) * prefix for prefix, members in prefix_groups(seqs))
             record = {"task": name, "subject": data.subject.name, "n": len(seqs), "tokens": sum(map(len, seqs)),
@@ -107,15 +114,20 @@ def summary(label: str, records: list[dict]) -> dict:
             **{f"{key} max|d|": max(abs(x - y) for got, ref in pairs[key] for x, y in zip(got, ref)) for key in "BC"}}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The docstring as written, and every default in --help."""
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"))
-    parser.add_argument("--data-dir", default=str(SHARED / "data"))
-    parser.add_argument("--tasks", default="mmlu,ceval,cmmlu")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--model", default=str(SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"),
+                        help="model file or directory, loaded by evalkit at fp32 on CPU")
+    parser.add_argument("--data-dir", default=str(SHARED / "data"), help="the official benchmark files")
+    parser.add_argument("--tasks", default="mmlu,ceval,cmmlu", help="comma list, official scheme")
     parser.add_argument("--per-subject", type=int, default=10, help="first N questions of each subject")
-    parser.add_argument("--subjects-per-task", type=int, default=None, help="first N subjects of each task (all)")
+    parser.add_argument("--subjects-per-task", type=int, default=None, help="first N subjects of each task; omitted: all")
     parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed for all three")
-    parser.add_argument("--batch-tokens", type=int, default=None, help="Scorer budget (default: sized for CPU)")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="Scorer token budget; omitted: sized for the device")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, "fp32", "cpu")

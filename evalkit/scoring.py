@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import itertools
 import logging
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -111,7 +112,7 @@ def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
     their own groups. A prefix leaves each member at least one token of its own.
     """
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])
-    lcp = [_common_prefix(seqs[a], seqs[b]) for a, b in zip(order, order[1:])] + [0]
+    lcp = [_common_prefix(seqs[a], seqs[b]) for a, b in itertools.pairwise(order)] + [0]
     stack: list[list] = [[0, 0, 0, []]]  # open intervals: [common prefix, first sorted position, gain, groups]
 
     def close(node: list, last: int) -> list:
@@ -179,11 +180,13 @@ def _keep_mode(model) -> str:
 
     "2d": per-row positions (transformers versions whose `slice_logits_to_keep` takes them);
     "1d": distinct positions for every row (native models since 4.49); "int": the last K positions
-    (remote code that has the argument); "full": all logits (remote code without it).
+    (remote code that has the argument, and models spread over devices, where a positions tensor could
+    sit on the wrong one); "full": all logits (remote code without it).
     """
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
         return "full"
-    if not type(model).__module__.startswith("transformers."):
+    spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1  # last hidden states: device unknown
+    if spread or not type(model).__module__.startswith("transformers."):
         return "int"
     from transformers import modeling_utils
 

@@ -4,6 +4,8 @@ Layout: cmmlu/{dev,test}/{subject}.csv, LF, header ",Question,A,B,C,D,Answer" (f
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from evalkit.types import Scheme, Task
 from tasks import CHOICES, load_task_file
 
@@ -29,18 +31,8 @@ OFFICIAL = Scheme(
 
 # haonan-li/CMMLU @ 0293725 (before 0b27e9f "update ABCD token mapping"): the same prompt code, with
 # the letters read as tokenizer("A").input_ids[-1] and the tokenizer's default BOS.
-BAICHUAN = Scheme(
-    name="baichuan",
-    header=_HEADER,
-    example=_EXAMPLE,
-    shot_answer="{letter}\n\n",
-    answer_cue="答案是：",
-    letter_rule="standalone",
-    aggregation="macro",
-    length_policy="drop_longest",
-    max_tokens=2048,
-    source="haonan-li/CMMLU src/mp_utils.py + src/hf_causal_model.py @ 0293725",
-)
+BAICHUAN = replace(OFFICIAL, name="baichuan", letter_rule="standalone",
+                   source="haonan-li/CMMLU src/mp_utils.py + src/hf_causal_model.py @ 0293725")
 
 # EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu: the C-Eval layout ("答案：", no "题目："),
 # doc_to_text "{{Question.strip()}}\nA. {{A}}...\n答案：", first_n dev shots, " " + letter + "\n\n".

@@ -4,6 +4,8 @@ Layout: mmlu/{dev,val,test}/{subject}_{split}.csv, no header, columns question,A
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from evalkit.types import Scheme, Task
 from tasks import CHOICES, load_task_file
 
@@ -29,19 +31,8 @@ OFFICIAL = Scheme(
 
 # baichuan-inc/Baichuan-7B evaluation/evaluate_mmlu.py @ f9dc32d: the hendrycks prompt and length
 # rule byte for byte; tokenizer loaded with add_bos_token=False; letters tokenizer("A").input_ids[-1].
-BAICHUAN = Scheme(
-    name="baichuan",
-    header=OFFICIAL.header,
-    example=_EXAMPLE,
-    shot_answer=OFFICIAL.shot_answer,
-    answer_cue="Answer:",
-    letter_rule="standalone",
-    aggregation="micro",
-    bos="never",
-    length_policy="drop_last",
-    max_tokens=2048,
-    source="baichuan-inc/Baichuan-7B evaluation/evaluate_mmlu.py @ f9dc32d",
-)
+BAICHUAN = replace(OFFICIAL, name="baichuan", letter_rule="standalone", bos="never",
+                   source="baichuan-inc/Baichuan-7B evaluation/evaluate_mmlu.py @ f9dc32d")
 
 # EleutherAI/lm-evaluation-harness lm_eval/tasks/mmlu/default: description "...about {subject with
 # spaces}.\n\n" (ONE space), doc_to_text "{{question.strip()}}\nA. {{choices[0]}}...\nAnswer:",

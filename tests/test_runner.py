@@ -182,3 +182,21 @@ def test_bench_command_writes_table_json_and_plot(tiny_bpe_model_dir, tmp_path, 
     assert "tokens/s" in capsys.readouterr().out
     saved = json.loads(next(tmp_path.glob("*.json")).read_text(encoding="utf-8"))
     assert saved and list(tmp_path.glob("*.png"))
+
+
+@pytest.mark.slow
+def test_smollm2_on_real_data_end_to_end(smollm_gguf, shared_data, tmp_path, capsys):
+    """The real GGUF model on one real subject of each benchmark, through the CLI."""
+    subjects = "ceval/law,mmlu/anatomy,cmmlu/agronomy"
+    assert main(["eval", "--model", str(smollm_gguf), "--data-dir", str(shared_data), "--subjects", subjects,
+                 "--limit", "3", "--output-dir", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "## C-Eval" in printed and "## MMLU" in printed and "## CMMLU" in printed
+    dirs = run_dirs(tmp_path)
+    letters = {t: json.loads((d / "run.json").read_text(encoding="utf-8"))["letter_strings"] for t, d in dirs.items()}
+    assert letters == {"mmlu": ["ĠA", "ĠB", "ĠC", "ĠD"], "ceval": ["A", "B", "C", "D"], "cmmlu": ["A", "B", "C", "D"]}
+    for task, run_dir in dirs.items():
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        assert run["overall"]["n"] == 3 and run["limited"] is True
+        assert run["model_info"]["weights_format"].startswith("gguf")
+        assert all(row["shots_used"] == 5 for row in questions(run_dir).values())

@@ -12,18 +12,29 @@ import random
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DynamicCache,
+    PreTrainedTokenizerFast,
+)
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from evalkit.scoring import Scorer, count_tokens_fn, encode_prompts, letter_tokens, prefix_groups
+from evalkit.scoring import (
+    Scorer,
+    count_tokens_fn,
+    encode_prompts,
+    letter_tokens,
+    prefix_groups,
+)
 from evalkit.types import EvalkitError, Scheme
 
 MMLU = Scheme(name="official", header="", example="", shot_answer=" {letter}\n\n", answer_cue="Answer:",
               letter_rule="in_context", aggregation="micro")
 CEVAL = Scheme(name="official", header="", example="", shot_answer="{letter}\n\n", answer_cue="答案：",
                letter_rule="in_context", aggregation="macro")
-WORDS = ("which of these is true false answer question model value number law history physics the "
-         "following about abstract algebra anatomy").split()
+WORDS = ["which", "of", "these", "is", "true", "false", "answer", "question", "model", "value", "number", "law",
+         "history", "physics", "the", "following", "about", "abstract", "algebra", "anatomy"]
 
 
 def _row(rng: random.Random) -> tuple[str, list[str], str]:
@@ -168,6 +179,16 @@ def test_prefix_engine_equals_one_plain_forward_per_prompt(tiny_bpe_model_dir, m
     scorer = Scorer(model, letters, batch_tokens=2048, engine="prefix", progress=False)
     assert_matches(dict(scorer.score(seqs)), ref)
     assert scorer.engine_used == "prefix" and scorer._mode == "packed"
+
+
+def test_models_spread_over_devices_keep_the_last_logits_by_count(tiny_bpe_model_dir, mixed):
+    seqs, letters, ref = mixed
+    model = AutoModelForCausalLM.from_pretrained(tiny_bpe_model_dir).eval()
+    model.hf_device_map = {"model": "cpu", "lm_head": 0}  # as accelerate marks a model dispatched over two
+    for engine in ("prefix", "plain"):
+        scorer = Scorer(model, letters, batch_tokens=1500, engine=engine, progress=False)
+        assert_matches(dict(scorer.score(seqs)), ref)
+        assert scorer._keep == "int" and scorer.engine_used == engine
 
 
 def test_chinese_prompts_with_bos_on_sentencepiece(spm):
