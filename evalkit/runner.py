@@ -12,6 +12,7 @@ import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 from accelerate import PartialState
@@ -126,27 +127,35 @@ def _open_shared_run_dir(state: PartialState, config: RunConfig, label: str) -> 
     return RunDir(Path(shared[0]), resumed=shared[1], shard=shard)
 
 
-def _my_subjects(state: PartialState, loaded: LoadedModel, scheme: Scheme, data: list[SubjectData],
-                 config: RunConfig, done: dict) -> list[SubjectData]:
-    if state.num_processes == 1:
-        return data
-    costs = {}
+Prepared = tuple[SubjectData, list[Prompt], list[list[int]]]  # a subject with its prompts and their token ids
+
+
+def _prepare(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], config: RunConfig) -> Iterator[Prepared]:
+    """Each subject's prompts and token ids, built when the subject's turn comes."""
     for subject_data in data:
-        prompts, token_ids = _subject_token_ids(loaded, scheme, subject_data, config)
-        costs[subject_data.subject.name] = sum(len(t) for p, t in zip(prompts, token_ids) if p.question.id not in done)
+        yield (subject_data, *_subject_token_ids(loaded, scheme, subject_data, config))
+
+
+def _my_subjects(state: PartialState, loaded: LoadedModel, scheme: Scheme, data: list[SubjectData],
+                 config: RunConfig, done: dict) -> tuple[list[SubjectData], Iterable[Prepared]]:
+    """This process's share of the subjects, and their prompts tokenized once (shared out by token counts)."""
+    if state.num_processes == 1:
+        return data, _prepare(loaded, scheme, data, config)
+    prepared = list(_prepare(loaded, scheme, data, config))
+    costs = {d.subject.name: sum(len(t) for p, t in zip(prompts, ids) if p.question.id not in done)
+             for d, prompts, ids in prepared}
     mine = set(assign_subjects(costs, state.num_processes)[state.process_index])
-    return [d for d in data if d.subject.name in mine]
+    return [d for d in data if d.subject.name in mine], [item for item in prepared if item[0].subject.name in mine]
 
 
-def _score_subjects(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], config: RunConfig,
-                    run_dir: RunDir, done: dict[str, QuestionResult], scorer: Scorer, title: str) -> set[str]:
+def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config: RunConfig, run_dir: RunDir,
+                    done: dict[str, QuestionResult], scorer: Scorer, title: str) -> set[str]:
     """Score what is not done yet, appending each batch to this process's questions file; engines used."""
     engines = set()
-    total = sum(len(d.questions) for d in data)
-    initial = sum(q.id in done for d in data for q in d.questions)
+    total = sum(len(d.questions) for d in own)
+    initial = sum(q.id in done for d in own for q in d.questions)
     with tqdm(total=total, initial=initial, desc=title, unit="q", disable=not config.progress) as bar:
-        for subject_data in data:
-            prompts, token_ids = _subject_token_ids(loaded, scheme, subject_data, config)
+        for subject_data, prompts, token_ids in subjects:
             todo = [i for i, p in enumerate(prompts) if p.question.id not in done]
             if not todo:
                 continue
@@ -172,9 +181,9 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
     done = run_dir.completed()
     scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine, progress=False)
     started = time.perf_counter()
-    mine = _my_subjects(state, loaded, scheme, data, config, done)
+    own, prepared = _my_subjects(state, loaded, scheme, data, config, done)
     title = f"{task.title} {config.scheme}" + (f" [{state.process_index}]" if state.num_processes > 1 else "")
-    engines = _score_subjects(loaded, scheme, mine, config, run_dir, done, scorer, title)
+    engines = _score_subjects(own, prepared, config, run_dir, done, scorer, title)
     scoring_seconds = time.perf_counter() - started
     if state.num_processes > 1:  # the parallel phase lasts as long as its slowest process
         engines = set().union(*gather_object([engines]))
@@ -191,7 +200,7 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
         summary = aggregate(task, scheme.aggregation, results)
         if summary.overall is None:
             write_submission(run_dir.path / SUBMISSION_FILE, results)
-        run_dir.finish(RunResult(
+        result = RunResult(
             config=config, config_hash=config.config_hash(), scheme=scheme, letter_ids=letters.ids,
             letter_strings=letters.strings, bos=_adds_bos(loaded, scheme), environment=environment(loaded, state),
             subjects=summary.subjects, groups=summary.groups, overall=summary.overall,
@@ -200,9 +209,12 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
                      round((len(results) - len(done)) / scoring_seconds, 3) if scoring_seconds > 0 else None,
                      "load_seconds": loaded.info["load_seconds"]},
             engine="+".join(sorted(engines)) or "none (all resumed)", model_info=loaded.info,
-            limited=config.limit is not None))
+            limited=config.limit is not None)
+        run_dir.finish(result)
     state.wait_for_everyone()
-    return RunDir(run_dir.path, resumed=run_dir.resumed), load_run(run_dir.path).result
+    if not state.is_main_process:  # the main process wrote it; the others read it once it is there
+        result = load_run(run_dir.path).result
+    return run_dir, result
 
 
 def _adds_bos(loaded: LoadedModel, scheme: Scheme) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from evalkit.types import Scheme, Task
 from tasks import CHOICES, load_task_file
+from tasks.ceval import LM_EVAL as CEVAL_LM_EVAL
 
 _DATA, _SUBJECTS = load_task_file("cmmlu")
 _HEADER = "以下是关于{subject_zh}的单项选择题，请直接给出正确答案的选项。\n\n"
@@ -36,19 +37,9 @@ BAICHUAN = replace(OFFICIAL, name="baichuan", letter_rule="standalone",
 
 # EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu: the C-Eval layout ("答案：", no "题目："),
 # doc_to_text "{{Question.strip()}}\nA. {{A}}...\n答案：", first_n dev shots, " " + letter + "\n\n".
-LM_EVAL = Scheme(
-    name="lm-eval",
-    header=_HEADER,
-    example="{question}" + CHOICES + "答案：",
-    shot_answer=" {letter}\n\n",
-    answer_cue="答案：",
-    letter_rule="in_context",
-    aggregation="micro",
-    bos="never",
-    length_policy="left_truncate",
-    strip_text=True,
-    source="EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu/_default_template_yaml + _generate_configs.py",
-)
+LM_EVAL = replace(CEVAL_LM_EVAL, header=_HEADER,
+                  source="EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu/_default_template_yaml + "
+                         "_generate_configs.py")
 
 CMMLU = Task(
     name="cmmlu",
