@@ -25,7 +25,9 @@ GIB = 2**30
 EXPLAINED = ("Cells: Average (Δ [95% CI]) in accuracy points against the model's full-precision row (fp32, else "
              "bf16, else fp16) with the same settings; paired bootstrap over the shared questions.",
              "Weights: bytes of the tensors the model holds. Peak load: the peak while loading it (CUDA allocations, "
-             "or the resident set (RSS) of the process on CPU).")
+             "or the resident set (RSS) of the process on CPU).",
+             "Scoring: minutes spent scoring, summed over the row's benchmarks (* a resumed run: its last session "
+             "only). Load: seconds to load the variant.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class QuantRow:
     weight_bytes: int | None
     peak_bytes: int | None
     peak_kind: str  # "CUDA", "RSS" or "" where not recorded
+    scoring_seconds: float  # summed over the row's benchmarks (a resumed run counts its last session only)
+    load_seconds: float | None  # loading the variant (once per sweep variant); None where not recorded
+    resumed: bool  # some benchmark of the row was resumed, so scoring_seconds undercounts
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,13 @@ def _memory(runs: Sequence[ReportRun]) -> tuple[int | None, int | None, str]:
     rss = [i["peak_rss_bytes"] for i in infos if i.get("peak_rss_bytes")]
     peak, kind = (max(cuda), "CUDA") if cuda else (max(rss), "RSS") if rss else (None, "")
     return max(weights) if weights else None, peak, kind
+
+
+def _times(runs: Sequence[ReportRun]) -> tuple[float, float | None, bool]:
+    timings = [run.result.timings for run in runs]
+    loads = [t["load_seconds"] for t in timings if t.get("load_seconds") is not None]
+    return (sum(t.get("scoring_seconds", 0.0) for t in timings), max(loads) if loads else None,
+            any(t.get("resumed_questions") for t in timings))
 
 
 def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, ReportRun]]]:
@@ -161,11 +173,13 @@ def build_quant_table(runs: Sequence[ReportRun | tuple], published: Sequence[Pub
             first = next(iter(cells[key].values()))
             label = run_label(first.result, first.task.eval_split)
             weights, peak, kind = _memory(list(cells[key].values()))
+            scoring, load, resumed = _times(list(cells[key].values()))
             is_base = key == base_key
             base = None if is_base or base_key is None else cells[base_key]
             rows.append(QuantRow(label=label, group=group, model=settings[0], precision=key[0],
                                  baseline=None if is_base else base_label, cells=_cells(cells[key], base, notes),
-                                 weight_bytes=weights, peak_bytes=peak, peak_kind=kind))
+                                 weight_bytes=weights, peak_bytes=peak, peak_kind=kind, scoring_seconds=scoring,
+                                 load_seconds=load, resumed=resumed))
             base_label = label if is_base else base_label
         if base_key is None:
             notes.append(f"{settings[0]}: no fp32, bf16 or fp16 run with the same settings, so no Δ.")
@@ -194,7 +208,9 @@ def quant_frame(table: QuantTable) -> pd.DataFrame:
 
     data = {row.label: {**{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
                         "Weights (GiB)": gib(row.weight_bytes),
-                        "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else "")}
+                        "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else ""),
+                        "Scoring (min)": f"{row.scoring_seconds / 60:.1f}" + ("*" if row.resumed else ""),
+                        "Load (s)": "–" if row.load_seconds is None else f"{row.load_seconds:.0f}"}
             for row in table.rows}
     for pub in table.published:
         data[f"{pub.label} (published)"] = {

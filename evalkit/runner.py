@@ -25,7 +25,7 @@ from evalkit.model import LoadedModel
 from evalkit.prompts import Prompt, build_prompts
 from evalkit.results import SUBMISSION_FILE, RunDir, load_run, write_submission
 from evalkit.scoring import LetterTokens, Scorer, count_tokens_fn, encode_prompts, letter_tokens
-from evalkit.types import LETTERS, EvalkitError, QuestionResult, RunConfig, RunResult, Scheme, Task
+from evalkit.types import LETTERS, EvalkitError, QuestionResult, RunConfig, RunResult, Scheme, Task, token_ids_hash
 
 PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")
 
@@ -70,7 +70,7 @@ def _git_commit() -> str | None:
     return done.stdout.strip() or None
 
 
-def _question_result(prompt: Prompt, logprobs: tuple[float, ...], prompt_tokens: int, subject: str) -> QuestionResult:
+def _question_result(prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int], subject: str) -> QuestionResult:
     if not all(math.isfinite(x) for x in logprobs):
         raise EvalkitError(f"non-finite letter log-probs {logprobs} for question {prompt.question.id} "
                            f"(subject {subject}): the model produced NaN/inf logits; try --precision fp32")
@@ -79,7 +79,8 @@ def _question_result(prompt: Prompt, logprobs: tuple[float, ...], prompt_tokens:
     return QuestionResult(id=prompt.question.id, subject=subject, gold=gold, pred=LETTERS[best],
                           logprobs=tuple(float(x) for x in logprobs),
                           correct=None if gold is None else LETTERS[best] == gold,
-                          shots_used=prompt.shots_used, prompt_tokens=prompt_tokens)
+                          shots_used=prompt.shots_used, prompt_tokens=len(token_ids),
+                          prompt_hash=token_ids_hash(token_ids))
 
 
 def _subject_token_ids(loaded: LoadedModel, scheme: Scheme, data: SubjectData,
@@ -160,7 +161,7 @@ def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config
             if not todo:
                 continue
             for batch in scorer.score_batches(token_ids, only=todo):
-                results = [_question_result(prompts[i], logprobs, len(token_ids[i]), subject_data.subject.name)
+                results = [_question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
                            for i, logprobs in batch]
                 run_dir.append(results)
                 bar.update(len(results))

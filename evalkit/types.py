@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Sequence
 
 LETTERS: tuple[str, str, str, str] = ("A", "B", "C", "D")
 
@@ -128,6 +128,7 @@ class QuestionResult:
     correct: bool | None  # None where gold is unknown
     shots_used: int
     prompt_tokens: int
+    prompt_hash: str | None = None  # token_ids_hash of the ids scored; None in records written before it existed
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
@@ -135,6 +136,11 @@ class QuestionResult:
     @staticmethod
     def from_dict(row: dict) -> "QuestionResult":
         return QuestionResult(**{**row, "logprobs": tuple(row["logprobs"])})
+
+
+def token_ids_hash(token_ids: Sequence[int]) -> str:
+    """A short fingerprint of a prompt as the model saw it (after BOS and truncation), to check prompts across runs."""
+    return hashlib.sha256(",".join(map(str, token_ids)).encode("ascii")).hexdigest()[:16]
 
 
 # Fields of RunConfig that do not change any score, so they are left out of the config hash.

@@ -12,6 +12,7 @@ from evalkit.data import SubjectData
 from evalkit.prompts import build_prompts, letter_continuation
 from evalkit.types import EvalkitError, Question
 from tasks import get_task
+from upstream import official_prompts
 
 
 def _q(qid: str, text: str, choices: tuple[str, str, str, str], answer: str | None) -> Question:
@@ -190,39 +191,6 @@ def test_too_many_shots_is_an_error():
         _build("mmlu", "official", MMLU, 3)
 
 
-def _pandas_upstream_prompts(task: str, shared_data, subject: str, split: str) -> list[str]:
-    """The upstream scripts' own construction (pandas.read_csv + format_example/gen_prompt) with the
-    NA strings of pandas 1.x, which those scripts ran on ("None" became NaN only in pandas 2.0)."""
-    import pandas as pd
-    from pandas._libs.parsers import STR_NA_VALUES
-
-    read = {"keep_default_na": False, "na_values": sorted(STR_NA_VALUES - {"None"})}
-    name = get_task(task).subject(subject).name_zh
-    if task == "mmlu":
-        dev = pd.read_csv(shared_data / "mmlu" / "dev" / f"{subject}_dev.csv", header=None, **read)
-        test = pd.read_csv(shared_data / "mmlu" / split / f"{subject}_{split}.csv", header=None, **read)
-        fmt = "{}\nA. {}\nB. {}\nC. {}\nD. {}\nAnswer:"
-        head = "The following are multiple choice questions (with answers) about {}.\n\n".format(
-            "".join(" " + w for w in subject.split("_")))
-        shot = "".join(fmt.format(*dev.iloc[i, :5]) + " {}\n\n".format(dev.iloc[i, 5]) for i in range(5))
-        return [head + shot + fmt.format(*test.iloc[i, :5]) for i in range(test.shape[0])]
-    if task == "ceval":
-        dev = pd.read_csv(shared_data / "ceval" / "dev" / f"{subject}_dev.csv", **read)
-        test = pd.read_csv(shared_data / "ceval" / split / f"{subject}_{split}.csv", **read)
-        head = f"以下是中国关于{name}考试的单项选择题，请选出其中的正确答案。\n\n"
-
-        def fmt(line) -> str:
-            return line["question"] + "".join(f"\n{c}. {line[c]}" for c in "ABCD") + "\n答案："
-        return [head + "".join(fmt(dev.iloc[i]) + dev.iloc[i]["answer"] + "\n\n" for i in range(5)) + fmt(row)
-                for _, row in test.iterrows()]
-    dev = pd.read_csv(shared_data / "cmmlu" / "dev" / f"{subject}.csv", header=0, index_col=0, **read)
-    test = pd.read_csv(shared_data / "cmmlu" / split / f"{subject}.csv", header=0, index_col=0, **read)
-    fmt = "题目：{}\nA. {}\nB. {}\nC. {}\nD. {}\n答案是："
-    head = f"以下是关于{name}的单项选择题，请直接给出正确答案的选项。\n\n"
-    shot = "".join(fmt.format(*dev.iloc[i, :5]) + "{}\n\n".format(dev.iloc[i, 5]) for i in range(5))
-    return [head + shot + fmt.format(*test.iloc[i, :5]) for i in range(test.shape[0])]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["mmlu", "ceval", "cmmlu"])
 def test_official_prompts_equal_upstream_construction_on_all_real_data(task, shared_data):
@@ -231,4 +199,4 @@ def test_official_prompts_equal_upstream_construction_on_all_real_data(task, sha
     spec = get_task(task)
     for data in load_task_data(spec, shared_data):
         ours = [p.text for p in build_prompts(spec.schemes["official"], data, _no_count)]
-        assert ours == _pandas_upstream_prompts(task, shared_data, data.subject.name, spec.eval_split), data.subject.name
+        assert ours == official_prompts(task, shared_data, data.subject.name, spec.eval_split), data.subject.name

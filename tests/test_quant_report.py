@@ -2,6 +2,8 @@
 published int8/int4 rows, when it is shown, and errors."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from builders import answers, saved_run
@@ -95,6 +97,21 @@ def test_memory_columns_prefer_cuda_peaks_and_say_which():
                                                                                 "Peak load (GiB)"] == "5.00 RSS"
     assert frame.loc["Model-7B int8/bnb", "Peak load (GiB)"] == "0.50 CUDA"
     assert frame.loc["Model-7B int8/bnb", "MMLU"].startswith("60.0 (-10.0 [")
+
+
+def test_run_time_sums_the_benchmarks_and_marks_resumed_rows():
+    def timed(precision: str, task: str, timings: dict) -> ReportRun:
+        report_run = run(precision, task)
+        return report_run._replace(result=dataclasses.replace(report_run.result, timings=timings))
+
+    table = build_quant_table([timed("fp32", "mmlu", {"scoring_seconds": 60.0, "load_seconds": 12.4}),
+                               timed("fp32", "ceval", {"scoring_seconds": 120.0, "load_seconds": 12.4}),
+                               timed("int8", "mmlu", {"scoring_seconds": 30.0, "resumed_questions": 7})])
+    assert [(r.scoring_seconds, r.load_seconds, r.resumed) for r in table.rows] == [(180.0, 12.4, False),
+                                                                                   (30.0, None, True)]
+    frame = quant_frame(table)
+    assert frame.loc["Model-7B fp32", ["Scoring (min)", "Load (s)"]].tolist() == ["3.0", "12"]
+    assert frame.loc["Model-7B int8/bnb", ["Scoring (min)", "Load (s)"]].tolist() == ["0.5*", "–"]
 
 
 def test_published_rows_of_the_same_model_follow_with_their_deltas_and_memory():

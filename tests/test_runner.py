@@ -137,6 +137,35 @@ def test_bpe_tokenizer_scores_in_context_space_letters(tiny_bpe_model_dir, tiny_
     assert run["bos"] is False
 
 
+def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(tiny_bpe_model_dir, tiny_data_dir, tmp_path):
+    """lm-eval's left truncation to the model's length; prompt_hash fingerprints the ids really scored."""
+    from transformers import AutoTokenizer
+
+    from evalkit.data import load_task_data
+    from evalkit.prompts import build_prompts
+    from evalkit.types import token_ids_hash
+    from tasks import get_task
+
+    model_dir, limit = tmp_path / "short", 40
+    shutil.copytree(tiny_bpe_model_dir, model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": limit}), encoding="utf-8")
+    for scheme in ("lm-eval", "official"):
+        assert main(eval_args(model_dir, tiny_data_dir, tmp_path / scheme, "--scheme", scheme, tasks=("mmlu",))) == 0
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    task = get_task("mmlu")
+    texts = {p.question.id: p.text for d in load_task_data(task, tiny_data_dir, subjects=subjects_in(tiny_data_dir, "mmlu"))
+             for p in build_prompts(task.schemes["lm-eval"], d, lambda text: 0)}
+    truncated = questions(run_dirs(tmp_path / "lm-eval")["mmlu"])
+    full = questions(run_dirs(tmp_path / "official")["mmlu"])
+    assert truncated.keys() == texts.keys() == full.keys()
+    for qid, row in truncated.items():
+        ids = tokenizer(texts[qid], add_special_tokens=False)["input_ids"]
+        assert len(ids) > limit
+        assert (row["prompt_tokens"], row["prompt_hash"]) == (limit, token_ids_hash(ids[-limit:]))
+        assert full[qid]["prompt_tokens"] > limit and full[qid]["prompt_hash"] != row["prompt_hash"]
+
+
 def test_limit_is_flagged_in_the_report(tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys):
     assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--limit", "2", tasks=("cmmlu",))) == 0
     run_dir = run_dirs(tmp_path)["cmmlu"]
