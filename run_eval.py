@@ -203,7 +203,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evalkit.bench import BenchSettings, format_table, run_bench, write_outputs
+    from evalkit.bench import BenchSettings, run_bench
+    from evalkit.bench_report import format_table, write_outputs
 
     settings = BenchSettings(new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
                              batch_sizes=tuple(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,

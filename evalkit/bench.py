@@ -13,26 +13,33 @@ Definitions (PROTOCOL §4), per model × precision × batch size, B rows of P pr
   moves, and a probe minutes away from the repeats once gave a bound decode beat by 23 %).
 Each repeat pairs one T_1 and one T_N call; figures are medians over repeats with min/max.
 `compiled` mode (static KV cache + torch.compile through transformers) is a separate report.
+
+This module owns the settings, the records and the timed run; the machine side (timers, bandwidth
+probe, load) is evalkit.bench_machine, the model side (exact-length generate, bytes per decode step)
+evalkit.bench_model, and tables, plot and files evalkit.bench_report.
 """
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import logging
-import os
-import re
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
 
-import psutil
 import torch
 
+from evalkit.bench_machine import BandwidthProbe, LoadMeter, MachineLoad, environment, probe_bandwidth, timed
+from evalkit.bench_model import (
+    check_exact,
+    generate_exactly,
+    generation_kwargs,
+    kv_bytes_per_token,
+    prompt_ids,
+    weight_read_bytes,
+)
 from evalkit.model import (
     LoadedModel,
     check_precision,
@@ -45,9 +52,6 @@ from evalkit.types import EvalkitError
 
 log = logging.getLogger(__name__)
 MODES = ("eager", "compiled")
-# Natural text tiled to exactly P tokens: all rows identical, so no padding enters the timing.
-PROMPT_TEXT = "The following are multiple choice questions (with answers) about abstract algebra. "
-PROBE_BYTES = 256 * 2**20
 MIB = 2**20
 
 
@@ -102,30 +106,6 @@ class BenchSettings:
 
 
 @dataclass(frozen=True)
-class BandwidthProbe:
-    """Device memory bandwidth from a copy larger than the last-level cache, (read + write) / time."""
-
-    device: str
-    buffer_bytes: int
-    gb_s: float  # the best repeat: the bound must not be lower than what the memory can do
-    values_gb_s: tuple[float, ...]
-    threads: int
-    llc_bytes: int | None  # last-level cache (CPU L3 / GPU L2), None where unknown
-
-
-@dataclass(frozen=True)
-class MachineLoad:
-    """How busy the machine was during the timed repeats (a shared machine perturbs figures)."""
-
-    loadavg_1m_start: float
-    loadavg_1m_end: float
-    cpu_percent_system: float  # all CPUs, 0-100
-    cpu_percent_process: float  # this process, 100 = one core
-    other_cores_busy: float  # cores kept busy by other processes
-    cpu_count: int
-
-
-@dataclass(frozen=True)
 class BenchRow:
     """One model × precision × batch size: every repeat's figures, the bound and the conditions."""
 
@@ -162,6 +142,11 @@ class BenchRow:
     model_info: dict = field(default_factory=dict)  # load_model's record: backend, method, source, load peak
     notes: tuple[str, ...] = ()
 
+    @property
+    def precision_label(self) -> str:
+        """The precision, with the quantization backend where one ran ("int4 (rtn)")."""
+        return self.precision + (f" ({self.quant_backend})" if self.quant_backend not in (None, "none") else "")
+
 
 @dataclass(frozen=True)
 class BenchReport:
@@ -172,132 +157,6 @@ class BenchReport:
     settings: dict
     environment: dict
     rows: tuple[BenchRow, ...]
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return time.perf_counter() - start, out
-
-
-def last_level_cache_bytes(device: str) -> int | None:
-    """GPU L2 or the largest CPU cache listed by Linux sysfs; None elsewhere."""
-    if device.startswith("cuda"):
-        return int(torch.cuda.get_device_properties(device).L2_cache_size)
-    sizes = []
-    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        match = re.fullmatch(r"(\d+)([KMG]?)", entry.read_text().strip())
-        if match:
-            sizes.append(int(match[1]) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match[2]])
-    return max(sizes, default=None)
-
-
-def probe_bandwidth(device: str, buffer_bytes: int | None = None, repeats: int = 5) -> BandwidthProbe:
-    """Copy a float32 buffer ≥ 4× the last-level cache so the figure is DRAM/HBM, not cache, speed."""
-    llc = last_level_cache_bytes(device)
-    size = buffer_bytes or max(PROBE_BYTES, 4 * (llc or 0))
-    src = torch.ones(size // 4, dtype=torch.float32, device=device)  # ones: pages touched before timing
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    values = [2 * size / _timed(lambda: dst.copy_(src), device)[0] / 1e9 for _ in range(repeats)]
-    return BandwidthProbe(device, size, max(values), tuple(values), torch.get_num_threads(), llc)
-
-
-def prompt_ids(tokenizer: Any, prompt_tokens: int, batch_size: int) -> torch.Tensor:
-    """B identical rows of exactly P tokens: the tokenizer's own specials, then PROMPT_TEXT tiled."""
-    ids = list(tokenizer(PROMPT_TEXT)["input_ids"])
-    body = list(tokenizer(PROMPT_TEXT, add_special_tokens=False)["input_ids"])
-    while len(ids) < prompt_tokens:
-        ids += body
-    return torch.tensor([ids[:prompt_tokens]] * batch_size, dtype=torch.long)
-
-
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    configured = loaded.model.generation_config.eos_token_id
-    ids = set(configured if isinstance(configured, list) else [configured] if configured is not None else [])
-    return ids | ({loaded.tokenizer.eos_token_id} - {None})
-
-
-def generation_kwargs(mode: str, max_cache_len: int, device: str, compile_backend: str = "inductor") -> dict:
-    """Eager: transformers' default dynamic cache. Compiled: a static cache of fixed length, so that
-    one compiled decode graph serves both timed calls, compiled by generate itself (prefill stays eager)."""
-    if mode == "eager":
-        return {}
-    from transformers import CompileConfig
-
-    on_cuda = device.startswith("cuda")
-    config = CompileConfig(backend=compile_backend, mode="reduce-overhead" if on_cuda else "default")
-    config._compile_all_devices = not on_cuda  # transformers' documented switch to compile on CPU too
-    return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_config": config}
-
-
-def generate_exactly(loaded: LoadedModel, input_ids: torch.Tensor, new_tokens: int, **kwargs: Any) -> torch.Tensor:
-    """Greedy `generate` that must return exactly `new_tokens` per row: min = max new tokens masks EOS."""
-    tok = loaded.tokenizer
-    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(_eos_ids(loaded)), 0)
-    with torch.inference_mode():
-        return loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     do_sample=False, num_beams=1, min_new_tokens=new_tokens,
-                                     max_new_tokens=new_tokens, pad_token_id=pad, use_cache=True, **kwargs)
-
-
-def check_exact(loaded: LoadedModel, output: torch.Tensor, prompt_tokens: int, new_tokens: int) -> None:
-    """Outside the timers: a shorter output or an EOS among the new tokens would make tok/s a lie."""
-    made = output[:, prompt_tokens:]
-    eos = sorted(_eos_ids(loaded))
-    if made.shape[1] != new_tokens or (eos and torch.isin(made, torch.tensor(eos, device=made.device)).any()):
-        raise EvalkitError(f"{loaded.source.label}: generate made {made.shape[1]} tokens (EOS ids {eos}) where "
-                           f"exactly {new_tokens} were forced; throughput would be wrong")
-
-
-def _tensor_bytes(obj: Any) -> int:
-    """Bytes of every tensor in a KV cache: transformers Cache layers, or legacy nested tuples."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if hasattr(obj, "layers"):
-        return sum(_tensor_bytes(layer.keys) + _tensor_bytes(layer.values) for layer in obj.layers)
-    if isinstance(obj, (tuple, list)):
-        return sum(_tensor_bytes(item) for item in obj)
-    return 0
-
-
-def kv_bytes_per_token(loaded: LoadedModel, input_ids: torch.Tensor) -> int:
-    """Measured from the cache a real forward returns, so GQA, dtypes and remote code all count right."""
-    with torch.inference_mode():
-        cache = loaded.model(input_ids=input_ids, use_cache=True).past_key_values
-    return _tensor_bytes(cache) // input_ids.numel()
-
-
-def weight_read_bytes(loaded: LoadedModel) -> int:
-    """A decode step reads all weights, except an untied input embedding (only B rows of it)."""
-    total = loaded.info["weight_bytes"]  # real tensor bytes, quantized storage included (evalkit.model)
-    emb_in, emb_out = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
-    if emb_out is not None and emb_in.weight.data_ptr() == emb_out.weight.data_ptr():
-        return int(total)
-    return int(total - emb_in.weight.numel() * emb_in.weight.element_size())
-
-
-class _LoadMeter:
-    """psutil counters around the timed repeats."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.load_start = psutil.getloadavg()[0]
-        psutil.cpu_percent(interval=None)
-        self.process.cpu_percent(interval=None)
-
-    def stop(self) -> MachineLoad:
-        system, mine = psutil.cpu_percent(interval=None), self.process.cpu_percent(interval=None)
-        cpus = psutil.cpu_count()
-        others = max(0.0, system / 100 * cpus - mine / 100)
-        return MachineLoad(self.load_start, psutil.getloadavg()[0], system, mine, round(others, 2), cpus)
 
 
 def _warm_up(call: Callable[[int], float], settings: BenchSettings, device: str) -> float:
@@ -340,14 +199,14 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) 
     extra = generation_kwargs(settings.mode, P + N, device, settings.compile_backend)
 
     def call(n: int) -> float:
-        seconds, output = _timed(lambda: generate_exactly(loaded, inputs, n, **extra), device)
+        seconds, output = timed(lambda: generate_exactly(loaded, inputs, n, **extra), device)
         check_exact(loaded, output, P, n)
         return seconds
 
     warmup_s = _warm_up(call, settings, device)
     before = probe_bandwidth(device, settings.probe_bytes)
     with measure_peak_memory(device) as peak:
-        meter = _LoadMeter()
+        meter = LoadMeter()
         pairs = [(call(1), call(N)) for _ in range(settings.repeats)]
         load = meter.stop()
     after = probe_bandwidth(device, settings.probe_bytes)
@@ -380,25 +239,12 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) 
     return dataclasses.replace(row, notes=_notes(row, settings))
 
 
-def _environment(device: str) -> dict:
-    import platform
-
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo")
-    names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
-    cpu = names[0] if names else platform.processor() or platform.machine()
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "device": device, "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu,
-            "cpu_count": os.cpu_count()}
-
-
 def _bench_variant(model: str, precision: str, settings: BenchSettings, device: str) -> list[BenchRow]:
     """Load one model × precision, time every batch size on it, then free it before the next."""
     loaded = load_model(model, precision, device, settings.trust_remote_code, settings.quant_backend)
     rows = [bench_loaded(loaded, batch, settings) for batch in settings.batch_sizes]
     for row in rows:
-        log.info("%s %s batch %d (%s): %.2f tok/s end-to-end, %.2f decode", row.model, _precision_label(row),
+        log.info("%s %s batch %d (%s): %.2f tok/s end-to-end, %.2f decode", row.model, row.precision_label,
                  row.batch_size, row.mode, row.e2e_tok_s.median, row.decode_tok_s.median)
     del loaded
     gc.collect()
@@ -430,80 +276,4 @@ def run_bench(models: list[str], precisions: list[str], settings: BenchSettings 
     finally:
         torch.set_num_threads(previous)
     return BenchReport(datetime.now(timezone.utc).isoformat(timespec="seconds"), settings.mode,
-                       dataclasses.asdict(settings), _environment(device), tuple(rows))
-
-
-def _precision_label(row: BenchRow) -> str:
-    return row.precision + (f" ({row.quant_backend})" if row.quant_backend not in (None, "none") else "")
-
-
-HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "prefill tok/s", "decode tok/s",
-           "GB/s", "bound tok/s", "achieved", "peak MiB", "weights MiB", "threads", "others busy")
-
-
-def _table_row(r: BenchRow) -> list:
-    peak = r.peak_cuda_bytes if r.peak_cuda_bytes is not None else r.peak_rss_bytes
-    return [r.model, _precision_label(r), r.batch_size, f"{r.e2e_tok_s.median:.2f}", f"{r.e2e_tok_s.spread_pct:.1f}",
-            f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}", f"{r.decode_tok_s.median:.2f}",
-            f"{r.bandwidth.gb_s:.1f}", f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}", f"{peak / MIB:.1f}",
-            f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
-
-
-def format_table(report: BenchReport) -> str:
-    """Baichuan's "| Model | tokens/s |" table with our other columns, the ratio to the first model and notes."""
-    from tabulate import tabulate
-
-    s, env = report.settings, report.environment
-    models = list(dict.fromkeys(row.model for row in report.rows))
-    first: dict[tuple, float] = {}
-    table = []
-    for r in report.rows:  # the ratio compares models at the same precision and batch size
-        base = first.setdefault((r.precision, r.quant_backend, r.batch_size), r.e2e_tok_s.median)
-        table.append(_table_row(r) + ([f"{r.e2e_tok_s.median / base:.2f}"] if len(models) > 1 else []))
-    headers = list(HEADERS) + ([f"× {models[0]}"] if len(models) > 1 else [])
-    on_cuda = env["device"].startswith("cuda")
-    title = (f"Throughput ({report.mode}) on {env['device_name']}: {s['new_tokens']} new tokens after "
-             f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
-             f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
-             f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "
-             f"Peak: {'CUDA max allocated' if on_cuda else 'process peak RSS'} over the timed repeats.")
-    notes = [f"- {r.model} {_precision_label(r)} batch {r.batch_size}: {note}" for r in report.rows for note in r.notes]
-    body = tabulate(table, headers, tablefmt="github", disable_numparse=True,
-                    colalign=("left", "left") + ("right",) * (len(headers) - 2))
-    return "\n\n".join([title, body] + (["\n".join(notes)] if notes else []))
-
-
-def plot_throughput(report: BenchReport, path: Path) -> Path:
-    """Bars of end-to-end and decode tok/s per precision, one bar per model × batch, whiskers min..max."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    precisions = list(dict.fromkeys(_precision_label(r) for r in report.rows))
-    series = list(dict.fromkeys((r.model, r.batch_size) for r in report.rows))
-    figure = Figure(figsize=(5 + 1.5 * len(precisions), 4.5), layout="constrained")
-    width = 0.8 / len(series)
-    for ax, attr, label in zip(figure.subplots(1, 2), ("e2e_tok_s", "decode_tok_s"), ("end-to-end", "decode")):
-        for k, (model, batch) in enumerate(series):
-            rows = {_precision_label(r): getattr(r, attr) for r in report.rows
-                    if (r.model, r.batch_size) == (model, batch)}
-            xs = [i + k * width for i, p in enumerate(precisions) if p in rows]
-            stats = [rows[p] for p in precisions if p in rows]
-            ax.bar(xs, [s.median for s in stats], width, label=f"{model} b{batch}",
-                   yerr=[[s.median - s.min for s in stats], [s.max - s.median for s in stats]], capsize=3)
-        ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(precisions))], precisions)
-        ax.set_title(f"{label} tokens/s ({report.mode})")
-        ax.set_ylabel("tokens/s")
-    figure.axes[0].legend(fontsize="small")
-    FigureCanvasAgg(figure).print_png(str(path))
-    return path
-
-
-def write_outputs(report: BenchReport, out_dir: str | Path) -> list[Path]:
-    """JSON (every repeat's figures), the markdown table and the PNG plot, named by time and mode."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_{report.created.replace(':', '').replace('+0000', 'Z')}_{report.mode}"
-    json_path, table_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(dataclasses.asdict(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    table_path.write_text(format_table(report) + "\n", encoding="utf-8")
-    return [json_path, table_path, plot_throughput(report, out / f"{stem}.png")]
+                       dataclasses.asdict(settings), environment(device), tuple(rows))

@@ -24,7 +24,8 @@ from evalkit.metrics import aggregate
 from evalkit.model import LoadedModel
 from evalkit.prompts import Prompt, build_prompts
 from evalkit.results import SUBMISSION_FILE, RunDir, load_run, write_submission
-from evalkit.scoring import LetterTokens, Scorer, count_tokens_fn, encode_prompts, letter_tokens
+from evalkit.scoring import Scorer
+from evalkit.tokens import LetterTokens, count_tokens_fn, encode_prompts, letter_tokens
 from evalkit.types import LETTERS, EvalkitError, QuestionResult, RunConfig, RunResult, Scheme, Task, token_ids_hash
 
 PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")

@@ -1,8 +1,8 @@
-"""Letter token ids, prompt encoding, and the scoring engine: fp32 log-softmax over the four letter ids.
+"""The scoring engine: fp32 log-softmax over the four letter ids after each token-id prompt.
 
 Speed comes from shared-prefix KV reuse. The prompts of a subject share their header and shots, so
-the engine groups prompts by their longest common token prefix, runs each prefix once (batch 1) and
-scores every question's remaining tokens against its KV cache:
+the engine groups prompts by their longest common token prefix (the plan: evalkit.batching), runs
+each prefix once (batch 1) and scores every question's remaining tokens against its KV cache:
 - `packed` (transformers-native models with sdpa/eager attention): several suffixes in ONE row after
   the prefix, a 4D mask letting each suffix see the prefix and itself, positions continuing from the
   prefix; the prefix cache is never replicated.
@@ -10,151 +10,32 @@ scores every question's remaining tokens against its KV cache:
   cache repeated per row.
 Before trusting a model with either, a probe scores two prompts of the first group with it and the
 second one also by a plain forward; a model that fails (an error or a disagreement) falls back,
-logged once per Scorer: packed -> rows -> plain. Plain batching is right-padded full prompts, sorted by length: with causal attention real
-tokens never see pads, so no attention mask is needed and results equal one forward per prompt.
+logged once per Scorer: packed -> rows -> plain. Plain batching is right-padded full prompts, sorted
+by length: with causal attention real tokens never see pads, so no attention mask is needed and
+results equal one forward per prompt.
 """
 from __future__ import annotations
 
 import copy
 import inspect
-import itertools
 import logging
-from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from tqdm import tqdm
 from transformers import Cache
 
-from evalkit.prompts import letter_continuation
-from evalkit.types import LETTERS, BosPolicy, EvalkitError, LetterRule, Scheme
+from evalkit.batching import prefix_groups, split_batches
+from evalkit.types import EvalkitError
 
 LOG = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 4096  # a CPU forward is compute-bound: larger batches are not faster, only bigger
-GROUP_OVERHEAD = 64  # tokens a prefix group must save beyond its own extra forward to be worth it
 AUTO_MIN_SHARE = 0.3  # engine="auto" reuses prefixes when they save this fraction of all tokens
 # suffix tokens per packed row: on CPU (compute-bound) 256 balances GEMM efficiency against the
 # attention a row spends across its neighbours' tokens; accelerators want larger matrices (untested guess)
 PACK_TOKENS = {"cpu": 256, "other": 1024}
 Scores = tuple[float, float, float, float]
-
-
-@dataclass(frozen=True)
-class LetterTokens:
-    """The vocabulary ids read for A..D, their token strings, and the rule that chose them."""
-
-    ids: tuple[int, int, int, int]
-    strings: tuple[str, str, str, str]  # e.g. ("▁A", ...) or ("ĠA", ...)
-    rule: str  # "in_context" | "standalone"
-
-
-def letter_tokens(tokenizer, rule: LetterRule, scheme: Scheme) -> LetterTokens:
-    """The four letter ids (PROTOCOL §2.1, 2.2, 2.4); `rule` is passed apart as a run may override it.
-
-    `in_context`: the one token that a shot's continuation of the answer cue becomes after the cue,
-    `encode(cue + continuation)` minus `encode(cue)` (" A" after "Answer:" is "ĠA"; "A" after "答案：").
-    `standalone`: `encode(letter)` alone ("▁A" on SentencePiece), whatever the prompt.
-    Anything but exactly one token per letter, or a shared id, is an error naming the tokenizer.
-    """
-    if rule not in ("in_context", "standalone"):
-        raise EvalkitError(f"unknown letter rule {rule!r}; valid: in_context, standalone")
-    name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-    cue_text = scheme.answer_cue if rule == "in_context" else ""
-    cue = tokenizer.encode(cue_text, add_special_tokens=False) if cue_text else []
-    ids = []
-    for letter in LETTERS:
-        text = cue_text + letter_continuation(scheme, letter) if rule == "in_context" else letter
-        full = tokenizer.encode(text, add_special_tokens=False)
-        if full[: len(cue)] != cue or len(full) != len(cue) + 1:
-            raise EvalkitError(f"tokenizer {name}: letter {letter!r} is not exactly one token after {cue_text!r} "
-                               f"(rule {rule}): {text!r} -> {tokenizer.convert_ids_to_tokens(full)}")
-        ids.append(full[-1])
-    strings = tuple(tokenizer.convert_ids_to_tokens(ids))
-    if len(set(ids)) < 4:
-        raise EvalkitError(f"tokenizer {name}: letters A-D share token ids {ids} {list(strings)} (rule {rule})")
-    return LetterTokens(ids=tuple(ids), strings=strings, rule=rule)
-
-
-def _special_tokens(bos: BosPolicy) -> bool:
-    if bos not in ("tokenizer_default", "never"):
-        raise EvalkitError(f"unknown BOS policy {bos!r}; valid: tokenizer_default, never")
-    return bos == "tokenizer_default"
-
-
-def encode_prompts(tokenizer, texts: Sequence[str], bos: BosPolicy) -> list[list[int]]:
-    """Token ids of each prompt: the tokenizer's own special tokens, or none at all (`never`)."""
-    if not texts:
-        return []
-    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=_special_tokens(bos))["input_ids"]]
-
-
-def count_tokens_fn(tokenizer, bos: BosPolicy) -> Callable[[str], int]:
-    """A prompt's length exactly as `encode_prompts` makes it (length policies fit prompts with it)."""
-    special = _special_tokens(bos)
-    return lambda text: len(tokenizer(text, add_special_tokens=special)["input_ids"])
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    differ = np.asarray(a[:n]) != np.asarray(b[:n])
-    return int(differ.argmax()) if differ.any() else n
-
-
-def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
-    """Partition prompts into (shared prefix length, member indices) groups; the rest is scored plainly.
-
-    Sorted lexicographically, prompts sharing a prefix are contiguous and the common prefixes of
-    neighbours form a tree of intervals (LCP intervals). Each interval is kept as one group, saving
-    (members - 1) * prefix - GROUP_OVERHEAD tokens, or split into the best groups of its sub-intervals
-    plus one group of the members they leave out, whichever saves more: prompts with fewer shots form
-    their own groups. A prefix leaves each member at least one token of its own.
-    """
-    order = sorted(range(len(seqs)), key=lambda i: seqs[i])
-    lcp = [_common_prefix(seqs[a], seqs[b]) for a, b in itertools.pairwise(order)] + [0]
-    stack: list[list] = [[0, 0, 0, []]]  # open intervals: [common prefix, first sorted position, gain, groups]
-
-    def close(node: list, last: int) -> list:
-        members = order[node[1]: last + 1]
-        prefix = min(node[0], min(len(seqs[i]) for i in members) - 1)
-        taken = {i for _, group in node[3] for i in group}
-        left = [i for i in members if i not in taken]
-        if len(left) > 1 and (len(left) - 1) * prefix > GROUP_OVERHEAD:
-            node[2] += (len(left) - 1) * prefix - GROUP_OVERHEAD
-            node[3] = node[3] + [(prefix, sorted(left))]
-        if (len(members) - 1) * prefix - GROUP_OVERHEAD > node[2]:
-            node[2], node[3] = (len(members) - 1) * prefix - GROUP_OVERHEAD, [(prefix, sorted(members))]
-        return node
-
-    for k, value in enumerate(lcp):  # value: common prefix of sorted positions k and k + 1
-        first, child = k, None
-        while value < stack[-1][0]:
-            child = close(stack.pop(), k)
-            first = child[1]
-            if value <= stack[-1][0]:
-                stack[-1][2] += child[2]
-                stack[-1][3] = stack[-1][3] + child[3]
-                child = None
-        if value > stack[-1][0]:
-            stack.append([value, first, child[2] if child else 0, child[3] if child else []])
-    groups = close(stack[0], len(order) - 1)[3] if seqs else []
-    return sorted(groups, key=lambda group: group[1][0])
-
-
-def _split(items: list[tuple[int, int]], budget: int, packed: bool) -> list[list[int]]:
-    """Greedy batches of (index, size) items sorted largest first, within budget: right-padded rows
-    cost rows x the first (largest) size, a packed row the sum of sizes. An item alone may exceed it."""
-    batches: list[list[int]] = []
-    width = total = 0
-    for index, size in items:
-        if batches and (total + size if packed else (len(batches[-1]) + 1) * width) <= budget:
-            batches[-1].append(index)
-            total += size
-        else:
-            batches.append([index])
-            width = total = size
-    return batches
 
 
 def default_batch_tokens(model) -> int:
@@ -284,9 +165,9 @@ class Scorer:
         longest first (an out-of-memory error shows at once; similar lengths pad little)."""
         order = sorted(members, key=lambda i: (-len(seqs[i]), i))
         if mode != "packed":  # rows x padded length, the prefix counted in each row
-            return _split([(i, len(seqs[i])) for i in order], self.batch_tokens, packed=False)
+            return split_batches([(i, len(seqs[i])) for i in order], self.batch_tokens, packed=False)
         cap = min(PACK_TOKENS["cpu" if self.device.type == "cpu" else "other"], self.batch_tokens - prefix)
-        return _split([(i, len(seqs[i]) - prefix) for i in order], cap, packed=True)
+        return split_batches([(i, len(seqs[i]) - prefix) for i in order], cap, packed=True)
 
     def _probe(self, seqs: list[list[int]], group: tuple[int, list[int]]) -> tuple[str, object]:
         """The first reuse mode that this model runs and that agrees with a plain forward, with the

@@ -11,17 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.bench import (
-    BenchSettings,
-    bench_loaded,
-    check_exact,
-    format_table,
-    generate_exactly,
-    probe_bandwidth,
-    prompt_ids,
-    run_bench,
-    write_outputs,
-)
+from evalkit.bench import BenchSettings, bench_loaded, run_bench
+from evalkit.bench_machine import probe_bandwidth
+from evalkit.bench_model import check_exact, generate_exactly, prompt_ids
+from evalkit.bench_report import format_table, write_outputs
 from evalkit.model import LoadedModel, load_model
 from evalkit.types import EvalkitError
 

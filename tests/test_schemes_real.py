@@ -22,7 +22,7 @@ def test_official_and_lm_eval_score_the_prompts_their_sources_build(smollm_gguf,
     from tasks import get_task
 
     loaded = load_model(str(smollm_gguf), "fp32", "cpu")
-    tokenizer = loaded.tokenizer  # encoded here by hand, not through evalkit.scoring
+    tokenizer = loaded.tokenizer  # encoded here by hand, not through evalkit.tokens
     builders = {"official": (official_prompts, True), "lm-eval": (lm_eval_prompts, False)}
     hashes: dict[str, dict[str, str]] = {}
     for scheme, (build, special_tokens) in builders.items():

@@ -20,13 +20,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from evalkit.scoring import (
-    Scorer,
-    count_tokens_fn,
-    encode_prompts,
-    letter_tokens,
-    prefix_groups,
-)
+from evalkit.batching import prefix_groups
+from evalkit.scoring import Scorer
+from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
 from evalkit.types import EvalkitError, Scheme
 
 MMLU = Scheme(name="official", header="", example="", shot_answer=" {letter}\n\n", answer_cue="Answer:",

@@ -1,0 +1,110 @@
+"""The machine under a generation benchmark: device-synchronised timing, the memory-bandwidth probe
+behind the decode bound, how busy the machine was during the repeats, and the software/hardware record.
+
+Nothing here loads or runs a model (the figures' definitions are in evalkit.bench).
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+PROBE_BYTES = 256 * 2**20
+
+
+@dataclass(frozen=True)
+class BandwidthProbe:
+    """Device memory bandwidth from a copy larger than the last-level cache, (read + write) / time."""
+
+    device: str
+    buffer_bytes: int
+    gb_s: float  # the best repeat: the bound must not be lower than what the memory can do
+    values_gb_s: tuple[float, ...]
+    threads: int
+    llc_bytes: int | None  # last-level cache (CPU L3 / GPU L2), None where unknown
+
+
+@dataclass(frozen=True)
+class MachineLoad:
+    """How busy the machine was during the timed repeats (a shared machine perturbs figures)."""
+
+    loadavg_1m_start: float
+    loadavg_1m_end: float
+    cpu_percent_system: float  # all CPUs, 0-100
+    cpu_percent_process: float  # this process, 100 = one core
+    other_cores_busy: float  # cores kept busy by other processes
+    cpu_count: int
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any]:
+    """Seconds of `fn()` and its result, between device synchronisations (CUDA work is asynchronous)."""
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - start, out
+
+
+def last_level_cache_bytes(device: str) -> int | None:
+    """GPU L2 or the largest CPU cache listed by Linux sysfs; None elsewhere."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        match = re.fullmatch(r"(\d+)([KMG]?)", entry.read_text().strip())
+        if match:
+            sizes.append(int(match[1]) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match[2]])
+    return max(sizes, default=None)
+
+
+def probe_bandwidth(device: str, buffer_bytes: int | None = None, repeats: int = 5) -> BandwidthProbe:
+    """Copy a float32 buffer ≥ 4× the last-level cache so the figure is DRAM/HBM, not cache, speed."""
+    llc = last_level_cache_bytes(device)
+    size = buffer_bytes or max(PROBE_BYTES, 4 * (llc or 0))
+    src = torch.ones(size // 4, dtype=torch.float32, device=device)  # ones: pages touched before timing
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    values = [2 * size / timed(lambda: dst.copy_(src), device)[0] / 1e9 for _ in range(repeats)]
+    return BandwidthProbe(device, size, max(values), tuple(values), torch.get_num_threads(), llc)
+
+
+class LoadMeter:
+    """psutil counters around the timed repeats."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.load_start = psutil.getloadavg()[0]
+        psutil.cpu_percent(interval=None)
+        self.process.cpu_percent(interval=None)
+
+    def stop(self) -> MachineLoad:
+        system, mine = psutil.cpu_percent(interval=None), self.process.cpu_percent(interval=None)
+        cpus = psutil.cpu_count()
+        others = max(0.0, system / 100 * cpus - mine / 100)
+        return MachineLoad(self.load_start, psutil.getloadavg()[0], system, mine, round(others, 2), cpus)
+
+
+def environment(device: str) -> dict:
+    """Versions and device name recorded with a report (figures are only comparable on the same stack)."""
+    import platform
+
+    import transformers
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
+            "device": device, "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu,
+            "cpu_count": os.cpu_count()}
