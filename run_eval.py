@@ -95,6 +95,7 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
     from evalkit.model import check_precision, load_model
     from evalkit.quantize import QUANT_BITS
     from evalkit.report import ReportRun
+    from evalkit.results import load_run
     from evalkit.runner import run_task
 
     task_names = [get_task(name).name for name in args.tasks]
@@ -113,7 +114,9 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
     data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit) for name, c in base.items()}
     backend_for = {p: args.quant_backend if p in QUANT_BITS else None for p in precisions}  # floats take none
     for precision in precisions:
-        check_precision(precision, backend_for[precision], device, args.model, args.trust_remote_code)
+        plan = check_precision(precision, backend_for[precision], device, args.model, args.trust_remote_code)
+        if precision in QUANT_BITS and plan.backend != "pre-quantized":
+            backend_for[precision] = plan.backend  # the default named: one config (and label) however it was asked
     if args.limit is not None:
         log.warning("--limit %d: only the first %d questions of each subject are scored; a smoke run, "
                     "not comparable with published figures (flagged in the report)", args.limit, args.limit)
@@ -124,9 +127,9 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
         for name, config in base.items():
             config = dataclasses.replace(config, precision=precision, quant_backend=backend_for[precision])
             run_dir, result = run_task(loaded, get_task(name), data[name], config)
-            if _is_main_process():
+            if _is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
                 print(f"{get_task(name).title} {precision}: {run_dir.path}", file=sys.stderr)
-            runs.append(ReportRun(result, get_task(name), run_dir.path))
+                runs.append(ReportRun(result, get_task(name), run_dir.path, load_run(run_dir.path).questions))
         del loaded
         gc.collect()
         if torch.cuda.is_available():

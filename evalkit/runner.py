@@ -181,7 +181,8 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
     run_dir = _open_shared_run_dir(state, config, loaded.source.label)
     done = run_dir.completed()
-    scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine, progress=False)
+    scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine, progress=False,
+                    isolated=loaded.info.get("activation_quantization") is not None)
     started = time.perf_counter()
     own, prepared = _my_subjects(state, loaded, scheme, data, config, done)
     title = f"{task.title} {config.scheme}" + (f" [{state.process_index}]" if state.num_processes > 1 else "")

@@ -13,6 +13,9 @@ second one also by a plain forward; a model that fails (an error or a disagreeme
 logged once per Scorer: packed -> rows -> plain. Plain batching is right-padded full prompts, sorted
 by length: with causal attention real tokens never see pads, so no attention mask is needed and
 results equal one forward per prompt.
+`isolated` (models that quantize activations per forward, as LLM.int8 does: which columns count as
+outliers depends on every token in the forward) scores one whole prompt per forward, as the official
+batch-1 scripts do; anything else would make a question's scores depend on its neighbours.
 """
 from __future__ import annotations
 
@@ -96,10 +99,11 @@ class Scorer:
 
     `batch_tokens` bounds each forward: rows x padded length, the reused prefix counted in every row
     (packed rows: prefix + their suffixes). Results do not depend on it beyond float rounding (~1e-5).
+    `isolated`: one prompt per forward, no prefix reuse (see the module docstring).
     """
 
     def __init__(self, model, letter_ids: Sequence[int], *, batch_tokens: int | None = None,
-                 engine: Literal["auto", "prefix", "plain"] = "auto", progress: bool = True):
+                 engine: Literal["auto", "prefix", "plain"] = "auto", progress: bool = True, isolated: bool = False):
         if engine not in ("auto", "prefix", "plain"):
             raise EvalkitError(f"unknown engine {engine!r}; valid: auto, prefix, plain")
         if len(letter_ids) != 4 or len(set(letter_ids)) != 4:
@@ -111,12 +115,16 @@ class Scorer:
         self.dtype = embeddings.dtype if embeddings.dtype.is_floating_point else torch.float32
         self.letter_ids = torch.tensor(list(letter_ids), device=self.device)
         self.batch_tokens = batch_tokens or default_batch_tokens(model)
-        self.engine_used = ""  # "prefix" | "plain" once score() has run
+        self.engine_used = ""  # "prefix" | "plain" | "isolated" once score() has run
         self._keep = _keep_mode(model)
         native = type(model).__module__.startswith("transformers.")
         packable = native and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
         self._candidates = ["packed", "rows"] if packable else ["rows"]
         self._mode: str | None = None  # the verified reuse mode, settled by the first probe
+        self.isolated = isolated
+        if isolated and engine == "prefix":
+            LOG.warning("this model quantizes activations per forward: --engine prefix would make scores depend on "
+                        "the other tokens in a forward; scoring one prompt per forward instead")
 
     def score(self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
               ) -> Iterator[tuple[int, Scores]]:
@@ -137,7 +145,7 @@ class Scorer:
             raise EvalkitError(f"prompts {empty[:5]} have no tokens")
         if not todo:
             return
-        groups = prefix_groups(seqs) if self.engine != "plain" else []
+        groups = prefix_groups(seqs) if self.engine != "plain" and not self.isolated else []
         if self.engine == "auto" and sum((len(m) - 1) * p for p, m in groups) < AUTO_MIN_SHARE * sum(map(len, seqs)):
             groups = []
         cache, cached = None, None  # one group's prefix cache at a time: its batches are consecutive
@@ -145,7 +153,7 @@ class Scorer:
             self._mode, cache = self._probe(seqs, groups[0])
             cached = seqs[groups[0][1][0]][: groups[0][0]]
         groups = groups if self._mode != "plain" else []
-        self.engine_used = "prefix" if groups else "plain"
+        self.engine_used = "prefix" if groups else "isolated" if self.isolated else "plain"
         plan = [(p, b) for p, m in groups for b in self._batches(seqs, p, m, self._mode)]
         grouped = {i for _, members in groups for i in members}
         plan += [(0, b) for b in self._batches(seqs, 0, [i for i in range(len(seqs)) if i not in grouped], "plain")]
@@ -164,6 +172,8 @@ class Scorer:
         """Split a group (or, prefix 0, the plainly scored rest) into forwards within the token budget,
         longest first (an out-of-memory error shows at once; similar lengths pad little)."""
         order = sorted(members, key=lambda i: (-len(seqs[i]), i))
+        if self.isolated:
+            return [[i] for i in order]
         if mode != "packed":  # rows x padded length, the prefix counted in each row
             return split_batches([(i, len(seqs[i])) for i in order], self.batch_tokens, packed=False)
         cap = min(PACK_TOKENS["cpu" if self.device.type == "cpu" else "other"], self.batch_tokens - prefix)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -166,6 +167,55 @@ def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(tiny
         assert full[qid]["prompt_tokens"] > limit and full[qid]["prompt_hash"] != row["prompt_hash"]
 
 
+def test_sweep_runs_each_precision_on_every_task_and_prints_the_paired_table(tiny_spm_model_dir, tiny_data_dir,
+                                                                              tmp_path, capsys):
+    args = eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, tasks=("mmlu", "ceval"))
+    args[0] = "sweep"
+    assert main([*args, "--precision", "fp32,int8,int4", "--quant-backend", "rtn"]) == 0
+    printed = capsys.readouterr().out
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("*/run.json")]
+    assert sorted((r["config"]["precision"], r["config"]["task"]) for r in runs) == sorted(
+        (p, t) for p in ("fp32", "int8", "int4") for t in ("mmlu", "ceval"))
+    weights = {r["config"]["precision"]: r["model_info"]["weight_bytes"] for r in runs}
+    assert weights["int4"] < weights["int8"] < weights["fp32"]
+    precision_table = printed[printed.index("## Precision"):]
+    rows = {line.split("|")[1].strip(): line for line in precision_table.splitlines() if line.startswith("| model ")}
+    assert set(rows) == {"model fp32", "model int8/rtn", "model int4/rtn"}
+    assert rows["model int4/rtn"].count("[") == 2 and "[" not in rows["model fp32"]  # Δ [CI] per benchmark
+    assert "95% CI" in printed[: printed.index("## Precision")]  # the benchmark tables carry CIs too
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")
+def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_dir, tmp_path):
+    """LLM.int8 picks its fp16 outlier columns from every token in a forward, so each question must be
+    scored alone: the saved log-probs equal a batch-1 forward of exactly the saved prompt."""
+    import torch
+
+    from evalkit.data import load_task_data
+    from evalkit.model import load_model
+    from evalkit.prompts import build_prompts
+    from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
+    from evalkit.types import token_ids_hash
+    from tasks import get_task
+
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--precision", "int8", tasks=("mmlu",))) == 0
+    run_dir = run_dirs(tmp_path)["mmlu"]
+    run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    assert run["engine"] == "isolated" and run["config"]["quant_backend"] == "bnb"
+    loaded, task = load_model(str(tiny_spm_model_dir), "int8", "cpu"), get_task("mmlu")
+    scheme = task.schemes["official"]
+    letters = list(letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme).ids)
+    saved = questions(run_dir)
+    for data in load_task_data(task, tiny_data_dir, subjects=subjects_in(tiny_data_dir, "mmlu")):
+        prompts = build_prompts(scheme, data, count_tokens_fn(loaded.tokenizer, scheme.bos))
+        for prompt, ids in zip(prompts, encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)):
+            row = saved[prompt.question.id]
+            assert row["prompt_hash"] == token_ids_hash(ids)
+            with torch.inference_mode():
+                alone = torch.log_softmax(loaded.model(torch.tensor([ids])).logits[0, -1, letters].float(), -1)
+            assert torch.allclose(torch.tensor(row["logprobs"]), alone, atol=1e-5), prompt.question.id
+
+
 def test_limit_is_flagged_in_the_report(tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys):
     assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--limit", "2", tasks=("cmmlu",))) == 0
     run_dir = run_dirs(tmp_path)["cmmlu"]
@@ -229,3 +279,24 @@ def test_smollm2_on_real_data_end_to_end(smollm_gguf, shared_data, tmp_path, cap
         assert run["overall"]["n"] == 3 and run["limited"] is True
         assert run["model_info"]["weights_format"].startswith("gguf")
         assert all(row["shots_used"] == 5 for row in questions(run_dir).values())
+
+
+@pytest.mark.slow
+def test_smollm2_sweep_fp32_int8_int4_on_real_data(smollm_gguf, shared_data, tmp_path, capsys):
+    """The default backend (bitsandbytes) through `sweep`: one load per precision, a run per task."""
+    subjects = "ceval/law,mmlu/anatomy,cmmlu/agronomy"
+    assert main(["sweep", "--model", str(smollm_gguf), "--data-dir", str(shared_data), "--subjects", subjects,
+                 "--limit", "2", "--precision", "fp32,int8,int4", "--output-dir", str(tmp_path), "--no-progress",
+                 "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    runs = [json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("*/run.json")]
+    assert sorted((r["config"]["precision"], r["config"]["task"]) for r in runs) == sorted(
+        (p, t) for p in ("fp32", "int8", "int4") for t in TASKS)
+    info = {r["config"]["precision"]: r["model_info"] for r in runs}
+    assert info["int4"]["weight_bytes"] < info["int8"]["weight_bytes"] < info["fp32"]["weight_bytes"] / 2
+    assert info["int8"]["quant_backend"] == info["int4"]["quant_backend"] == "bnb"
+    assert {r["engine"] for r in runs if r["config"]["precision"] == "int8"} == {"isolated"}  # LLM.int8: see above
+    rows = [line for line in printed[printed.index("## Precision"):].splitlines() if "SmolLM2" in line]
+    assert [row.split("|")[1].split("⚠")[0].strip() for row in rows] == [
+        "SmolLM2-135M-Instruct.Q4_1 fp32", "SmolLM2-135M-Instruct.Q4_1 int8/bnb", "SmolLM2-135M-Instruct.Q4_1 int4/bnb"]
+    assert all(row.count("[") == 3 for row in rows[1:])  # Δ [95% CI] for each of the three benchmarks
