@@ -13,6 +13,7 @@ Everything is JSON; nothing is pickled.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import logging
 import os
@@ -236,7 +237,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             continue
         if not given.is_dir():
             raise EvalkitError(f"no such run directory or folder: {given}")
-        below = sorted(p.parent for p in given.rglob(CONFIG_FILE))
+        # glob, unlike Path.rglob before 3.13, follows symlinks: a folder of links to runs is a valid selection
+        below = sorted(Path(p).parent for p in glob.glob(str(given / "**" / CONFIG_FILE), recursive=True))
         unfinished = [p for p in below if not (p / RUN_FILE).is_file()]
         for run in unfinished:
             log.warning("skipping unfinished run %s (no %s); rerun its command to resume", run, RUN_FILE)

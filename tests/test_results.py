@@ -179,6 +179,16 @@ def test_find_runs_below_folders_skips_unfinished_with_a_warning(tmp_path, caplo
         find_runs([tmp_path / "empty"])
 
 
+def test_find_runs_follows_a_folder_of_links_to_runs(tmp_path):
+    cfg = config(tmp_path / "all")
+    run = RunDir.open(cfg, "m")
+    run.append([question(0)])
+    run.finish(run_result(cfg, [question(0)]))
+    (tmp_path / "picked").mkdir()
+    (tmp_path / "picked" / run.path.name).symlink_to(run.path, target_is_directory=True)
+    assert find_runs([tmp_path / "picked"]) == [tmp_path / "picked" / run.path.name]
+
+
 def test_write_submission_is_the_ceval_leaderboard_layout(tmp_path):
     preds = [question(0, gold=None, pred="B"), question(1, gold=None, pred="D"),
              question(0, subject="law", gold=None, pred="A")]
