@@ -10,6 +10,7 @@ unquantized row and the published GPU memory.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,10 +77,9 @@ class QuantTable:
 
 def _settings(run: ReportRun) -> tuple:
     """What must agree for two runs to be rows of one model's comparison (all but precision and backend)."""
-    config = run.result.config
-    seed = config.seed if run.result.scheme.shot_order == "shuffled_per_question" else None
+    config = run.result.config  # the seed counts for every task, so a scheme's shuffled and unshuffled tasks share a row
     return (run.reference or short_model_name(config.model), config.scheme, config.letter_rule, config.shots,
-            config.split, config.limit, seed)
+            config.split, config.limit, config.seed)
 
 
 def _memory(runs: Sequence[ReportRun]) -> tuple[int | None, int | None, str]:
@@ -206,12 +206,13 @@ def quant_frame(table: QuantTable) -> pd.DataFrame:
     def gib(value: int | None) -> str:
         return "–" if value is None else f"{value / GIB:.2f}"
 
-    data = {row.label: {**{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
-                        "Weights (GiB)": gib(row.weight_bytes),
-                        "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else ""),
-                        "Scoring (min)": f"{row.scoring_seconds / 60:.1f}" + ("*" if row.resumed else ""),
-                        "Load (s)": "–" if row.load_seconds is None else f"{row.load_seconds:.0f}"}
-            for row in table.rows}
+    counts = Counter(row.label for row in table.rows)  # rows of different settings may share a label: never merge
+    data = {(row.label if counts[row.label] == 1 else f"{row.label} (comparison {row.group + 1})"): {
+        **{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
+        "Weights (GiB)": gib(row.weight_bytes),
+        "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else ""),
+        "Scoring (min)": f"{row.scoring_seconds / 60:.1f}" + ("*" if row.resumed else ""),
+        "Load (s)": "–" if row.load_seconds is None else f"{row.load_seconds:.0f}"} for row in table.rows}
     for pub in table.published:
         data[f"{pub.label} (published)"] = {
             **{t: "–" if name not in pub.averages else f"{pub.averages[name]:.1f}"

@@ -73,6 +73,14 @@ def test_models_and_settings_form_separate_comparisons():
     assert not show_precision(build_quant_table([run("fp32"), run("int8")]), False)
 
 
+def test_a_shuffling_schemes_tasks_share_a_row_and_equal_labels_are_never_merged():
+    ceval = run("fp32", "ceval", scheme="baichuan")  # C-Eval shuffles its shots under baichuan, MMLU does not
+    table = build_quant_table([run("fp32", scheme="baichuan"), ceval])
+    assert len(table.rows) == 1 and set(table.rows[0].cells) == {"mmlu", "ceval"}
+    frame = quant_frame(build_quant_table([run("fp32"), run("fp32", shots=3)]))  # one label, two settings
+    assert list(frame.index) == ["Model-7B fp32 (comparison 1)", "Model-7B fp32 (comparison 2)"]
+
+
 def test_a_subset_is_compared_on_the_shared_questions_with_a_note():
     full, part = run("fp32"), run("int8")
     part = part._replace(questions=part.questions[:80])
