@@ -95,7 +95,6 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
     from evalkit.model import check_precision, load_model
     from evalkit.quantize import QUANT_BITS
     from evalkit.report import ReportRun
-    from evalkit.results import load_run
     from evalkit.runner import run_task
 
     task_names = [get_task(name).name for name in args.tasks]
@@ -126,10 +125,10 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
                             args.device_map)
         for name, config in base.items():
             config = dataclasses.replace(config, precision=precision, quant_backend=backend_for[precision])
-            run_dir, result = run_task(loaded, get_task(name), data[name], config)
+            run_dir, saved = run_task(loaded, get_task(name), data[name], config)
             if _is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
                 print(f"{get_task(name).title} {precision}: {run_dir.path}", file=sys.stderr)
-                runs.append(ReportRun(result, get_task(name), run_dir.path, load_run(run_dir.path).questions))
+                runs.append(ReportRun(saved.result, get_task(name), run_dir.path, saved.questions))
         del loaded
         gc.collect()
         if torch.cuda.is_available():

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 class SavedRun(NamedTuple):
-    """A finished run read back from disk."""
+    """A finished run: run.json's record and every question result (as read back, or as just written)."""
 
     result: RunResult
     questions: list[QuestionResult]

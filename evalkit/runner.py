@@ -23,7 +23,7 @@ from evalkit.data import SubjectData
 from evalkit.metrics import aggregate
 from evalkit.model import LoadedModel
 from evalkit.prompts import Prompt, build_prompts
-from evalkit.results import SUBMISSION_FILE, RunDir, load_run, write_submission
+from evalkit.results import SUBMISSION_FILE, RunDir, SavedRun, load_run, write_submission
 from evalkit.scoring import Scorer
 from evalkit.tokens import LetterTokens, count_tokens_fn, encode_prompts, letter_tokens
 from evalkit.types import LETTERS, EvalkitError, QuestionResult, RunConfig, RunResult, Scheme, Task, token_ids_hash
@@ -170,8 +170,8 @@ def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config
     return engines
 
 
-def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: RunConfig) -> tuple[RunDir, RunResult]:
-    """Score every question of `data` (resuming a matching unfinished run) and write run.json.
+def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: RunConfig) -> tuple[RunDir, SavedRun]:
+    """Score every question of `data` (resuming a matching unfinished run), write run.json, return the run.
 
     Under `accelerate launch` the subjects are shared out between the processes; the main process
     gathers their files into one run directory, identical to a single-process run's.
@@ -214,10 +214,11 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
             engine="+".join(sorted(engines)) or "none (all resumed)", model_info=loaded.info,
             limited=config.limit is not None)
         run_dir.finish(result)
+        saved = SavedRun(result, results)
     state.wait_for_everyone()
     if not state.is_main_process:  # the main process wrote it; the others read it once it is there
-        result = load_run(run_dir.path).result
-    return run_dir, result
+        saved = load_run(run_dir.path)
+    return run_dir, saved
 
 
 def _adds_bos(loaded: LoadedModel, scheme: Scheme) -> bool:
