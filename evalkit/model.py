@@ -272,8 +272,9 @@ def _placement(network: Any) -> dict[str, int]:
 def _weights_format(source: ModelSource, network: Any) -> str:
     if not source.gguf_file:
         return "transformers"
-    gguf = getattr(getattr(network, "hf_quantizer", None), "quantization_config", None)
-    packed = gguf is not None and not getattr(gguf, "dequantize", True)
+    # Read from the modules, not the quantizer's flags: transformers' legacy GGUF path dequantizes
+    # while leaving `dequantize` False; packed weights live in its Gguf* modules.
+    packed = any(type(module).__name__.startswith("Gguf") for module in network.modules())
     return f"gguf {source.gguf_file} ({'packed GGUF blocks' if packed else 'dequantized on load'})"
 
 
