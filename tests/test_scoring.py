@@ -355,3 +355,33 @@ def test_engine_matches_plain_forwards_on_smollm_and_real_mmlu(smollm_gguf, shar
     scorer = Scorer(model, letters.ids, progress=False)
     assert_matches(dict(scorer.score(seqs)), reference(model, seqs, letters.ids))
     assert scorer.engine_used == "prefix"
+
+
+@pytest.mark.slow
+def test_bf16_engine_reuses_the_prefix_within_bf16_rounding_on_real_cmmlu(smollm_gguf, shared_data):
+    """bf16 rounds a letter logit near 20 to steps of 0.125: the prefix forms of CMMLU agronomy differ
+    from lone forwards by a step or two, which the probe must accept rather than fall back to plain."""
+    from evalkit.data import load_task_data
+    from evalkit.prompts import build_prompts
+    from evalkit.scoring import PROBE_TOLERANCE
+    from tasks import get_task
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name,
+                                                 dtype=torch.bfloat16).eval()
+    task = get_task("cmmlu")
+    scheme = task.schemes["official"]
+    data = next(iter(load_task_data(task, shared_data, subjects=("agronomy",), limit=10)))
+    prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
+    seqs = encode_prompts(tokenizer, [p.text for p in prompts], scheme.bos)
+    letters = letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
+    scorer = Scorer(model, letters, progress=False)
+    got = dict(scorer.score(seqs))
+    assert scorer.engine_used == "prefix"
+    tolerance = PROBE_TOLERANCE[torch.bfloat16]
+    for i, expected in enumerate(reference(model, seqs, letters)):
+        values = torch.tensor(got[i])
+        assert (values - expected).abs().max().item() <= tolerance, f"prompt {i}: {values} vs {expected}"
+        top_two = expected.sort(descending=True).values[:2]
+        if top_two[0] - top_two[1] > 2 * tolerance:  # a clear winner stays the winner
+            assert int(values.argmax()) == int(expected.argmax())
