@@ -13,8 +13,9 @@ Prints two work ratios of A to B: tokens run, and multiply-accumulates counted a
 llama-style decoder (linear layers, attention over each token's context, the vocabulary projection
 where logits are read; B ideal: each prefix once, then each suffix over it, logits at its last token
 only). An exact engine can beat the MAC ratio only by running faster per MAC than A. Then
-questions/s, the speed ratios B/A and B/C (median over subjects, and overall = total time ratio), B's and C's prediction agreement with A and their max |log-prob difference|, peak RSS and the
-torch thread count. Targets: B/A >= 5, B/C >= 3, 100% agreement. Timings are wall clock; the CPU-time
+questions/s, the speed ratios B/A and B/C (median over subjects, and overall = total time ratio),
+B's and C's prediction agreement with A and their max |log-prob difference|, peak RSS and the torch
+thread count. Targets: B/A >= 5, B/C >= 3, 100% agreement. Timings are wall clock; the CPU-time
 ratios beside them are steadier on a shared machine.
 """
 from __future__ import annotations
