@@ -38,11 +38,10 @@ AUTO_MIN_SHARE = 0.3  # engine="auto" reuses prefixes when they save this fracti
 # suffix tokens per packed row: on CPU (compute-bound) 256 balances GEMM efficiency against the
 # attention a row spends across its neighbours' tokens; accelerators want larger matrices (untested guess)
 PACK_TOKENS = {"cpu": 256, "other": 1024}
-# The probe's bound on a log-prob's difference from a lone forward: 1e-3 for other dtypes, whose
-# rounding moves it ~1e-5 (fp32).
-# A 16-bit letter logit of magnitude 16-32 is rounded to steps of 2^-6 (fp16) or 2^-3 (bf16), and
-# a different order of the same arithmetic moves it by a step or two: on SmolLM2 bf16 (CMMLU) the
-# prefix forms differed by 0.16-0.19 where a 0.1 bound threw them out.
+# The probe's bound on a log-prob's difference from a lone forward (1e-3 for other dtypes: fp32
+# rounding moves it ~1e-5). A 16-bit letter logit of magnitude 16-32 is rounded to steps of 2^-6
+# (fp16) or 2^-3 (bf16), and another order of the same arithmetic moves it by a step or two: on
+# SmolLM2 bf16 (CMMLU) the prefix forms differed by 0.16-0.19, where a 0.1 bound threw them out.
 PROBE_TOLERANCE = {torch.float16: 0.1, torch.bfloat16: 0.5}
 Scores = tuple[float, float, float, float]
 
