@@ -48,6 +48,10 @@ def _compare(first: BenchRow, second: BenchRow) -> str:
     table = []
     for attr, label in FIGURES:
         a, b = getattr(first, attr), getattr(second, attr)
+        if a is None or b is None:  # decode unresolved in a run (timer noise): see its notes
+            table.append([label, "n/a" if a is None else f"{a.median:.4g}", "n/a" if b is None else f"{b.median:.4g}",
+                          "", "", ""])
+            continue
         table.append([label, f"{a.median:.4g}", f"{b.median:.4g}", f"{100 * (b.median - a.median) / a.median:+.1f}",
                       f"{a.spread_pct:.1f}", f"{b.spread_pct:.1f}"])
     return tabulate(table, ["figure", "run 1 median", "run 2 median", "difference %", "spread 1 %", "spread 2 %"],
@@ -75,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"bandwidth GB/s (best copy around each run's repeats): run 1 {bw1:.2f}, run 2 {bw2:.2f} "
           f"({100 * (bw2 - bw1) / bw1:+.1f} %)")
     for name, row in (("run 1", first), ("run 2", second)):
-        print(f"{name}: achieved {row.achieved_fraction:.2f} of the {row.bound_tok_s:.2f} tok/s bound; "
+        achieved = "n/a" if row.achieved_fraction is None else f"{row.achieved_fraction:.2f}"
+        print(f"{name}: achieved {achieved} of the {row.bound_tok_s:.2f} tok/s bound; "
               f"load average {row.load.loadavg_1m_start:.2f} -> {row.load.loadavg_1m_end:.2f}, "
               f"other processes busy {row.load.other_cores_busy:.2f} of {row.load.cpu_count} cores")
     return 0

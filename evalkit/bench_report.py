@@ -14,8 +14,9 @@ HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "pr
 def _table_row(r: BenchRow) -> list:
     peak = r.peak_cuda_bytes if r.peak_cuda_bytes is not None else r.peak_rss_bytes
     return [r.model, r.precision_label, r.batch_size, f"{r.e2e_tok_s.median:.2f}", f"{r.e2e_tok_s.spread_pct:.1f}",
-            f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}", f"{r.decode_tok_s.median:.2f}",
-            f"{r.bandwidth.gb_s:.1f}", f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}", f"{peak / MIB:.1f}",
+            f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}",
+            f"{r.decode_tok_s.median:.2f}" if r.decode_tok_s else "n/a", f"{r.bandwidth.gb_s:.1f}",
+            f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}" if r.decode_tok_s else "n/a", f"{peak / MIB:.1f}",
             f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
 
 
@@ -54,8 +55,8 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     width = 0.8 / len(series)
     for ax, attr, label in zip(figure.subplots(1, 2), ("e2e_tok_s", "decode_tok_s"), ("end-to-end", "decode")):
         for k, (model, batch) in enumerate(series):
-            rows = {r.precision_label: getattr(r, attr) for r in report.rows
-                    if (r.model, r.batch_size) == (model, batch)}
+            rows = {r.precision_label: getattr(r, attr) for r in report.rows  # no bar where decode is unresolved
+                    if (r.model, r.batch_size) == (model, batch) and getattr(r, attr) is not None}
             xs = [i + k * width for i, p in enumerate(precisions) if p in rows]
             stats = [rows[p] for p in precisions if p in rows]
             ax.bar(xs, [s.median for s in stats], width, label=f"{model} b{batch}",

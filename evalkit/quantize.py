@@ -153,6 +153,29 @@ def bnb_config(plan: QuantPlan) -> Any:
                               bnb_4bit_use_double_quant=False)
 
 
+BNB_CPU_PACK_ROWS = 32  # bitsandbytes' AVX512-BF16 NF4 kernel repacks weights in blocks of 32 output rows
+
+
+def fit_nf4_cpu_kernel(model: nn.Module) -> list[str]:
+    """Keep NF4 layers whose shape the fast CPU kernel cannot take on bitsandbytes' generic path.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.48+) repacks each 4-bit weight at its first forward; that
+    needs the output features to divide by 32 and the input features by the quantization block (64):
+    a 2-layer llama with 48-wide layers and 24-wide k/v projections fails with "N must be divisible by
+    block_n" or a reshape error. Those layers keep the generic dequantize-and-matmul path, which takes
+    every shape bitsandbytes quantizes; the names of the layers so kept are returned.
+    """
+    kept = []
+    for name, module in model.named_modules():
+        if not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        block = getattr(getattr(module.weight, "quant_state", None), "blocksize", NF4_BLOCK)
+        if module.out_features % BNB_CPU_PACK_ROWS or module.in_features % block:
+            module.support_avx512bf16_for_cpu = False
+            kept.append(name)
+    return kept
+
+
 class _DropInt8CastNotice(logging.Filter):
     """LLM.int8 logs this for every layer on every forward whose input is not fp16: thousands of lines
     per run. The cast is its design and is recorded once, as `activation_quantization` in the info."""

@@ -85,11 +85,16 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         N, P = SMALL.new_tokens, SMALL.prompt_tokens
         assert (row.batch_size, row.mode, row.compiled, row.threads) == (batch, "eager", False, 1)
         for first, total, decode in zip(row.ttft_s.values, row.generate_s.values, row.decode_s.values):
-            assert 0 < first < total and decode == pytest.approx(total - first) and decode <= total
-        assert row.decode_s.median <= row.generate_s.median
+            assert 0 < first and 0 < total and decode == pytest.approx(total - first)
         assert row.e2e_tok_s.values == pytest.approx(tuple(batch * N / t for t in row.generate_s.values))
         assert row.prefill_tok_s.values == pytest.approx(tuple(batch * P / t for t in row.ttft_s.values))
-        assert row.decode_tok_s.values == pytest.approx(tuple(batch * (N - 1) / d for d in row.decode_s.values))
+        # decode tok/s from the repeats whose T_N exceeded T_1; none on a machine busy enough: then a note says so
+        resolved = tuple(batch * (N - 1) / d for d in row.decode_s.values if d > 0)
+        if not resolved:
+            assert row.decode_tok_s is None and row.achieved_fraction is None
+            assert any("timer noise swamps decode" in note for note in row.notes)
+            continue
+        assert row.decode_tok_s.values == pytest.approx(resolved)
         assert row.decode_tok_s.min <= row.decode_tok_s.median <= row.decode_tok_s.max
         assert row.kv_bytes_per_token == kv_expected
         assert row.weight_read_bytes == row.weight_bytes - embed.numel() * 4  # untied: embedding read by row only
@@ -105,6 +110,26 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         assert row.peak_rss_bytes > row.weight_bytes and row.peak_cuda_bytes is None
         assert row.load.cpu_count >= 1 and math.isfinite(row.load.cpu_percent_system)
 
+
+
+def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_path: Path) -> None:
+    """A repeat whose T_N does not exceed its T_1 (a busy machine, small N) leaves decode empty with a
+    note; the table says n/a and the plot and JSON still come out."""
+    import dataclasses
+
+    from evalkit.bench import BenchReport, _notes
+
+    row = bench_loaded(eos_loving, 1, SMALL)
+    noisy = dataclasses.replace(row, decode_tok_s=None, achieved_fraction=None)
+    noisy = dataclasses.replace(noisy, notes=_notes(noisy, SMALL))
+    assert any("timer noise swamps decode" in note and "--new-tokens" in note for note in noisy.notes)
+    report = BenchReport("2026-01-01T00:00:00+00:00", "eager", dataclasses.asdict(SMALL),
+                         {"device": "cpu", "device_name": "cpu"}, (noisy,))
+    table = format_table(report)
+    assert table.count("n/a") == 2 and "timer noise" in table
+    json_path, _, png_path = write_outputs(report, tmp_path)
+    assert json.loads(json_path.read_text(encoding="utf-8"))["rows"][0]["decode_tok_s"] is None
+    assert png_path.stat().st_size > 0
 
 def test_bandwidth_probe_is_positive_and_outsizes_the_cache() -> None:
     probe = probe_bandwidth("cpu", **PROBE)

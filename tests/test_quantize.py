@@ -345,3 +345,20 @@ def test_smollm_quantized_logprobs_stay_near_fp32(smollm_gguf: Path, shared_data
     assert info["source_quantization"] == info["requantized_from"] == "gguf Q4_1"
     assert info["skipped_layers"] == ["lm_head"] and info["quantized_layers"] == 7 * 30
     assert info["weight_bytes"] < dense.info["weight_bytes"] / 2
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+def test_nf4_takes_every_shape_on_cpu(tiny_spm_model_dir: Path, aligned_model_dir: Path) -> None:
+    """NF4 layers the AVX512-BF16 kernel cannot repack (k/v 24 wide, inputs 48 wide) stay on the generic
+    path, the others keep the fast kernel; both score finite letters on this CPU, whichever it is."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    for model_dir in (tiny_spm_model_dir, aligned_model_dir):
+        loaded = _load(model_dir, "int4", "bnb")
+        linears = {name: module for name, module in loaded.model.named_modules() if hasattr(module, "quant_state")
+                   or hasattr(getattr(module, "weight", None), "quant_state")}
+        misfit = sorted(name for name, module in linears.items()
+                        if module.out_features % 32 or module.in_features % 64)
+        assert sorted(loaded.info["nf4_generic_kernel_layers"]) == (misfit if has_avx512bf16() else [])
+        assert torch.isfinite(_last_logprobs(loaded)).all()
+    assert not _load(aligned_model_dir, "int4", "bnb").info["nf4_generic_kernel_layers"]
