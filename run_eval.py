@@ -7,15 +7,22 @@ Examples:
   python run_eval.py report results/
   python run_eval.py list --data-dir ../shared/data
 
-Exit status: 0 on success, 2 on a user error (one line `error: ...`).
+Each command's --help shows its flags, their defaults and two examples. Installed (pip install .),
+the same program is the `evalkit` command. Exit status: 0 on success, 1 when a compare gate fails,
+2 on a user error (one line `error: ...`).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import logging
 import sys
+import textwrap
+import typing
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
@@ -28,13 +35,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evalkit")
 DEFAULTS = RunConfig(model="", task="")
+DESCRIPTION_WIDTH = 100  # subcommand descriptions, wrapped by us: the formatter keeps the examples' lines
 
 
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _subjects_by_task(task_names: Sequence[str], subjects: Sequence[str] | None) -> dict[str, tuple[str, ...] | None]:
+def _subjects_by_task(task_names: Sequence[str],
+                      subjects: Sequence[str] | None) -> dict[str, tuple[str, ...] | None]:
     """Assign `--subjects` names ("law" or "ceval/law") to the selected tasks that have them."""
     if not subjects:
         return {name: None for name in task_names}
@@ -54,7 +63,8 @@ def _subjects_by_task(task_names: Sequence[str], subjects: Sequence[str] | None)
 
 
 def _process_device(device: str) -> str:
-    """This process's device; under `accelerate launch` each process takes its own (gloo on CPU, nccl on GPU)."""
+    """This process's device; under `accelerate launch` each process takes its own (gloo on CPU, nccl on
+    GPU)."""
     from datetime import timedelta
 
     import torch
@@ -99,10 +109,14 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
 
     task_names = [get_task(name).name for name in args.tasks]
     subjects = _subjects_by_task(task_names, args.subjects)
+    if args.no_progress:  # transformers' own bars too ("Loading weights")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     device = _process_device(args.device)
     if args.device_map and not _is_single_process():
-        raise EvalkitError("--device-map spreads one model over all GPUs of one process; under accelerate launch "
-                           "each process holds its own copy: use one or the other")
+        raise EvalkitError("--device-map spreads one model over all GPUs of one process; under accelerate "
+                           "launch each process holds its own copy: use one or the other")
     base = {name: RunConfig(
         model=args.model, task=name, data_dir=args.data_dir, split=args.split, subjects=subjects[name],
         scheme=args.scheme, letter_rule=args.letter_token, shots=args.shots, limit=args.limit,
@@ -110,12 +124,14 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
         seed=args.seed, batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
         progress=not args.no_progress) for name in subjects}
     # every file of every task and every precision is checked before the (slow) model loads
-    data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit) for name, c in base.items()}
+    data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit)
+            for name, c in base.items()}
     backend_for = {p: args.quant_backend if p in QUANT_BITS else None for p in precisions}  # floats take none
     for precision in precisions:
         plan = check_precision(precision, backend_for[precision], device, args.model, args.trust_remote_code)
         if precision in QUANT_BITS and plan.backend != "pre-quantized":
-            backend_for[precision] = plan.backend  # the default named: one config (and label) however it was asked
+            # the default named: one config (and label) however it was asked
+            backend_for[precision] = plan.backend
     if args.limit is not None:
         log.warning("--limit %d: only the first %d questions of each subject are scored; a smoke run, "
                     "not comparable with published figures (flagged in the report)", args.limit, args.limit)
@@ -198,22 +214,26 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from evalkit.compare import compare, to_markdown
 
-    comparison = compare(list(_saved_runs([args.a]).values()), list(_saved_runs([args.b]).values()), get_task, max_drop=args.max_drop,
-                         allow_subset=args.allow_subset)
-    print(to_markdown(comparison))
+    runs_a, runs_b = list(_saved_runs([args.a]).values()), list(_saved_runs([args.b]).values())
+    comparison = compare(runs_a, runs_b, get_task, max_drop=args.max_drop, allow_subset=args.allow_subset)
+    print(to_markdown(comparison, all_subjects=args.all_subjects))
     return 0 if comparison.passed else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evalkit.bench import BenchSettings, run_bench
+    from evalkit.bench import BenchSettings, device_defaults, run_bench
     from evalkit.bench_report import format_table, write_outputs
+    from evalkit.model import resolve_device
 
-    settings = BenchSettings(new_tokens=args.new_tokens, prompt_tokens=args.prompt_tokens,
+    fitting = device_defaults(resolve_device(args.device))  # what was not given, fitted to the device
+    precisions = args.precision or [fitting.precision]
+    new_tokens = fitting.new_tokens if args.new_tokens is None else args.new_tokens
+    settings = BenchSettings(new_tokens=new_tokens, prompt_tokens=args.prompt_tokens,
                              batch_sizes=tuple(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,
                              mode=args.mode, device=args.device, quant_backend=args.quant_backend,
                              trust_remote_code=args.trust_remote_code, threads=args.threads,
                              compile_backend=args.compile_backend)
-    report = run_bench(args.model, args.precision, settings)
+    report = run_bench(args.model, precisions, settings)
     print(format_table(report))
     for path in write_outputs(report, args.output_dir):
         print(f"written: {path}", file=sys.stderr)
@@ -222,150 +242,290 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from evalkit.data import count_rows
+    from evalkit.report import task_listing
 
     for name in args.tasks:
         task = get_task(name)
-        counts = {split: count_rows(task, args.data_dir, split) for split in task.splits} if args.data_dir else {}
-        print(f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
-              f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}")
-        for subject in task.subjects:
-            rows = " ".join(f"{split}={counts[split].get(subject.name, 0)}" for split in counts)
-            print(f"  {subject.name:42s} {subject.name_zh:10s} {', '.join(subject.categories):28s} {rows}")
+        counts = ({split: count_rows(task, args.data_dir, split) for split in task.splits}
+                  if args.data_dir else {})
+        print(task_listing(task, counts))
     return 0
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and examples kept as written; each flag's default shown once, as it is typed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        # `is`, not `in`: a default of 0 equals False and is shown
+        unset = any(action.default is v for v in (None, False, argparse.SUPPRESS))
+        unset = unset or action.default in ([], "")
+        if "default" in text or not action.option_strings or unset:
+            return text
+        return f"{text} (default: {_as_typed(action.default)})"
+
+
+def _as_typed(value: object) -> str:
+    """A default the way it is typed on the command line (comma lists, not Python lists); %-escaped."""
+    text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+    return text.replace("%", "%%")
+
+
+def _prog() -> str:
+    """`evalkit` when run as the installed console command, else the script's own command line."""
+    return "evalkit" if Path(sys.argv[0]).stem == "evalkit" else "python run_eval.py"
+
+
+def _examples(prog: str, *commands: str) -> str:
+    return "examples:\n" + "\n".join(f"  {prog} {command}" for command in commands)
+
+
+def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+                examples: Sequence[str], prog: str) -> argparse.ArgumentParser:
+    """A subcommand with its one-line summary, its description (wrapped here, so that the examples keep
+    their lines) and two examples, shown in its --help."""
+    wrapped = textwrap.fill(" ".join(description.split()), DESCRIPTION_WIDTH)
+    return sub.add_parser(name, help=summary, description=wrapped, epilog=_examples(prog, *examples),
+                          formatter_class=HelpFormatter)
+
+
+def _literal_choices(cls: type, field_name: str) -> tuple[str, ...]:
+    """The values of a Literal-typed field of a record (RunConfig.engine, ...), where they are defined."""
+    hint = typing.get_type_hints(cls)[field_name]
+    literals = [hint] if typing.get_origin(hint) is typing.Literal else typing.get_args(hint)  # X | None
+    values = [value for literal in literals for value in typing.get_args(literal)]
+    return tuple(value for value in values if isinstance(value, str))
+
+
 def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    from evalkit.model import DEVICE_MAPS
+    from evalkit.quantize import BACKENDS, PRECISIONS, QUANT_BITS
+
+    own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
-    parser.add_argument("--tasks", type=_comma_list, default=list(TASKS), help="comma list of " + ", ".join(TASKS))
+    parser.add_argument("--tasks", type=_comma_list, default=",".join(TASKS), help="comma list of tasks")
     parser.add_argument("--data-dir", help="local copy of the benchmarks in their official layouts "
-                        "(<dir>/{mmlu,ceval,cmmlu}/...); default: the hub datasets")
-    parser.add_argument("--split", help="split to score (default: each task's own: mmlu test, ceval val, cmmlu test; "
+                        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets")
+    parser.add_argument("--split", help=f"split to score (default: each task's own: {own_splits}; "
                         "ceval test writes the leaderboard submission JSON)")
-    parser.add_argument("--subjects", type=_comma_list, help="comma list of subjects ('law' or 'ceval/law')")
-    parser.add_argument("--scheme", default=DEFAULTS.scheme, choices=sorted({s for t in TASKS.values() for s in t.schemes}),
-                        help="prompt/scoring scheme: official (the benchmarks' own code), baichuan (Baichuan's "
-                             "evaluation scripts), lm-eval (lm-evaluation-harness)")
-    parser.add_argument("--letter-token", choices=["in_context", "standalone"],
+    parser.add_argument("--subjects", type=_comma_list,
+                        help="comma list of subjects ('law' or 'ceval/law'; default: all)")
+    parser.add_argument("--scheme", default=DEFAULTS.scheme,
+                        choices=sorted({s for t in TASKS.values() for s in t.schemes}),
+                        help="prompt/scoring scheme: official (the benchmarks' own code), baichuan "
+                             "(Baichuan's evaluation scripts), lm-eval (lm-evaluation-harness)")
+    parser.add_argument("--letter-token", choices=_literal_choices(RunConfig, "letter_rule"),
                         help="override the scheme's rule for the A/B/C/D token ids")
     parser.add_argument("--shots", type=int, default=DEFAULTS.shots, help="few-shot examples per prompt")
-    parser.add_argument("--limit", type=int, help="score only the first N questions of each subject (smoke runs)")
-    if sweep:
-        parser.add_argument("--precision", type=_comma_list, default="fp32,int8,int4",
-                            help="comma list of precisions: fp32, bf16, fp16, int8, int4")
+    parser.add_argument("--limit", type=int,
+                        help="score only the first N questions of each subject (smoke runs)")
+    if sweep:  # full precision, then every quantized one
+        parser.add_argument("--precision", type=_comma_list,
+                            default=",".join((DEFAULTS.precision, *QUANT_BITS)),
+                            help=f"comma list of precisions from {', '.join(PRECISIONS)}")
     else:
         parser.add_argument("--precision", "--dtype", dest="precision", default=DEFAULTS.precision,
-                            help="fp32, bf16, fp16, int8 or int4")
-    parser.add_argument("--quant-backend", choices=["bnb", "torchao", "rtn", "model"],
-                        help="int8/int4 method: bnb (default: LLM.int8 / NF4), torchao (weight-only), rtn "
-                             "(per-channel absmax round-to-nearest, Baichuan's quantize()), model (the model's "
-                             "own quantize(bits), needs --trust-remote-code)")
+                            choices=PRECISIONS, metavar="PRECISION", help=f"one of {', '.join(PRECISIONS)}")
+    parser.add_argument("--quant-backend", choices=[b for b in BACKENDS if b != "none"],
+                        help="int8/int4 method (default: bnb, i.e. LLM.int8 / NF4): torchao (weight-only), "
+                             "rtn (per-channel absmax round-to-nearest, Baichuan's quantize()), model (the "
+                             "model's own quantize(bits), needs --trust-remote-code)")
     parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--device-map", choices=["auto", "balanced", "balanced_low_0", "sequential"],
-                        help="spread one model over all visible GPUs (transformers/accelerate) instead of one "
-                             "device; for models too large for one GPU (not under accelerate launch)")
+    parser.add_argument("--device-map", choices=DEVICE_MAPS,
+                        help="spread one model over all visible GPUs (transformers/accelerate) instead of "
+                             "one device; for models too large for one GPU (not under accelerate launch)")
     parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the model repository's own Python code (needed by e.g. Baichuan); off by default")
-    parser.add_argument("--batch-tokens", type=int, help="token budget per batch (default: sized for the device); "
-                        "lower it after an out-of-memory error")
-    parser.add_argument("--engine", choices=["auto", "prefix", "plain"], default=DEFAULTS.engine,
-                        help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full prompts")
+                        help="run the model repository's own Python code (needed by e.g. Baichuan)")
+    parser.add_argument("--batch-tokens", type=int, help="token budget per batch (default: sized for the "
+                        "device); lower it after an out-of-memory error")
+    parser.add_argument("--engine", choices=_literal_choices(RunConfig, "engine"), default=DEFAULTS.engine,
+                        help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
+                             "prompts; auto: prefix where it saves enough")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (recorded in run.json)")
+    parser.add_argument("--threads", type=int,
+                        help="torch CPU threads (default: torch's own; recorded in run.json)")
     parser.add_argument("--output-dir", default=DEFAULTS.output_dir, help="where run directories go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _add_bench_parser(sub: argparse._SubParsersAction, fmt: type) -> None:
-    from evalkit.bench import MODES, BenchSettings
+def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
+    from evalkit.bench import DEVICE_DEFAULTS, MODES, BenchSettings
+    from evalkit.quantize import BACKENDS, PRECISIONS
 
     bench = BenchSettings()
-    p = sub.add_parser("bench", formatter_class=fmt, help="generation tokens/s per model and precision, "
-                       "against the memory-bandwidth bound",
-                       description="Greedy generation of exactly --new-tokens tokens (EOS suppressed), timed between "
-                                   "device synchronisations, model load and tokenization excluded: end-to-end tok/s "
-                                   "(Baichuan's figure), time to first token, prefill and decode tok/s (medians over "
-                                   "repeats, with spread), peak memory, and the decode bound from a measured "
-                                   "memory bandwidth.")
+    kinds = DEVICE_DEFAULTS.items()
+    fitting = ", ".join(f"{d.precision} and {d.new_tokens} on {kind.upper()}" for kind, d in kinds)
+    by_device = {field: ", ".join(f"{getattr(d, field)} on {kind.upper()}" for kind, d in kinds)
+                 for field in ("precision", "new_tokens")}
+    p = _subcommand(
+        sub, "bench", "generation tokens/s per model and precision, against the memory-bandwidth bound",
+        "Greedy generation of exactly --new-tokens tokens (EOS suppressed), timed between device "
+        "synchronisations, model load and tokenization excluded: end-to-end tok/s (Baichuan's figure), "
+        "time to first token, prefill and decode tok/s (medians over repeats, with spread), peak memory, "
+        "and the decode bound from a measured memory bandwidth. Precision and length default to what fits "
+        f"the device ({fitting}).",
+        ["bench --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --precision fp32,int8",
+         "bench --model /models/Baichuan-13B-Base --trust-remote-code --device cuda --batch-sizes 1,8"], prog)
     p.add_argument("--model", action="append", required=True,
-                   help="hub id, checkpoint directory or .gguf file; repeat for several models (ratios are to the first)")
-    p.add_argument("--precision", type=_comma_list, default="fp16",
-                   help="comma list: fp32, bf16, fp16, int8, int4 (fp16 is Baichuan's published setting)")
-    p.add_argument("--quant-backend", choices=["bnb", "torchao", "rtn", "model"], help="int8/int4 method (default: bnb)")
-    p.add_argument("--new-tokens", type=int, default=bench.new_tokens, help="tokens generated per row (Baichuan: 2048)")
+                   help="hub id, checkpoint directory or .gguf file; repeat for several models (ratios are "
+                        "to the first)")
+    p.add_argument("--precision", type=_comma_list,
+                   help=f"comma list from {', '.join(PRECISIONS)} (default: {by_device['precision']})")
+    p.add_argument("--quant-backend", choices=[b for b in BACKENDS if b != "none"],
+                   help="int8/int4 method (default: bnb)")
+    p.add_argument("--new-tokens", type=int,
+                   help=f"tokens generated per row (default: {by_device['new_tokens']})")
     p.add_argument("--prompt-tokens", type=int, default=bench.prompt_tokens, help="prompt length in tokens")
-    p.add_argument("--batch-sizes", type=lambda t: [int(x) for x in _comma_list(t)], default="1",
-                   help="comma list of batch sizes (Baichuan: 1)")
+    p.add_argument("--batch-sizes", type=lambda t: [int(x) for x in _comma_list(t)],
+                   default=",".join(map(str, bench.batch_sizes)),
+                   help="comma list of batch sizes; Baichuan's figure is at 1")
     p.add_argument("--repeats", type=int, default=bench.repeats, help="timed repeats; figures are medians")
-    p.add_argument("--warmup", type=int, default=bench.warmup, help="untimed runs first (compiled mode needs >= 1)")
+    p.add_argument("--warmup", type=int, default=bench.warmup,
+                   help="untimed runs first (compiled mode needs >= 1)")
     p.add_argument("--mode", choices=MODES, default=bench.mode,
                    help="eager, or compiled: static KV cache + torch.compile (reported separately)")
-    p.add_argument("--compile-backend", default=bench.compile_backend, help="torch.compile backend for --mode compiled")
+    p.add_argument("--compile-backend", default=bench.compile_backend,
+                   help="torch.compile backend for --mode compiled")
     p.add_argument("--device", default=bench.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; recorded per row)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
-    p.add_argument("--output-dir", default="results/bench", help="JSON, markdown table and PNG plot go here")
+    p.add_argument("--output-dir", default=f"{DEFAULTS.output_dir}/bench",
+                   help="JSON, markdown table and PNG plot go here")
     p.set_defaults(func=cmd_bench)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="run_eval.py", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p_eval = sub.add_parser("eval", help="score a model on the tasks", formatter_class=fmt)
+PRECISION_TABLE = {"auto": None, "always": True, "never": False}  # report --precision-table: show it?
+
+
+def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
+    p = _subcommand(
+        sub, "report", "tables from saved run directories",
+        "The Baichuan README's tables from finished runs (run.json): per benchmark, categories and Average "
+        "with 95% intervals, rows model x precision, published figures beside the measured ones; the "
+        "quantization table where a model has runs at several precisions; optionally CSV and an HTML page.",
+        ["report results/",
+         "report results/ --reference LLaMA-13B --html report/index.html --csv report/all.csv"], prog)
+    p.add_argument("paths", nargs="+", help="run directories, or folders to search for them")
+    p.add_argument("--csv", help="also write the tables as CSV to this file")
+    p.add_argument("--html", help="also write one self-contained HTML page (tables, plots) to this file; "
+                   "the plots are saved beside it as PNG")
+    p.add_argument("--reference", type=_comma_list, default=[],
+                   help="published rows to add to the tables, e.g. LLaMA-13B,Baichuan-13B-Base "
+                        "(default: none)")
+    p.add_argument("--match", action="append", default=[], metavar="MODEL=NAME",
+                   help="compare runs of MODEL (its short name) with the published row NAME "
+                        "(otherwise matched by name automatically); repeatable")
+    p.add_argument("--no-published", action="store_true", help="leave published figures out")
+    p.add_argument("--precision-table", choices=list(PRECISION_TABLE), default="auto",
+                   help="the quantization table (rows model x precision, delta to full precision with "
+                        "its 95%% CI); auto: when a model has runs at several precisions")
+    p.set_defaults(func=cmd_report)
+
+
+def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
+    p = _subcommand(
+        sub, "compare", "paired per-question comparison of two runs; the CI gate",
+        "Compare run(s) B against A on the questions both scored: a summary per benchmark and the gate's "
+        "verdict first, then accuracy deltas per category and per subject that changed, with "
+        "paired-bootstrap 95% intervals, McNemar's exact p-value and the questions that flipped. With "
+        "--max-drop the exit status is 1 when a benchmark's Average drops by more than that many points "
+        "(the gate for quantized releases), else 0.",
+        ["compare results/fp16 results/int4 --max-drop 1.0",
+         "compare results/fp32 results/int4-rtn --allow-subset --all-subjects"], prog)
+    p.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
+    p.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
+    p.add_argument("--max-drop", type=float, help="accuracy points B may lose against A per benchmark "
+                   "(default: no gate)")
+    p.add_argument("--allow-subset", action="store_true",
+                   help="compare only the questions both runs scored instead of refusing different sets")
+    p.add_argument("--all-subjects", action="store_true",
+                   help="list every subject, not only those whose accuracy changed or whose questions "
+                        "flipped")
+    p.set_defaults(func=cmd_compare)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    prog = prog or _prog()
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.replace("python run_eval.py", prog),
+                                     formatter_class=HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p_eval = _subcommand(
+        sub, "eval", "score a model on the tasks",
+        "Score one model at one precision on 5-shot C-Eval, MMLU and CMMLU (or --tasks): questions.jsonl "
+        "is written as questions are scored, run.json last; rerunning the same command resumes. Prints the "
+        "plan (questions, prompt tokens) and a time estimate on stderr, the tables on stdout.",
+        ["eval --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
+         "--limit 10",
+         "eval --model /models/Baichuan-13B-Base --trust-remote-code --precision bf16 "
+         "--tasks ceval,cmmlu"], prog)
     _add_eval_flags(p_eval)
     p_eval.set_defaults(func=cmd_eval)
-    p_sweep = sub.add_parser("sweep", formatter_class=fmt,
-                             help="one model at several precisions: each loaded once, every task run on it")
+    p_sweep = _subcommand(
+        sub, "sweep", "one model at several precisions: each loaded once, every task run on it",
+        "Run eval at each --precision in turn: the model is loaded once per precision, every task is run "
+        "on it, and it is freed before the next. Prints the tables and the quantization table (delta to "
+        "full precision with paired 95% intervals).",
+        ["sweep --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
+         "--limit 10",
+         "sweep --model /models/Baichuan-13B-Base --trust-remote-code --precision fp16,int8,int4 "
+         "--quant-backend rtn"], prog)
     _add_eval_flags(p_sweep, sweep=True)
     p_sweep.set_defaults(func=cmd_sweep)
-    p_report = sub.add_parser("report", help="tables from saved run directories", formatter_class=fmt)
-    p_report.add_argument("paths", nargs="+", help="run directories, or folders to search for them")
-    p_report.add_argument("--csv", help="also write the tables as CSV to this file")
-    p_report.add_argument("--html", help="also write one self-contained HTML page (tables, plots) to this file; "
-                          "the plots are saved beside it as PNG")
-    p_report.add_argument("--reference", type=_comma_list, default=[],
-                          help="published rows to add to the tables, e.g. LLaMA-13B,Baichuan-13B-Base")
-    p_report.add_argument("--match", action="append", default=[], metavar="MODEL=NAME",
-                          help="compare runs of MODEL (its short name) with the published row NAME "
-                               "(otherwise matched by name automatically); repeatable")
-    p_report.add_argument("--no-published", action="store_true", help="leave published figures out")
-    p_report.add_argument("--precision-table", choices=["auto", "always", "never"], default="auto",
-                          help="the quantization table (rows model x precision, delta to full precision with "
-                               "its 95%% CI); auto: when a model has runs at several precisions")
-    p_report.set_defaults(func=cmd_report)
-    p_compare = sub.add_parser(
-        "compare", formatter_class=fmt, help="paired per-question comparison of two runs; the CI gate",
-        description="Compare run(s) B against A on the questions both scored: accuracy deltas per subject, "
-                    "category and benchmark with paired-bootstrap 95% intervals, McNemar's exact p-value and the "
-                    "questions that flipped. With --max-drop the exit status is 1 when a benchmark's Average "
-                    "drops by more than that many points (the gate for quantized releases), else 0.")
-    p_compare.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
-    p_compare.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
-    p_compare.add_argument("--max-drop", type=float, help="accuracy points B may lose against A per benchmark")
-    p_compare.add_argument("--allow-subset", action="store_true",
-                           help="compare only the questions both runs scored instead of refusing different sets")
-    p_compare.set_defaults(func=cmd_compare)
-    _add_bench_parser(sub, fmt)
-    p_list = sub.add_parser("list", help="tasks, subjects, categories and row counts", formatter_class=fmt)
-    p_list.add_argument("--tasks", type=_comma_list, default=list(TASKS), help="comma list of tasks")
+    _add_report_parser(sub, prog)
+    _add_compare_parser(sub, prog)
+    _add_bench_parser(sub, prog)
+    p_list = _subcommand(
+        sub, "list", "tasks, subjects, categories and row counts",
+        "Each task's subjects with their Chinese names and categories, its scored and shot splits and "
+        "schemes; with --data-dir, the rows of every split in that local copy (validated like a run).",
+        ["list", "list --tasks ceval --data-dir ../shared/data"], prog)
+    p_list.add_argument("--tasks", type=_comma_list, default=",".join(TASKS), help="comma list of tasks")
     p_list.add_argument("--data-dir", help="count rows of each split in this local copy")
     p_list.set_defaults(func=cmd_list)
     return parser
 
 
+@contextlib.contextmanager
+def third_party_warnings_once() -> Iterator[None]:
+    """Each distinct FutureWarning of the libraries shown once, in one line (torch and transformers repeat
+    theirs on every task); DeprecationWarnings stay hidden unless -W / PYTHONWARNINGS asks for them.
+
+    The "once" filter action cannot do it: every `warnings.catch_warnings()` in a library clears the
+    registry it keeps, so the messages shown are remembered here.
+    """
+    shown: set[tuple[type[Warning], str]] = set()
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: typing.TextIO | None = None, line: str | None = None) -> None:
+        if (category, str(message)) in shown:
+            return
+        shown.add((category, str(message)))
+        where = "/".join(Path(filename).parts[-2:])
+        print(f"warning: {category.__name__}: {message} ({where}:{lineno})", file=file or sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        warnings.filterwarnings("always", category=FutureWarning)  # each reaches `show`, which dedups
+        if not sys.warnoptions:
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; also the `evalkit` console command (returns the exit status)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stderr)
     args = build_parser().parse_args(argv)
     if getattr(args, "threads", None):
         import torch
 
         torch.set_num_threads(args.threads)
-    try:
-        return args.func(args)
-    except EvalkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with third_party_warnings_once():
+        try:
+            return args.func(args)
+        except EvalkitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

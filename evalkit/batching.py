@@ -5,10 +5,25 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 GROUP_OVERHEAD = 64  # tokens a prefix group must save beyond its own extra forward to be worth it
+
+
+class Group(NamedTuple):
+    """Prompts that share a prefix worth running once."""
+
+    prefix: int  # tokens every member starts with (each member keeps at least one token of its own)
+    members: list[int]  # prompt indices, ascending
+
+
+class Batch(NamedTuple):
+    """One forward of the plan."""
+
+    prefix: int  # tokens of a prefix KV cache the members' suffixes are scored on; 0: full prompts
+    members: list[int]  # prompt indices, longest first
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -17,8 +32,8 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(differ.argmax()) if differ.any() else n
 
 
-def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
-    """Partition prompts into (shared prefix length, member indices) groups; the rest is scored plainly.
+def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[Group]:
+    """Partition prompts into Group(shared prefix length, member indices); the rest is scored plainly.
 
     Sorted lexicographically, prompts sharing a prefix are contiguous and the common prefixes of
     neighbours form a tree of intervals (LCP intervals). Each interval is kept as one group, saving
@@ -28,7 +43,8 @@ def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
     """
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])
     lcp = [_common_prefix(seqs[a], seqs[b]) for a, b in itertools.pairwise(order)] + [0]
-    stack: list[list] = [[0, 0, 0, []]]  # open intervals: [common prefix, first sorted position, gain, groups]
+    # open intervals: [common prefix, first sorted position, gain, groups]
+    stack: list[list] = [[0, 0, 0, []]]
 
     def close(node: list, last: int) -> list:
         members = order[node[1]: last + 1]
@@ -37,9 +53,9 @@ def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
         left = [i for i in members if i not in taken]
         if len(left) > 1 and (len(left) - 1) * prefix > GROUP_OVERHEAD:
             node[2] += (len(left) - 1) * prefix - GROUP_OVERHEAD
-            node[3] = node[3] + [(prefix, sorted(left))]
+            node[3] = node[3] + [Group(prefix, sorted(left))]
         if (len(members) - 1) * prefix - GROUP_OVERHEAD > node[2]:
-            node[2], node[3] = (len(members) - 1) * prefix - GROUP_OVERHEAD, [(prefix, sorted(members))]
+            node[2], node[3] = (len(members) - 1) * prefix - GROUP_OVERHEAD, [Group(prefix, sorted(members))]
         return node
 
     for k, value in enumerate(lcp):  # value: common prefix of sorted positions k and k + 1
@@ -54,7 +70,7 @@ def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[tuple[int, list[int]]]:
         if value > stack[-1][0]:
             stack.append([value, first, child[2] if child else 0, child[3] if child else []])
     groups = close(stack[0], len(order) - 1)[3] if seqs else []
-    return sorted(groups, key=lambda group: group[1][0])
+    return sorted(groups, key=lambda group: group.members[0])
 
 
 def split_batches(items: list[tuple[int, int]], budget: int, packed: bool) -> list[list[int]]:

@@ -58,6 +58,23 @@ MIB = 2**20
 
 
 @dataclass(frozen=True)
+class DeviceDefaults:
+    """The precision and generation length `bench` uses when none is given, by device kind."""
+
+    precision: str
+    new_tokens: int
+
+
+# CUDA: Baichuan's published setting; CPU: a precision it runs fast and a length that ends in minutes
+DEVICE_DEFAULTS = {"cuda": DeviceDefaults("fp16", 2048), "cpu": DeviceDefaults("fp32", 256)}
+
+
+def device_defaults(device: str) -> DeviceDefaults:
+    """The defaults for a resolved device ("cpu", "cuda", "cuda:N")."""
+    return DEVICE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+
+
+@dataclass(frozen=True)
 class Stat:
     """One figure over the timed repeats."""
 

@@ -13,15 +13,15 @@ HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "pr
 
 def _table_row(r: BenchRow) -> list:
     peak = r.peak_cuda_bytes if r.peak_cuda_bytes is not None else r.peak_rss_bytes
-    return [r.model, r.precision_label, r.batch_size, f"{r.e2e_tok_s.median:.2f}", f"{r.e2e_tok_s.spread_pct:.1f}",
-            f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}",
+    return [r.model, r.precision_label, r.batch_size, f"{r.e2e_tok_s.median:.2f}",
+            f"{r.e2e_tok_s.spread_pct:.1f}", f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}",
             f"{r.decode_tok_s.median:.2f}" if r.decode_tok_s else "n/a", f"{r.bandwidth.gb_s:.1f}",
-            f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}" if r.decode_tok_s else "n/a", f"{peak / MIB:.1f}",
-            f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
+            f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}" if r.decode_tok_s else "n/a",
+            f"{peak / MIB:.1f}", f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
 
 
 def format_table(report: BenchReport) -> str:
-    """Baichuan's "| Model | tokens/s |" table with our other columns, the ratio to the first model and notes."""
+    """Baichuan's "| Model | tokens/s |" table with our other columns, the ratio to the first model, notes."""
     from tabulate import tabulate
 
     s, env = report.settings, report.environment
@@ -38,7 +38,8 @@ def format_table(report: BenchReport) -> str:
              f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
              f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "
              f"Peak: {'CUDA max allocated' if on_cuda else 'process peak RSS'} over the timed repeats.")
-    notes = [f"- {r.model} {r.precision_label} batch {r.batch_size}: {note}" for r in report.rows for note in r.notes]
+    notes = [f"- {r.model} {r.precision_label} batch {r.batch_size}: {note}"
+             for r in report.rows for note in r.notes]
     body = tabulate(table, headers, tablefmt="github", disable_numparse=True,
                     colalign=("left", "left") + ("right",) * (len(headers) - 2))
     return "\n\n".join([title, body] + (["\n".join(notes)] if notes else []))
@@ -53,9 +54,11 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     series = list(dict.fromkeys((r.model, r.batch_size) for r in report.rows))
     figure = Figure(figsize=(5 + 1.5 * len(precisions), 4.5), layout="constrained")
     width = 0.8 / len(series)
-    for ax, attr, label in zip(figure.subplots(1, 2), ("e2e_tok_s", "decode_tok_s"), ("end-to-end", "decode")):
+    panels = zip(figure.subplots(1, 2), ("e2e_tok_s", "decode_tok_s"), ("end-to-end", "decode"), strict=True)
+    for ax, attr, label in panels:
         for k, (model, batch) in enumerate(series):
-            rows = {r.precision_label: getattr(r, attr) for r in report.rows  # no bar where decode is unresolved
+            # no bar where decode is unresolved
+            rows = {r.precision_label: getattr(r, attr) for r in report.rows
                     if (r.model, r.batch_size) == (model, batch) and getattr(r, attr) is not None}
             xs = [i + k * width for i, p in enumerate(precisions) if p in rows]
             stats = [rows[p] for p in precisions if p in rows]
@@ -75,6 +78,7 @@ def write_outputs(report: BenchReport, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench_{report.created.replace(':', '').replace('+0000', 'Z')}_{report.mode}"
     json_path, table_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(dataclasses.asdict(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(dataclasses.asdict(report), indent=2, ensure_ascii=False) + "\n"
+    json_path.write_text(text, encoding="utf-8")
     table_path.write_text(format_table(report) + "\n", encoding="utf-8")
     return [json_path, table_path, plot_throughput(report, out / f"{stem}.png")]

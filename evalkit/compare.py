@@ -5,7 +5,8 @@ macro like the benchmark), a paired bootstrap 95% interval of the delta (questio
 within subjects, the same draw for A and B), McNemar's exact p-value (two-sided binomial test on
 the discordant questions; it is a question-level test whatever the aggregation), and the questions
 that flipped. `max_drop` (accuracy points) gates quantized models: a benchmark whose Average drops
-by more fails, and the CLI exits 1.
+by more fails, and the CLI exits 1. The markdown puts the answer first (each benchmark's Average
+and the gate), and lists only the subjects where something changed unless asked for all.
 """
 from __future__ import annotations
 
@@ -90,7 +91,8 @@ def _check_comparable(task: Task, a: SavedRun, b: SavedRun) -> None:
     settings = {
         "task": (ca.task, cb.task),
         "scheme": (ca.scheme, cb.scheme),
-        "letter rule": (ca.letter_rule or a.result.scheme.letter_rule, cb.letter_rule or b.result.scheme.letter_rule),
+        "letter rule": (ca.letter_rule or a.result.scheme.letter_rule,
+                        cb.letter_rule or b.result.scheme.letter_rule),
         "shots": (ca.shots, cb.shots),
         "split": (ca.split or task.eval_split, cb.split or task.eval_split),
     }
@@ -98,15 +100,15 @@ def _check_comparable(task: Task, a: SavedRun, b: SavedRun) -> None:
         settings["shot shuffle seed"] = (ca.seed, cb.seed)
     for name, (va, vb) in settings.items():
         if va != vb:
-            raise EvalkitError(f"cannot compare: {name} differs (A: {va!r}, B: {vb!r}); a paired comparison needs "
-                               "the same prompts on the same questions")
+            raise EvalkitError(f"cannot compare: {name} differs (A: {va!r}, B: {vb!r}); a paired comparison "
+                               "needs the same prompts on the same questions")
     if a.result.scheme != b.result.scheme:
-        raise EvalkitError(f"cannot compare: scheme {ca.scheme!r} was recorded with different contents in A and B "
-                           "(made by different evalkit versions?)")
+        raise EvalkitError(f"cannot compare: scheme {ca.scheme!r} was recorded with different contents in A "
+                           "and B (made by different evalkit versions?)")
     for side, run in (("A", a), ("B", b)):
         if run.result.overall is None:
-            raise EvalkitError(f"cannot compare: run {side} ({task.name} {ca.split or task.eval_split}) has no gold "
-                               "answers")
+            raise EvalkitError(f"cannot compare: run {side} ({task.name} {ca.split or task.eval_split}) has "
+                               "no gold answers")
 
 
 def _shared_ids(a: SavedRun, b: SavedRun, allow_subset: bool) -> tuple[list[str], int, int]:
@@ -117,9 +119,9 @@ def _shared_ids(a: SavedRun, b: SavedRun, allow_subset: bool) -> tuple[list[str]
     if (only_a or only_b) and not allow_subset:
         examples_a = [i for i in ids_a if i not in ids_b][:SAMPLE_IDS]
         examples_b = sorted(ids_b - set(ids_a))[:SAMPLE_IDS]
-        raise EvalkitError(f"cannot compare: the question sets differ ({only_a} only in A, e.g. {examples_a}; "
-                           f"{only_b} only in B, e.g. {examples_b}); allow a subset comparison to use the "
-                           f"{len(shared)} shared questions")
+        raise EvalkitError(f"cannot compare: the question sets differ ({only_a} only in A, e.g. "
+                           f"{examples_a}; {only_b} only in B, e.g. {examples_b}); pass --allow-subset to "
+                           f"compare the {len(shared)} questions both scored")
     if not shared:
         raise EvalkitError("cannot compare: the runs share no question")
     return shared, only_a, only_b
@@ -149,8 +151,8 @@ def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = F
     for qid in shared:
         qa, qb = by_id_a[qid], by_id_b[qid]
         if qa.gold != qb.gold or qa.subject != qb.subject:
-            raise EvalkitError(f"cannot compare: question {qid} differs between the runs (A: {qa.subject} gold "
-                               f"{qa.gold}, B: {qb.subject} gold {qb.gold}); the data changed")
+            raise EvalkitError(f"cannot compare: question {qid} differs between the runs (A: {qa.subject} "
+                               f"gold {qa.gold}, B: {qb.subject} gold {qb.gold}); the data changed")
         xa.setdefault(qa.subject, []).append(float(qa.correct))
         xb.setdefault(qa.subject, []).append(float(qb.correct))
         if qa.correct != qb.correct:
@@ -163,7 +165,8 @@ def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = F
     for group in task.categories + task.extra_groups:
         members = group_members(task, group, order)
         if members:
-            groups[group] = _delta({s: va[s] for s in members}, {s: vb[s] for s in members}, aggregation, n_boot, seed)
+            groups[group] = _delta({s: va[s] for s in members}, {s: vb[s] for s in members}, aggregation,
+                                   n_boot, seed)
     return BenchmarkComparison(
         task=task.name, title=task.title, label_a=run_label(a.result, task.eval_split),
         label_b=run_label(b.result, task.eval_split), aggregation=aggregation,
@@ -179,7 +182,8 @@ def pair_by_task(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun]) -> list
         tasks = [r.result.config.task for r in runs]
         repeated = sorted({t for t in tasks if tasks.count(t) > 1})
         if repeated:
-            raise EvalkitError(f"cannot compare: side {side} has several runs of {', '.join(repeated)}; give one each")
+            raise EvalkitError(f"cannot compare: side {side} has several runs of {', '.join(repeated)}; "
+                               "give one each")
         sides[side] = {r.result.config.task: r for r in runs}
     if sides["A"].keys() != sides["B"].keys():
         raise EvalkitError(f"cannot compare: A has tasks {sorted(sides['A'])}, B has {sorted(sides['B'])}; "
@@ -211,22 +215,48 @@ def _rows(deltas: Mapping[str, Delta]) -> pd.DataFrame:
     } for name, d in deltas.items()}, orient="index")
 
 
-def to_markdown(comparison: Comparison, max_flips: int = 20) -> str:
-    """Per benchmark: the Average and categories, every subject, and the first flipped questions."""
-    parts = []
+def _changed(delta: Delta) -> bool:
+    """Something moved: the accuracy, or questions flipped (both ways, the accuracy may stay put)."""
+    return abs(delta.delta) > 1e-12 or delta.right_to_wrong + delta.wrong_to_right > 0
+
+
+def _summary(comparison: Comparison) -> list[str]:
+    """The answer first: each benchmark's Average, and the gate's verdict."""
+    rows = _rows({c.title: c.overall for c in comparison.benchmarks.values()}).rename_axis("benchmark")
+    labels = {(c.label_b, c.label_a) for c in comparison.benchmarks.values()}
+    sides = "B = {} vs A = {}".format(*labels.pop()) if len(labels) == 1 else "B vs A"
+    parts = [f"## Summary: {sides} (benchmark Averages, accuracy points)\n", markdown_table(rows)]
+    if comparison.max_drop is not None:
+        verdict = ("FAIL: " + ", ".join(comparison.failed)) if comparison.failed else "pass"
+        parts += [f"Gate (max drop {comparison.max_drop} points): {verdict}", ""]
+    return parts
+
+
+def _subject_rows(c: BenchmarkComparison, all_subjects: bool) -> list[str]:
+    shown = {name: d for name, d in c.subjects.items() if all_subjects or _changed(d)}
+    parts = [markdown_table(_rows(shown).rename_axis("subject"))] if shown else []
+    if len(shown) < len(c.subjects):
+        hidden = len(c.subjects) - len(shown)
+        parts.append(f"Not listed: {hidden} of {len(c.subjects)} subjects, unchanged (same accuracy, no "
+                     "question flipped); --all-subjects lists every subject\n")
+    return parts
+
+
+def to_markdown(comparison: Comparison, max_flips: int = 20, all_subjects: bool = False) -> str:
+    """The summary and the gate first; then per benchmark: the Average and categories, the subjects where
+    something changed (every subject with `all_subjects`), and the first flipped questions."""
+    parts = _summary(comparison)
     for c in comparison.benchmarks.values():
         parts.append(f"## {c.title}: B = {c.label_b} vs A = {c.label_a} (accuracy points, {c.aggregation})\n")
         if c.only_a or c.only_b:
-            parts.append(f"⚠ subset comparison: {c.only_a} questions only in A and {c.only_b} only in B left out\n")
+            parts.append(f"⚠ subset comparison: {c.only_a} questions only in A and {c.only_b} only in B "
+                         "left out\n")
         parts.append(markdown_table(_rows({"Average": c.overall, **c.groups}).rename_axis("group")))
-        parts.append(markdown_table(_rows(c.subjects).rename_axis("subject")))
+        parts += _subject_rows(c, all_subjects)
         for direction in ("right→wrong", "wrong→right"):
             flips = [f for f in c.flips if f.direction == direction]
             shown = ", ".join(f"{f.id} ({f.pred_a}→{f.pred_b}, gold {f.gold})" for f in flips[:max_flips])
             more = f" … and {len(flips) - max_flips} more" if len(flips) > max_flips else ""
             parts.append(f"- {direction}: {len(flips)}" + (f": {shown}{more}" if flips else ""))
         parts.append("")
-    if comparison.max_drop is not None:
-        verdict = ("FAIL: " + ", ".join(comparison.failed)) if comparison.failed else "pass"
-        parts.append(f"Gate (max drop {comparison.max_drop} points): {verdict}")
-    return "\n".join(parts) + "\n"
+    return "\n".join(parts).rstrip("\n") + "\n"

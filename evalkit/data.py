@@ -2,7 +2,10 @@
 
 Every check runs before any model work: a missing file, a wrong header or column count, an answer
 outside A-D, an unknown subject or split, an empty file each raise an EvalkitError naming the file,
-the data row and the valid options. Text is kept byte-exact (csv module, newline='', no strip).
+the line and the valid options. A message names a CSV row by its line number in the file, as an
+editor shows it (1-based, the header is line 1; a record with a quoted newline is named by its first
+line); a hub row by its position counting from 1. Text is kept byte-exact (csv module, newline='',
+no strip).
 
 Question ids are "<task>/<subject>/<split>/<row index>", the row index counting data rows from 0 in
 file (or hub) order. Where a layout has an id column (C-Eval "id", CMMLU's unnamed first column) it
@@ -12,10 +15,11 @@ from __future__ import annotations
 
 import csv
 import difflib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
+from evalkit.hub import require_hub_dataset
 from evalkit.types import LETTERS, EvalkitError, Question, Subject, Task
 
 # the column order of header-less files (MMLU): question, A, B, C, D, answer
@@ -101,17 +105,18 @@ def _load_csv(task: Task, data_dir: Path, subject: str, split: str) -> list[Ques
     header = task.split_headers.get(split, task.csv_header)
     if header is not None:
         if tuple(rows[0][1]) != header:
-            raise EvalkitError(f"{path}: header is {tuple(rows[0][1])}, expected {header}")
+            raise EvalkitError(f"{path}: line 1 (the header) is {tuple(rows[0][1])}, expected {header}")
         rows = rows[1:]
         if not rows:
             raise EvalkitError(f"{path}: no data rows after the header")
     columns = header or HEADERLESS_COLUMNS
     questions = []
     for i, (line, row) in enumerate(rows):
-        where = f"{path}: data row {i} (line {line})"
+        where = f"{path}: row at line {line}"
         if len(row) != len(columns):
-            raise EvalkitError(f"{where} has {len(row)} columns, expected {len(columns)} ({','.join(columns)})")
-        questions.append(_question(task, subject, split, i, dict(zip(columns, row)), where))
+            raise EvalkitError(f"{where} has {len(row)} columns, expected {len(columns)} "
+                               f"({','.join(columns)})")
+        questions.append(_question(task, subject, split, i, dict(zip(columns, row, strict=True)), where))
     return questions
 
 
@@ -119,25 +124,29 @@ def _load_hub(task: Task, subject: str, split: str) -> list[Question]:
     import datasets  # deferred: importing datasets is slow and local runs never need it
 
     hub_split = task.hub_splits[split]
+    remedy = (f"pass --data-dir with the official {task.title} CSV files "
+              f"(<data-dir>/{task.name}/{task.local_path})")
+    require_hub_dataset(task.hub_id, remedy)  # one quick check, not every file's retries
     try:
         rows = datasets.load_dataset(task.hub_id, subject, split=hub_split)
     except (OSError, RuntimeError) as exc:  # ConnectionError/offline, not found, unsupported script
+        reason = " ".join(str(exc).split())  # the libraries' messages span lines; the error is one
         raise EvalkitError(f"could not load {task.hub_id} config {subject!r} split {hub_split!r} from the "
-                           f"Hugging Face hub ({exc}); pass --data-dir with the official {task.title} CSV files "
-                           f"(<data-dir>/{task.name}/{task.local_path})") from exc
+                           f"Hugging Face hub ({reason}); {remedy}") from exc
     where = f"hub {task.hub_id} config {subject!r} split {hub_split!r}"
     return [question_from_hub_row(task, subject, split, i, row, where) for i, row in enumerate(rows)]
 
 
-def question_from_hub_row(task: Task, subject: str, split: str, index: int, row: dict, where: str = "hub") -> Question:
+def question_from_hub_row(task: Task, subject: str, split: str, index: int, row: dict,
+                          where: str = "hub") -> Question:
     """One hub row as a Question: C-Eval/CMMLU rows carry A..D fields, cais/mmlu a `choices` list
     and an int answer; the key case differs per dataset (`question` vs `Question`)."""
     fields = {key.lower(): value for key, value in row.items()}
     if "choices" in fields:
-        fields.update(zip(_ROLES[1:5], fields.pop("choices")))
+        fields.update(zip(_ROLES[1:5], fields.pop("choices"), strict=False))  # too few: a missing field below
     if isinstance(fields.get("answer"), int) and not isinstance(fields["answer"], bool):
         fields["answer"] = LETTERS[fields["answer"]] if 0 <= fields["answer"] < 4 else str(fields["answer"])
-    return _question(task, subject, split, index, fields, f"{where}: row {index}")
+    return _question(task, subject, split, index, fields, f"{where}: row {index + 1}")
 
 
 def _question(task: Task, subject: str, split: str, index: int, fields: dict, where: str) -> Question:
@@ -148,8 +157,9 @@ def _question(task: Task, subject: str, split: str, index: int, fields: dict, wh
         raise EvalkitError(f"{where}: missing or non-text field(s) {', '.join(missing)}")
     row_id = fields.get(task.id_column.lower()) if task.id_column is not None else None
     if row_id is not None and str(row_id) != str(index):
-        raise EvalkitError(f"{where}: id {row_id!r} differs from the row index {index}; "
-                           "evalkit keys questions (and the C-Eval submission) by row index")
+        raise EvalkitError(f"{where}: id {row_id!r} should be {index}, the question's index (data rows "
+                           "counted from 0 after any header): evalkit keys questions and the C-Eval "
+                           "submission by it")
     answer = fields.get("answer")
     if split in task.labeled_splits:
         if answer not in LETTERS:

@@ -18,10 +18,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from evalkit.published import PublishedRow, name_key
 from evalkit.quant_report import QuantTable, build_quant_table, quant_frame, show_precision
 from evalkit.report import BenchmarkTable, ReportRun, build_tables, count_frame, display_frame
+from evalkit.types import LETTERS
+
+CHANCE = 100 / len(LETTERS)  # accuracy (%) of a uniform guess among the four choices
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; color: #222; max-width: 80em; }
@@ -53,13 +57,30 @@ def _html_table(frame: pd.DataFrame, kinds: Sequence[str] | None = None) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _legend(fig: Figure) -> None:
-    fig.legend(loc="outside right upper", fontsize="small")
+def _legend(fig: Figure, extra: Sequence[Patch] = ()) -> None:
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    handles += list(extra)
+    labels += [str(patch.get_label()) for patch in extra]
+    fig.legend(handles, labels, loc="outside right upper", fontsize="small")
+
+
+def _whiskers(table: BenchmarkTable, label: str, values: Sequence[float],
+              columns: Sequence[str]) -> np.ndarray | None:
+    """(2, columns) distances from each bar's top to its 95% CI bounds, in points; None without questions."""
+    intervals = table.group_intervals.get(label)
+    if not intervals:
+        return None
+    err = np.zeros((2, len(columns)))
+    for j, (column, value) in enumerate(zip(columns, values, strict=True)):
+        if (ci := intervals.get(column)) is not None:  # a percentile bound can sit a hair past the estimate
+            err[:, j] = max(0.0, value - 100 * ci.low), max(0.0, 100 * ci.high - value)
+    return err
 
 
 def category_figure(table: BenchmarkTable) -> Figure:
     """Grouped bars: one group per category (and Average), one bar per run or published row; a published
-    row shares the colour of the run it is set beside, hatched."""
+    row shares the colour of the run it is set beside, hatched. Measured bars carry their bootstrap 95% CI
+    as whiskers (where the run's questions were given); a dashed line marks chance (25%)."""
     rows = [(label, kind, figures) for label, kind, figures in table.rows() if kind != "delta"]
     columns = list(table.scores.columns)
     fig = Figure(figsize=(max(7.0, 1.2 * len(columns) + 0.2 * len(rows) + 3), 4.2), layout="constrained")
@@ -68,17 +89,28 @@ def category_figure(table: BenchmarkTable) -> Figure:
     colors: dict[str, str] = {}
     for label, kind, _ in rows:
         linked = [run for run, names in table.links.items() if label in names]
-        colors[label] = colors[linked[0]] if kind == "published" and linked else f"C{len(set(colors.values())) % 10}"
+        if kind == "published" and linked:
+            colors[label] = colors[linked[0]]
+        else:
+            colors[label] = f"C{len(set(colors.values())) % 10}"
+    whiskers = False
     for i, (label, kind, figures) in enumerate(rows):
         x = np.arange(len(columns)) + (i - (len(rows) - 1) / 2) * width
-        ax.bar(x, [0.0 if math.isnan(figures[c]) else figures[c] for c in columns], width, label=label,
+        values = [0.0 if math.isnan(figures[c]) else figures[c] for c in columns]
+        err = _whiskers(table, label, values, columns) if kind == "measured" else None
+        whiskers = whiskers or err is not None
+        ax.bar(x, values, width, label=label, yerr=err, capsize=3, error_kw={"linewidth": 0.9},
                color=colors[label], hatch="//" if kind == "published" else None,
                alpha=0.5 if kind == "published" else 1.0, edgecolor="black", linewidth=0.3)
+    ax.axhline(CHANCE, color="dimgray", linestyle="--", linewidth=1.0, label=f"chance ({CHANCE:.0f}%)")
     ax.set_xticks(np.arange(len(columns)), columns)
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"{table.title} per category (hatched: published)")
+    ax.set_ylim(0, 100)
+    ax.set_title(f"{table.title} per category" + (" (whiskers: 95% CI)" if whiskers else ""))
     ax.grid(axis="y", alpha=0.3)
-    _legend(fig)
+    published = any(kind == "published" for _, kind, _ in rows)
+    _legend(fig, [Patch(facecolor="white", edgecolor="black", hatch="//", label="hatched: published")]
+            if published else [])
     return fig
 
 
@@ -101,7 +133,8 @@ def precision_figure(table: QuantTable) -> Figure:
         for pub in table.published:
             if pub.precision == row.precision and name_key(pub.model) == name_key(row.model) and pub.deltas:
                 ax.scatter([x[tasks.index(t)] for t in pub.deltas], list(pub.deltas.values()), marker="D",
-                           color="crimson", edgecolor="white", zorder=3, label=None if marked else "published Δ")
+                           color="crimson", edgecolor="white", zorder=3,
+                           label=None if marked else "published Δ")
                 marked.add(pub.label)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(tasks)), [table.titles[t] for t in tasks])
@@ -118,11 +151,14 @@ def _save(fig: Figure, path: Path) -> str:
     fig.savefig(buffer, format="png", dpi=110)
     data = buffer.getvalue()
     path.write_bytes(data)
-    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+    encoded = base64.b64encode(data).decode()
+    return f'<img alt="{html.escape(path.name)}" src="data:image/png;base64,{encoded}">'
 
 
 def _notes(notes: Sequence[str]) -> str:
-    return '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+    if not notes:
+        return ""
+    return '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
 
 
 def write_html(runs: Sequence[ReportRun | tuple], path: str | Path, published: Sequence[PublishedRow] = (),
@@ -148,7 +184,8 @@ def write_html(runs: Sequence[ReportRun | tuple], path: str | Path, published: S
     precision = build_quant_table(runs, quant_published)
     if show_precision(precision, quant):
         kinds = ["measured"] * len(precision.rows) + ["published"] * len(precision.published)
-        body.append("<h2>Precision</h2>" + _html_table(quant_frame(precision), kinds) + _notes(precision.notes))
+        body.append("<h2>Precision</h2>" + _html_table(quant_frame(precision), kinds)
+                    + _notes(precision.notes))
         if any(row.baseline is not None for row in precision.rows):
             plots.append(path.with_name(f"{path.stem}-precision.png"))
             body.append(_save(precision_figure(precision), plots[-1]))

@@ -8,6 +8,7 @@ lives in evalkit.quantize. Memory is counted from the real tensors and the measu
 """
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
@@ -20,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from evalkit.quantize import (FLOAT_PRECISIONS, Prequantized, QuantPlan, bnb_config, linear_layer_report,
-                              plan_quantization, quantize_rtn, quantize_torchao, quantize_with_model_code)
+from evalkit.quantize import (FLOAT_PRECISIONS, LLM_INT8_ACTIVATIONS, Prequantized, QuantPlan, bnb_config,
+                              fit_nf4_cpu_kernel, linear_layer_report, plan_quantization,
+                              quantize_bnb_modules, quantize_rtn, quantize_torchao, quantize_with_model_code)
+from evalkit.hub import require_hub_model
 from evalkit.types import EvalkitError
 
 __all__ = ["FLOAT_PRECISIONS", "LoadedModel", "ModelSource", "PeakMemory", "check_precision", "load_model",
@@ -77,6 +80,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def _require_hub(source: ModelSource) -> None:
+    """A hub source: one quick reachability check before transformers' retries (evalkit.hub)."""
+    if source.kind == "hub":
+        require_hub_model(source.location)
+
+
 def _hub_hint(source: ModelSource) -> str:
     if source.kind != "hub":
         return ""
@@ -96,6 +105,7 @@ def source_quantization(source: ModelSource) -> Prequantized | None:
         return Prequantized("gguf", LlamaFileType(code).name.removeprefix("MOSTLY_"))
     from transformers import PretrainedConfig
 
+    _require_hub(source)
     try:
         config, _ = PretrainedConfig.get_config_dict(source.location)
     except OSError as exc:
@@ -109,13 +119,37 @@ def source_quantization(source: ModelSource) -> Prequantized | None:
                         group if isinstance(group, int) and group > 0 else None)
 
 
+def native_variant(source: ModelSource) -> Any:
+    """The BaichuanVariant of a local checkpoint evalkit runs natively (evalkit.models), else None."""
+    if source.kind != "local":
+        return None
+    from evalkit.models.baichuan import detect_variant
+
+    return detect_variant(source.location)
+
+
+def _check_native(variant: Any, precision: str, backend: str | None,
+                  prequantized: Prequantized | None) -> None:
+    from evalkit.models.baichuan import quantize_refusal
+
+    where = f"{variant.name} runs natively in evalkit (its remote code is never run)"
+    if prequantized is not None:
+        raise EvalkitError(f"{where}, from float weights only; this checkpoint is pre-quantized "
+                           f"({prequantized.method})")
+    if precision in ("int8", "int4") and backend == "model" and quantize_refusal(variant):
+        raise EvalkitError(quantize_refusal(variant))
+
+
 def check_precision(precision: str, backend: str | None, device: str, source: ModelSource | str,
                     trust_remote_code: bool = False) -> QuantPlan:
     """Refuse a precision/backend/device/source combination that cannot run, before any model is loaded."""
     if isinstance(source, str):
         source = resolve_source(source)
-    return plan_quantization(precision, backend, resolve_device(device), source_quantization(source),
-                             trust_remote_code)
+    prequantized, native = source_quantization(source), native_variant(source)
+    if native is not None:
+        _check_native(native, precision, backend, prequantized)
+    return plan_quantization(precision, backend, resolve_device(device), prequantized, trust_remote_code,
+                             native_quantize=native is not None)
 
 
 def _side_tensors(obj: object, depth: int) -> Iterator[torch.Tensor]:
@@ -204,13 +238,43 @@ def measure_peak_memory(device: str = "cpu") -> Iterator[PeakMemory]:
             peak.cuda_bytes = torch.cuda.max_memory_allocated(device)
 
 
+def _remote_code_error(loader: Any, source: ModelSource, exc: Exception) -> EvalkitError:
+    """One error for a tokenizer or model whose repository code raised under --trust-remote-code."""
+    import transformers
+    from transformers import PretrainedConfig
+
+    from evalkit.models.baichuan import known_architectures
+
+    what = "tokenizer" if "Tokenizer" in getattr(loader, "__name__", "") else "model"
+    line = (str(exc).strip().splitlines() or [""])[0]
+    message = (f"the {what} of {source.location!r} failed to load with --trust-remote-code (its repository "
+               f"code, under transformers {transformers.__version__}): {type(exc).__name__}: {line}")
+    try:
+        config, _ = PretrainedConfig.get_config_dict(source.location)
+    except (OSError, ValueError):
+        config = {}
+    tokenizer_file = Path(source.location) / "tokenizer_config.json"
+    tokenizer_config = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
+    known = known_architectures(config, tokenizer_config)
+    if known:
+        message += (f"; {' / '.join(known)} is an architecture evalkit runs natively: pass its local "
+                    f"checkpoint directory, without --trust-remote-code")
+    return EvalkitError(message)
+
+
 def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
+    _require_hub(source)
     try:
         return loader.from_pretrained(source.location, **kwargs)
-    except (OSError, ImportError) as exc:  # ImportError: a quantized checkpoint whose kernel package is missing
-        raise EvalkitError(f"could not load {source.location!r}{_hub_hint(source)}: {exc}") from exc
+    except Exception as exc:  # remote code may raise anything: one error naming what failed
+        if kwargs.get("trust_remote_code") and not isinstance(exc, OSError):
+            raise _remote_code_error(loader, source, exc) from exc
+        if not isinstance(exc, (OSError, ImportError)):  # ImportError: a quantized checkpoint's kernels
+            raise
+        reason = " ".join(str(exc).split())  # transformers' messages span lines; `error:` is one
+        raise EvalkitError(f"could not load {source.location!r}{_hub_hint(source)}: {reason}") from exc
 
 
 def _load_dense(source: ModelSource, **kwargs: Any) -> Any:
@@ -250,8 +314,15 @@ def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remot
         if device_map:  # accelerate places the layers over the visible GPUs (and CPU) as they load
             return _from_pretrained(AutoModelForCausalLM, source, device_map=device_map, **kwargs), plan
         return _from_pretrained(AutoModelForCausalLM, source, **kwargs).to(target), plan
-    network = _load_dense(source, **kwargs)
-    if plan.backend == "torchao":  # quantized where it runs: its CPU int4 layout is CPU-only
+    return _quantize_loaded(_load_dense(source, **kwargs), plan, target)
+
+
+def _quantize_loaded(network: Any, plan: QuantPlan, target: str) -> tuple[Any, QuantPlan]:
+    """The backends that quantize a loaded float model (torchao, rtn, model; bnb for evalkit.models,
+    which transformers did not load), then on to `target`."""
+    if plan.backend == "bnb":
+        quantize_bnb_modules(network, plan.bits, plan.compute_dtype, device=target)
+    elif plan.backend == "torchao":  # quantized where it runs: its CPU int4 layout is CPU-only
         network = network.to(target)
         plan = quantize_torchao(network, plan)
     elif plan.backend == "rtn":  # on CPU before moving, as Baichuan advises, so the device holds only codes
@@ -299,10 +370,22 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
         if plan.backend not in ("none", "bnb", "pre-quantized"):
             raise EvalkitError(f"--device-map works with float precisions, bnb and pre-quantized checkpoints, "
                                f"not with --quant-backend {plan.backend} (it quantizes after loading, on one device)")
+    native = native_variant(source)
+    if native is not None and device_map is not None:
+        raise EvalkitError(f"--device-map: {native.name} runs natively in evalkit, on one device; "
+                           f"drop --device-map")
     with measure_peak_memory(target) as peak:
         started = time.perf_counter()
-        tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
-        network, plan = _load_network(source, plan, target, trust_remote_code, device_map)
+        if native is not None:  # never the repository's code, whatever trust_remote_code says
+            from evalkit.models.baichuan import load_baichuan
+            from evalkit.models.baichuan_tokenizer import load_baichuan_tokenizer
+
+            tokenizer = load_baichuan_tokenizer(source.location)
+            network = load_baichuan(source.location, native, plan.compute_dtype)
+            network, plan = _quantize_loaded(network, plan, target)
+        else:
+            tokenizer = _from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
+            network, plan = _load_network(source, plan, target, trust_remote_code, device_map)
         network.eval()
         load_seconds = time.perf_counter() - started
     quantized, floating = linear_layer_report(network)
@@ -320,5 +403,16 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
         "load_seconds": round(load_seconds, 2),
         "model_class": type(network).__name__,
         "trust_remote_code": trust_remote_code,
+        # evalkit's own port (evalkit.models), or the module.class transformers built
+        "implementation": (native.implementation if native
+                           else f"{type(network).__module__}.{type(network).__name__}"),
+        "native_evidence": native.evidence if native else None,
+        "remote_code_executed": any(type(obj).__module__.startswith("transformers_modules")
+                                    for obj in (network, tokenizer)),
+        # NF4 layers the AVX512-BF16 CPU kernel cannot repack, kept on bitsandbytes' generic path
+        "nf4_generic_kernel_layers": fit_nf4_cpu_kernel(network) if (plan.backend, plan.bits) == ("bnb", 4) else [],
     }
+    llm_int8 = any(type(module).__name__ == "Linear8bitLt" for module in network.modules())
+    if info["activation_quantization"] is None and llm_int8:  # built by a model's own quantize()
+        info["activation_quantization"] = LLM_INT8_ACTIVATIONS
     return LoadedModel(network, tokenizer, source, info)

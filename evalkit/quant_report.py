@@ -18,17 +18,17 @@ import pandas as pd
 
 from evalkit.compare import Delta, compare_pair
 from evalkit.published import FULL, FULL_PRECISIONS, PublishedRow, matching
-from evalkit.report import AVERAGE, ReportRun, markdown_table, run_label
+from evalkit.report import AVERAGE, ReportRun, footnote, markdown_table, run_label
 from evalkit.results import SavedRun, short_model_name
 from evalkit.types import EvalkitError, Metric
 
 GIB = 2**30
-EXPLAINED = ("Cells: Average (Δ [95% CI]) in accuracy points against the model's full-precision row (fp32, else "
-             "bf16, else fp16) with the same settings; paired bootstrap over the shared questions.",
-             "Weights: bytes of the tensors the model holds. Peak load: the peak while loading it (CUDA allocations, "
-             "or the resident set (RSS) of the process on CPU).",
-             "Scoring: minutes spent scoring, summed over the row's benchmarks (* a resumed run: its last session "
-             "only). Load: seconds to load the variant.")
+EXPLAINED = ("Cells: Average (Δ [95% CI]) in accuracy points against the model's full-precision row (fp32, "
+             "else bf16, else fp16) with the same settings; paired bootstrap over the shared questions.",
+             "Weights: bytes of the tensors the model holds. Peak load: the peak while loading it (CUDA "
+             "allocations, or the resident set (RSS) of the process on CPU).",
+             "Scoring: minutes spent scoring, summed over the row's benchmarks (* a resumed run: its last "
+             "session only). Load: seconds to load the variant.")
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ class QuantTable:
 
 def _settings(run: ReportRun) -> tuple:
     """What must agree for two runs to be rows of one model's comparison (all but precision and backend)."""
-    config = run.result.config  # the seed counts for every task, so a scheme's shuffled and unshuffled tasks share a row
+    # the seed counts for every task, so a scheme's shuffled and unshuffled tasks share a row
+    config = run.result.config
     return (run.reference or short_model_name(config.model), config.scheme, config.letter_rule, config.shots,
             config.split, config.limit, config.seed)
 
@@ -109,7 +110,8 @@ def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, 
         if run.task.name in cell:
             label = run_label(run.result, run.task.eval_split)
             raise EvalkitError(f"precision table: two {run.task.name} runs of {label!r} (config "
-                               f"{cell[run.task.name].result.config_hash} and {run.result.config_hash}); report one")
+                               f"{cell[run.task.name].result.config_hash} and {run.result.config_hash}); "
+                               "report one")
         cell[run.task.name] = run
     return groups
 
@@ -125,7 +127,8 @@ def _saved(run: ReportRun) -> SavedRun | None:
     return None if run.questions is None else SavedRun(run.result, list(run.questions))
 
 
-def _cells(row: dict[str, ReportRun], base: dict[str, ReportRun] | None, notes: list[str]) -> dict[str, QuantCell]:
+def _cells(row: dict[str, ReportRun], base: dict[str, ReportRun] | None,
+           notes: list[str]) -> dict[str, QuantCell]:
     cells = {}
     for name, run in row.items():
         delta = None
@@ -134,12 +137,14 @@ def _cells(row: dict[str, ReportRun], base: dict[str, ReportRun] | None, notes: 
             delta = comparison.overall
             if comparison.only_a or comparison.only_b:
                 notes.append(f"⚠ {comparison.label_b} vs {comparison.label_a} ({run.task.title}): Δ over the "
-                             f"{delta.a.n} shared questions ({comparison.only_a} and {comparison.only_b} left out).")
+                             f"{delta.a.n} shared questions ({comparison.only_a} and {comparison.only_b} "
+                             "left out).")
         cells[name] = QuantCell(run.result.overall, delta)
     return cells
 
 
-def _published(models: Sequence[str], published: Sequence[PublishedRow], tasks: Sequence[str]) -> list[PublishedQuant]:
+def _published(models: Sequence[str], published: Sequence[PublishedRow],
+               tasks: Sequence[str]) -> list[PublishedQuant]:
     """The published rows of each reported model, the unquantized one first."""
     out = []
     for model in dict.fromkeys(models):
@@ -148,7 +153,8 @@ def _published(models: Sequence[str], published: Sequence[PublishedRow], tasks: 
             for task in tasks:
                 for pub in matching(published, task, model, precision):
                     found.setdefault(pub.label, []).append(pub)
-        full = {p.benchmark: p.scores[AVERAGE] for pubs in found.values() for p in pubs if p.precision == FULL}
+        full = {p.benchmark: p.scores[AVERAGE] for pubs in found.values() for p in pubs
+                if p.precision == FULL}
         out += [PublishedQuant(label=label, model=pubs[0].model, precision=pubs[0].precision,
                                averages={p.benchmark: p.scores[AVERAGE] for p in pubs},
                                deltas={p.benchmark: p.scores[AVERAGE] - full[p.benchmark] for p in pubs
@@ -158,7 +164,8 @@ def _published(models: Sequence[str], published: Sequence[PublishedRow], tasks: 
     return out
 
 
-def build_quant_table(runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = ()) -> QuantTable:
+def build_quant_table(runs: Sequence[ReportRun | tuple],
+                      published: Sequence[PublishedRow] = ()) -> QuantTable:
     """Rows model × precision of every labeled run, compared with their full-precision row.
 
     `published`: quantization rows (tasks.references.published_quantization()); those of the reported
@@ -177,9 +184,9 @@ def build_quant_table(runs: Sequence[ReportRun | tuple], published: Sequence[Pub
             is_base = key == base_key
             base = None if is_base or base_key is None else cells[base_key]
             rows.append(QuantRow(label=label, group=group, model=settings[0], precision=key[0],
-                                 baseline=None if is_base else base_label, cells=_cells(cells[key], base, notes),
-                                 weight_bytes=weights, peak_bytes=peak, peak_kind=kind, scoring_seconds=scoring,
-                                 load_seconds=load, resumed=resumed))
+                                 baseline=None if is_base else base_label,
+                                 cells=_cells(cells[key], base, notes), weight_bytes=weights, peak_bytes=peak,
+                                 peak_kind=kind, scoring_seconds=scoring, load_seconds=load, resumed=resumed))
             base_label = label if is_base else base_label
         if base_key is None:
             notes.append(f"{settings[0]}: no fp32, bf16 or fp16 run with the same settings, so no Δ.")
@@ -188,7 +195,7 @@ def build_quant_table(runs: Sequence[ReportRun | tuple], published: Sequence[Pub
         sources = "; ".join(dict.fromkeys(s for p in pubs for s in p.sources))
         notes = [f"Published rows: {sources}; Δ against the published unquantized row.",
                  *(f"Published: {n}." for n in dict.fromkeys(n for p in pubs for n in p.notes)), *notes]
-    notes = [*EXPLAINED, *notes]
+    notes = [footnote(note) for note in (*EXPLAINED, *notes)]
     return QuantTable(titles=titles, rows=tuple(rows), published=tuple(pubs), notes=tuple(notes))
 
 
@@ -206,7 +213,7 @@ def quant_frame(table: QuantTable) -> pd.DataFrame:
     def gib(value: int | None) -> str:
         return "–" if value is None else f"{value / GIB:.2f}"
 
-    counts = Counter(row.label for row in table.rows)  # rows of different settings may share a label: never merge
+    counts = Counter(row.label for row in table.rows)  # rows of different settings may share a label
     data = {(row.label if counts[row.label] == 1 else f"{row.label} (comparison {row.group + 1})"): {
         **{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
         "Weights (GiB)": gib(row.weight_bytes),
@@ -216,7 +223,8 @@ def quant_frame(table: QuantTable) -> pd.DataFrame:
     for pub in table.published:
         data[f"{pub.label} (published)"] = {
             **{t: "–" if name not in pub.averages else f"{pub.averages[name]:.1f}"
-               + (f" ({pub.deltas[name]:+.1f})" if name in pub.deltas else "") for name, t in table.titles.items()},
+               + (f" ({pub.deltas[name]:+.1f})" if name in pub.deltas else "")
+               for name, t in table.titles.items()},
             "GPU Mem (GB, published)": "–" if pub.memory_gb is None else f"{pub.memory_gb:.1f}"}
     return pd.DataFrame.from_dict(data, orient="index").fillna("–").rename_axis("Model")
 

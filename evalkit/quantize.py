@@ -10,7 +10,8 @@
   rtn      ours: per-output-channel absmax round-to-nearest, weight-only, of every nn.Linear but the
            output head. The method of Baichuan's `quantize(bits)` (which produced its published
            int8/int4 rows), usable on any model.
-  model    the checkpoint's own `quantize(bits)`, run under trust_remote_code.
+  model    the checkpoint's own `quantize(bits)`, run under trust_remote_code; for architectures
+           evalkit runs natively (Baichuan, evalkit.models) its re-implementation, no remote code.
 Compute dtype (activations and whatever stays float): fp16 on CUDA, as Baichuan loads before it
 quantizes; fp32 on CPU, where fp16 matmuls are several times slower; bf16 for torchao int4; fp16 for
 `model` (Baichuan's int4 kernel accepts fp16/bf16 only). Every choice is recorded in the model info.
@@ -92,8 +93,12 @@ def _require(module: str, precision: str, backend: str) -> None:
 
 
 def plan_quantization(precision: str, backend: str | None, device: str, prequantized: Prequantized | None,
-                      trust_remote_code: bool) -> QuantPlan:
-    """Decide backend, method and compute dtype, or refuse a combination that cannot run (see module doc)."""
+                      trust_remote_code: bool, native_quantize: bool = False) -> QuantPlan:
+    """Decide backend, method and compute dtype, or refuse a combination that cannot run (see module doc).
+
+    `native_quantize`: the model is one of evalkit's native ports, whose `quantize(bits)` is ours, so
+    `--quant-backend model` needs no `--trust-remote-code`.
+    """
     if precision not in PRECISIONS:
         raise EvalkitError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if backend is not None and backend not in BACKENDS:
@@ -123,7 +128,7 @@ def plan_quantization(precision: str, backend: str | None, device: str, prequant
         if bits == 4:
             compute = torch.bfloat16  # the group size is fitted to the model's shapes on load
     elif backend == "model":
-        if not trust_remote_code:
+        if not (trust_remote_code or native_quantize):
             raise _error(precision, backend, "calling the model's own quantize(bits) runs its repository code; "
                          "pass --trust-remote-code, or use --quant-backend rtn (the same per-channel absmax method)")
         compute = torch.float16
@@ -217,6 +222,34 @@ def quantize_torchao(model: nn.Module, plan: QuantPlan) -> QuantPlan:
         config, plan = PrototypeInt4WeightOnlyConfig(group_size=group), replace(plan, group_size=group)
     quantize_(model, config, filter_fn=lambda module, fqn: fqn in targets)
     return plan
+
+
+def quantize_bnb_modules(model: nn.Module, bits: int, compute_dtype: torch.dtype | None = None,
+                         double_quant: bool = False, device: str = "cpu") -> nn.Module:
+    """bitsandbytes layers in place of every nn.Linear but the output head, in place, for a model that
+    transformers did not load (evalkit.models): LLM.int8 (outlier threshold 6.0) or NF4 in blocks of
+    64, the layers transformers' bnb integration builds; each weight is quantized as it moves to
+    `device`. `double_quant` quantizes the NF4 block scales too (Baichuan2's own quantize)."""
+    import bitsandbytes as bnb
+
+    for name, linear in _linear_targets(model).items():
+        bias = linear.bias is not None
+        if bits == 8:
+            _quiet_int8_cast_notice()
+            layer: nn.Module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias,
+                                                   has_fp16_weights=False, threshold=LLM_INT8_THRESHOLD)
+            layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
+        else:
+            layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias,
+                                      compute_dtype=compute_dtype, compress_statistics=double_quant,
+                                      quant_type="nf4")
+            layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, blocksize=NF4_BLOCK,
+                                             compress_statistics=double_quant, quant_type="nf4")
+        if bias:
+            layer.bias = linear.bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, layer.to(device))
+    return model
 
 
 def quantize_with_model_code(model: nn.Module, bits: int) -> nn.Module:

@@ -10,20 +10,33 @@ can be added for comparison. The same tables go to CSV.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
+from wcwidth import wcswidth
 
-from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject
+from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
 from evalkit.published import PublishedRow, check_names, matching, named_rows
 from evalkit.results import SUBMISSION_FILE, short_model_name
 from evalkit.types import Metric, QuestionResult, RunConfig, RunResult, Task
 
 AVERAGE = "Average"
 AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}
+WARN = "⚠"
+
+
+def footnote(text: str) -> str:
+    """A note with one ⚠ at most, and only in front: a warning is a note that starts with the sign.
+
+    Signs inside (a `--limit` run's label carries one, a published note may) are dropped, so a
+    footnote about a flagged run reads "⚠ X fp16 limit=10: ..." rather than stacking signs."""
+    warns = text.lstrip().startswith(WARN)
+    plain = re.sub(rf"\s*{WARN}\s*", " ", text).strip()
+    return f"{WARN} {plain}" if warns else plain
 
 
 class ReportRun(NamedTuple):
@@ -46,6 +59,7 @@ class BenchmarkTable:
     questions: pd.DataFrame  # same shape: questions behind each figure (nullable Int64)
     subjects: pd.DataFrame  # same shape: subjects behind each figure
     intervals: dict[str, Interval]  # row label -> 95% CI of the Average, where questions were given
+    group_intervals: dict[str, dict[str, Interval]]  # row label -> column -> 95% CI (every figure), same rows
     configs: dict[str, RunConfig]  # row label -> the run's config
     notes: tuple[str, ...]
     published: pd.DataFrame  # published figures, rows labelled "<model> (published)", columns as `scores`
@@ -65,11 +79,13 @@ class BenchmarkTable:
             if label in self.links:
                 delta = self.scores.loc[label] - self.published.loc[self.links[label][0]]
                 out.append((f"Δ {label}", "delta", delta))
-        out += [(name, "published", self.published.loc[name]) for name in self.published.index if name not in placed]
+        out += [(name, "published", self.published.loc[name]) for name in self.published.index
+                if name not in placed]
         return out
 
 
-def run_label(result: RunResult, eval_split: str, *, show_scheme: bool = False, show_shots: bool = False) -> str:
+def run_label(result: RunResult, eval_split: str, *, show_scheme: bool = False,
+              show_shots: bool = False) -> str:
     """Model + precision (+ scheme, shots, split and --limit where they set the run apart)."""
     config = result.config
     label = f"{short_model_name(config.model)} {config.precision}"
@@ -93,7 +109,8 @@ def _labels(results: Sequence[RunResult], eval_split: str) -> list[str]:
     show_scheme = len({r.config.scheme for r in results}) > 1
     show_shots = len({r.config.shots for r in results}) > 1
     labels = [run_label(r, eval_split, show_scheme=show_scheme, show_shots=show_shots) for r in results]
-    return [f"{label} #{r.config_hash[:6]}" if labels.count(label) > 1 else label for label, r in zip(labels, results)]
+    return [f"{label} #{r.config_hash[:6]}" if labels.count(label) > 1 else label
+            for label, r in zip(labels, results, strict=True)]
 
 
 def _figures(result: RunResult, columns: Sequence[str]) -> dict[str, Metric]:
@@ -116,9 +133,10 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
     aggregations = {run.result.scheme.aggregation for run in runs}
     for aggregation in sorted(aggregations):
         who = "" if len(aggregations) == 1 else " for " + ", ".join(
-            lbl for lbl, run in zip(labels, runs) if run.result.scheme.aggregation == aggregation)
+            lbl for lbl, run in zip(labels, runs, strict=True)
+            if run.result.scheme.aggregation == aggregation)
         notes.append(f"Categories and Average{who}: {AGGREGATION_NOTES[aggregation]}.")
-    for label, run in zip(labels, runs):
+    for label, run in zip(labels, runs, strict=True):
         config = run.result.config
         if run.result.overall is None:
             notes.append(f"{label}: split {config.split or task.eval_split} has no answers, no accuracy; "
@@ -130,6 +148,18 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
             notes.append(f"⚠ {label}: {run.result.overall.n_subjects} of {len(task.subjects)} subjects; "
                          "groups without results are blank.")
     return notes
+
+
+def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict[str, Interval]:
+    """The bootstrap 95% CI of each figure (category, extra group, Average) from the run's questions."""
+    values = correct_by_subject(run.questions or ())
+    aggregation = run.result.scheme.aggregation
+    out = {}
+    for column in columns:
+        members = list(values) if column == AVERAGE else group_members(task, column, values)
+        if members:
+            out[column] = bootstrap_ci({m: values[m] for m in members}, aggregation)
+    return out
 
 
 def _frame(figures: dict[str, dict[str, Metric]], columns: list[str], value: Callable[[Metric], float],
@@ -150,25 +180,30 @@ def _place(shown: dict[str, PublishedRow], row: PublishedRow) -> str:
     return label
 
 
-def _published_notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str], shown: dict[str, PublishedRow],
-                     links: dict[str, tuple[str, ...]], intervals: dict[str, Interval]) -> list[str]:
-    notes = [f"{label}: {'; '.join(row.sources)}" + (f"; code reproduced by scheme {row.scheme}" if row.scheme else "")
-             + "".join(f"; {n}" for n in dict.fromkeys(row.notes)) for label, row in shown.items()]
+def _published_notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str],
+                     shown: dict[str, PublishedRow], links: dict[str, tuple[str, ...]],
+                     intervals: dict[str, Interval]) -> list[str]:
+    notes = []
+    for label, row in shown.items():
+        scheme = f"; code reproduced by scheme {row.scheme}" if row.scheme else ""
+        extra = "".join(f"; {n}" for n in dict.fromkeys(row.notes))
+        notes.append(f"{label}: {'; '.join(row.sources)}{scheme}{extra}")
     if links:
         notes.append("Δ rows: the run above minus the first published row under it, in accuracy points.")
-    for label, run in zip(labels, runs):
+    for label, run in zip(labels, runs, strict=True):
         if label not in links:
             continue
         row, config = shown[links[label][0]], run.result.config
         if AVERAGE in row.scores and (interval := intervals.get(label)):
             inside = "inside" if interval.low <= row.scores[AVERAGE] / 100 <= interval.high else "outside"
-            notes.append(f"{label}: the published Average {row.scores[AVERAGE]:.1f} lies {inside} the measured 95% "
-                         f"CI {100 * interval.low:.1f}–{100 * interval.high:.1f}.")
+            notes.append(f"{label}: the published Average {row.scores[AVERAGE]:.1f} lies {inside} the "
+                         f"measured 95% CI {100 * interval.low:.1f}–{100 * interval.high:.1f}.")
         if row.scheme and row.scheme != config.scheme:
-            notes.append(f"⚠ {label}: measured with scheme {config.scheme}; the published figures come from the "
-                         f"code that scheme {row.scheme} reproduces.")
+            notes.append(f"⚠ {label}: measured with scheme {config.scheme}; the published figures come from "
+                         f"the code that scheme {row.scheme} reproduces.")
         if row.split and row.split != (config.split or task.eval_split):
-            notes.append(f"⚠ {label}: measured on {config.split or task.eval_split}, published on {row.split}.")
+            measured_on = config.split or task.eval_split
+            notes.append(f"⚠ {label}: measured on {measured_on}, published on {row.split}.")
     return notes
 
 
@@ -177,13 +212,15 @@ def _table(task: Task, runs: Sequence[ReportRun], published: Sequence[PublishedR
     columns = [*task.categories, *task.extra_groups, AVERAGE]
     labels = _labels([run.result for run in runs], task.eval_split)
     figures: dict[str, dict[str, Metric]] = {}
-    intervals, shown, links = {}, {}, {}
-    for label, run in zip(labels, runs):
+    intervals, group_intervals, shown, links = {}, {}, {}, {}
+    for label, run in zip(labels, runs, strict=True):
         if run.result.overall is None:
             continue  # unlabeled split: listed in the notes with its submission file
         figures[label] = _figures(run.result, columns)
         if run.questions is not None:
-            intervals[label] = bootstrap_ci(correct_by_subject(run.questions), run.result.scheme.aggregation)
+            group_intervals[label] = _group_intervals(task, run, columns)
+            if AVERAGE in group_intervals[label]:
+                intervals[label] = group_intervals[label][AVERAGE]
         name = run.reference or short_model_name(run.result.config.model)
         if found := matching(published, task.name, name, run.result.config.precision):
             links[label] = tuple(_place(shown, row) for row in found)
@@ -197,8 +234,11 @@ def _table(task: Task, runs: Sequence[ReportRun], published: Sequence[PublishedR
         questions=_frame(figures, columns, lambda m: m.n, "Int64"),
         subjects=_frame(figures, columns, lambda m: m.n_subjects, "Int64"),
         intervals=intervals,
-        configs={label: run.result.config for label, run in zip(labels, runs) if label in figures},
-        notes=tuple(_notes(task, runs, labels) + _published_notes(task, runs, labels, shown, links, intervals)),
+        group_intervals=group_intervals,
+        configs={label: run.result.config for label, run in zip(labels, runs, strict=True)
+                 if label in figures},
+        notes=tuple(footnote(note) for note in _notes(task, runs, labels)
+                    + _published_notes(task, runs, labels, shown, links, intervals)),
         published=pd.DataFrame.from_dict({label: row.scores for label, row in shown.items()}, orient="index",
                                          columns=columns).astype(float),
         published_rows=shown,
@@ -227,8 +267,8 @@ def display_frame(table: BenchmarkTable) -> pd.DataFrame:
     shown = pd.DataFrame([[_cell(v, kind) for v in figures] for _, kind, figures in rows],
                          index=[label for label, _, _ in rows], columns=table.scores.columns)
     if table.intervals:
-        shown["95% CI"] = [f"{100 * i.low:.1f}–{100 * i.high:.1f}" if (i := table.intervals.get(label)) else "–"
-                           for label in shown.index]
+        shown["95% CI"] = [f"{100 * i.low:.1f}–{100 * i.high:.1f}" if (i := table.intervals.get(label))
+                           else "–" for label in shown.index]
     return shown.rename_axis(table.first_column)
 
 
@@ -264,21 +304,22 @@ def to_markdown(runs: Sequence[ReportRun | tuple], published: Sequence[Published
     return "\n".join(parts)
 
 
-CSV_COLUMNS = ["benchmark", "run", "source", "model", "precision", "scheme", "shots", "limit", "group", "accuracy",
-               "n", "subjects", "ci95_low", "ci95_high", "published", "published_row"]
+CSV_COLUMNS = ["benchmark", "run", "source", "model", "precision", "scheme", "shots", "limit", "group",
+               "accuracy", "n", "subjects", "ci95_low", "ci95_high", "published", "published_row"]
 
 
 def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
     rows = []
     for label in table.scores.index:
-        interval, config = table.intervals.get(label), table.configs[label]
+        intervals, config = table.group_intervals.get(label, {}), table.configs[label]
         reference = table.links.get(label, (None,))[0]
         for group in table.scores.columns:
             if pd.isna(table.scores.at[label, group]):
                 continue
-            ci = interval if group == AVERAGE and interval else None
+            ci = intervals.get(group)
             published = table.published.at[reference, group] if reference else math.nan
-            rows.append({"benchmark": name, "run": label, "source": "measured", "model": short_model_name(config.model),
+            rows.append({"benchmark": name, "run": label, "source": "measured",
+                         "model": short_model_name(config.model),
                          "precision": config.precision, "scheme": config.scheme, "shots": config.shots,
                          "limit": config.limit, "group": group, "accuracy": table.scores.at[label, group],
                          "n": table.questions.at[label, group], "subjects": table.subjects.at[label, group],
@@ -296,8 +337,51 @@ def write_csv(runs: Sequence[ReportRun | tuple], path: str | Path, published: Se
               extra: Sequence[str] = ()) -> Path:
     """Every figure of every table, one per line (benchmark, run, group): accuracy x100 unrounded, n, CI,
     and the published figure a run is compared with; published rows follow with their source."""
-    rows = [row for name, table in build_tables(runs, published, extra).items() for row in _csv_rows(name, table)]
+    rows = []
+    for name, table in build_tables(runs, published, extra).items():
+        rows += _csv_rows(name, table)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(path, index=False, encoding="utf-8")
     return path
+
+
+# --- the `list` subcommand ----------------------------------------------------------------------------------
+
+def _width(text: str) -> int:
+    """Terminal columns of `text`: two per CJK character (wcwidth); len() where wcwidth cannot tell."""
+    width = wcswidth(text)
+    return len(text) if width < 0 else width
+
+
+def _aligned(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
+    """Rows of cells padded to the display width of each column (two spaces apart), trailing blanks cut."""
+    widths = [max(_width(row[j]) for row in rows) for j in range(len(right))]
+    lines = []
+    for row in rows:
+        cells = []
+        for cell, width, right_aligned in zip(row, widths, right, strict=True):
+            pad = " " * (width - _width(cell))
+            cells.append(pad + cell if right_aligned else cell + pad)
+        lines.append("  ".join(cells).rstrip())
+    return lines
+
+
+def task_listing(task: Task, counts: dict[str, dict[str, int]] | None = None) -> str:
+    """What `list` prints for one task: a summary line, then one aligned row per subject (name, Chinese
+    name where the benchmark has them, categories, rows per split where `counts` (split -> subject ->
+    data rows) is given) and a total row: the subjects and the rows of each split."""
+    counts = counts or {}
+    splits = list(counts)
+    chinese = any(subject.name_zh for subject in task.subjects)
+    head = ["subject", *(["name (zh)"] if chinese else []), "categories", *splits]
+    rows = [head]
+    for subject in task.subjects:
+        rows.append([subject.name, *([subject.name_zh] if chinese else []), ", ".join(subject.categories),
+                     *(str(counts[split].get(subject.name, 0)) for split in splits)])
+    rows.append([f"total: {len(task.subjects)} subjects", *([""] if chinese else []), "",
+                 *(str(sum(counts[split].values())) for split in splits)])
+    right = [False] * (len(head) - len(splits)) + [True] * len(splits)
+    summary = (f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
+               f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}")
+    return "\n".join([summary, *("  " + line for line in _aligned(rows, right))])

@@ -2,7 +2,9 @@
 
 `results/<utc>_<model>_<precision>_<task>_<scheme>_<hash>/`:
 - config.json: the RunConfig and its hash, written when the directory is made, so a rerun of the
-  same command finds the directory and resumes it;
+  same command finds the directory and resumes it; beside the paths as typed (`model`, `data_dir`
+  in the config, which the hash covers) it records them resolved (`model_resolved`,
+  `data_dir_resolved`: absolute, links followed) where they are local, outside the hash;
 - questions.jsonl: one QuestionResult per line, appended per batch, flushed and fsync'd: a batch
   costs seconds of model time and an fsync milliseconds, and after a crash or power loss the file
   then holds exactly the batches that were reported done (at most a torn last line, dropped on read);
@@ -23,7 +25,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from evalkit.types import EvalkitError, Metric, QuestionResult, RunConfig, RunResult, Scheme
+from evalkit.types import EvalkitError, Fallback, Metric, QuestionResult, RunConfig, RunResult, Scheme
 
 CONFIG_FILE = "config.json"
 QUESTIONS_FILE = "questions.jsonl"
@@ -68,6 +70,17 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def resolved_paths(config: RunConfig) -> dict[str, str]:
+    """`model_resolved` / `data_dir_resolved`: the absolute path of a model or data dir that exists on this
+    machine (a hub id is left out). Kept out of the config and its hash: a run resumes from the
+    command as typed, wherever the paths point now."""
+    out = {}
+    for key, value in (("model", config.model), ("data_dir", config.data_dir)):
+        if value is not None and Path(value).expanduser().exists():
+            out[f"{key}_resolved"] = str(Path(value).expanduser().resolve())
+    return out
+
+
 def config_from_dict(data: dict) -> RunConfig:
     subjects = data.get("subjects")
     return RunConfig(**{**data, "subjects": tuple(subjects) if subjects is not None else None})
@@ -89,6 +102,7 @@ def run_result_from_dict(data: dict) -> RunResult:
         "subjects": {k: Metric(**v) for k, v in data["subjects"].items()},
         "groups": {k: Metric(**v) for k, v in data["groups"].items()},
         "overall": Metric(**overall) if overall is not None else None,
+        "fallbacks": tuple(Fallback(**f) for f in data.get("fallbacks", ())),  # absent before it was recorded
     })
 
 
@@ -154,7 +168,8 @@ class RunDir:
         parts = (stamp, short_model_name(model_label), config.precision, config.task, config.scheme, digest)
         path = root / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
         path.mkdir(parents=True, exist_ok=False)
-        body = {"config": dataclasses.asdict(config), "config_hash": digest, "model_label": model_label}
+        body = {"config": dataclasses.asdict(config), "config_hash": digest, "model_label": model_label,
+                **resolved_paths(config)}
         _write_atomic(path / CONFIG_FILE, json.dumps(body, ensure_ascii=False, indent=1) + "\n")
         return cls(path, resumed=False)
 

@@ -9,6 +9,7 @@ import dataclasses
 import math
 import platform
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm.auto import tqdm
 from evalkit.data import SubjectData
 from evalkit.metrics import aggregate
 from evalkit.model import LoadedModel
+from evalkit.plan import FirstBatchEstimate, TokenPlan, describe_plan, describe_resume, token_plan
 from evalkit.prompts import Prompt, build_prompts
 from evalkit.results import SUBMISSION_FILE, RunDir, SavedRun, load_run, write_submission
 from evalkit.scoring import Scorer
@@ -139,19 +141,24 @@ def _prepare(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], confi
 
 
 def _my_subjects(state: PartialState, loaded: LoadedModel, scheme: Scheme, data: list[SubjectData],
-                 config: RunConfig, done: dict) -> tuple[list[SubjectData], Iterable[Prepared]]:
-    """This process's share of the subjects, and their prompts tokenized once (shared out by token counts)."""
-    if state.num_processes == 1:
-        return data, _prepare(loaded, scheme, data, config)
+                 config: RunConfig, done: dict) -> tuple[list[SubjectData], Iterable[Prepared], TokenPlan]:
+    """This process's share of the subjects, their prompts tokenized once (shared out by token counts), and
+    the whole task's plan (every subject is tokenized before scoring starts, so the plan is exact)."""
     prepared = list(_prepare(loaded, scheme, data, config))
+    plan = token_plan([(ids, [i for i, p in enumerate(prompts) if p.question.id not in done])
+                       for _, prompts, ids in prepared])
+    if state.num_processes == 1:
+        return data, prepared, plan
     costs = {d.subject.name: sum(len(t) for p, t in zip(prompts, ids) if p.question.id not in done)
              for d, prompts, ids in prepared}
     mine = set(assign_subjects(costs, state.num_processes)[state.process_index])
-    return [d for d in data if d.subject.name in mine], [item for item in prepared if item[0].subject.name in mine]
+    mine_prepared = [item for item in prepared if item[0].subject.name in mine]
+    return [d for d in data if d.subject.name in mine], mine_prepared, plan
 
 
 def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config: RunConfig, run_dir: RunDir,
-                    done: dict[str, QuestionResult], scorer: Scorer, title: str) -> set[str]:
+                    done: dict[str, QuestionResult], scorer: Scorer, title: str,
+                    estimate: FirstBatchEstimate | None = None) -> set[str]:
     """Score what is not done yet, appending each batch to this process's questions file; engines used."""
     engines = set()
     total = sum(len(d.questions) for d in own)
@@ -162,6 +169,8 @@ def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config
             if not todo:
                 continue
             for batch in scorer.score_batches(token_ids, only=todo):
+                if estimate is not None:
+                    estimate.batch_done([token_ids[i] for i, _ in batch])
                 results = [_question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
                            for i, logprobs in batch]
                 run_dir.append(results)
@@ -184,13 +193,24 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
     scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine, progress=False,
                     isolated=loaded.info.get("activation_quantization") is not None)
     started = time.perf_counter()
-    own, prepared = _my_subjects(state, loaded, scheme, data, config, done)
+    own, prepared, plan = _my_subjects(state, loaded, scheme, data, config, done)
     title = f"{task.title} {config.scheme}" + (f" [{state.process_index}]" if state.num_processes > 1 else "")
-    engines = _score_subjects(own, prepared, config, run_dir, done, scorer, title)
+    estimate = None
+    if state.is_main_process:  # the plan, before the first forward (stderr, beside the progress bars)
+        name = f"{task.title} {config.scheme} {config.precision}"
+        if run_dir.resumed:
+            print(describe_resume(run_dir.path, plan), file=sys.stderr)
+        print(describe_plan(name, plan, _reuse_note(config, scorer)), file=sys.stderr)
+        estimate = FirstBatchEstimate(name, plan, state.num_processes)
+    engines = _score_subjects(own, prepared, config, run_dir, done, scorer, title, estimate)
     scoring_seconds = time.perf_counter() - started
+    modes = {scorer.mode or "plain"} if engines else set()  # no probe ran: nothing was worth reusing
+    fallbacks = list(scorer.fallbacks)
     if state.num_processes > 1:  # the parallel phase lasts as long as its slowest process
         engines = set().union(*gather_object([engines]))
         scoring_seconds = max(gather_object([scoring_seconds]))
+        modes = set().union(*gather_object([modes]))  # each process probes its own first group
+        fallbacks = list(dict.fromkeys(f for part in gather_object([fallbacks]) for f in part))
     state.wait_for_everyone()
     if state.is_main_process:
         order = [q.id for d in data for q in d.questions]
@@ -212,13 +232,23 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
                      round((len(results) - len(done)) / scoring_seconds, 3) if scoring_seconds > 0 else None,
                      "load_seconds": loaded.info["load_seconds"]},
             engine="+".join(sorted(engines)) or "none (all resumed)", model_info=loaded.info,
-            limited=config.limit is not None)
+            limited=config.limit is not None, reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
+            fallbacks=tuple(fallbacks))
         run_dir.finish(result)
         saved = SavedRun(result, results)
     state.wait_for_everyone()
     if not state.is_main_process:  # the main process wrote it; the others read it once it is there
         saved = load_run(run_dir.path)
     return run_dir, saved
+
+
+def _reuse_note(config: RunConfig, scorer: Scorer) -> str:
+    """Why this run computes the tokens without reuse, where it will."""
+    if scorer.isolated:
+        return "; this model quantizes activations per forward: one prompt per forward, no reuse"
+    if config.engine == "plain":
+        return "; --engine plain: no reuse"
+    return ""
 
 
 def _adds_bos(loaded: LoadedModel, scheme: Scheme) -> bool:

@@ -3,16 +3,18 @@
 Speed comes from shared-prefix KV reuse. The prompts of a subject share their header and shots, so
 the engine groups prompts by their longest common token prefix (the plan: evalkit.batching), runs
 each prefix once (batch 1) and scores every question's remaining tokens against its KV cache:
-- `packed` (transformers-native models with sdpa/eager attention): several suffixes in ONE row after
-  the prefix, a 4D mask letting each suffix see the prefix and itself, positions continuing from the
-  prefix; the prefix cache is never replicated.
-- `rows` (other models, e.g. remote code with legacy tuple caches): right-padded rows, the prefix
-  cache repeated per row.
-Before trusting a model with either, a probe scores two prompts of the first group with it and the
-second one also by a plain forward; a model that fails (an error or a disagreement) falls back,
-logged once per Scorer: packed -> rows -> plain. Plain batching is right-padded full prompts, sorted
-by length: with causal attention real tokens never see pads, so no attention mask is needed and
-results equal one forward per prompt.
+- `packed` (transformers or evalkit.models code, sdpa/eager attention, no mask-built ALiBi): several
+  suffixes in ONE row after the prefix, a 4D mask letting each suffix see the prefix and itself (in
+  sliding-window layers only the keys within the window of its own positions), positions continuing
+  from the prefix; the prefix cache is never replicated.
+- `rows` (other models, e.g. remote code with legacy tuple caches, Bloom/Falcon ALiBi): right-padded
+  rows, the prefix cache repeated per row.
+Before trusting a model with either, a probe scores the longest and shortest prompts of the first
+group with it (and, for a model with a sliding window they do not exceed, a prompt longer than the
+window) and compares each with its own plain forward; a mode that raises or disagrees is given up
+(logged once per Scorer, kept in `Scorer.fallbacks`): packed -> rows -> plain. Plain batching is
+right-padded full prompts, sorted by length: with causal attention real tokens never see pads, so
+no attention mask is needed and results equal one forward per prompt.
 `isolated` (models that quantize activations per forward, as LLM.int8 does: which columns count as
 outliers depends on every token in the forward) scores one whole prompt per forward, as the official
 batch-1 scripts do; anything else would make a question's scores depend on its neighbours.
@@ -27,10 +29,10 @@ from typing import Literal
 
 import torch
 from tqdm import tqdm
-from transformers import Cache
+from transformers import Cache, DynamicCache
 
-from evalkit.batching import prefix_groups, split_batches
-from evalkit.types import EvalkitError
+from evalkit.batching import Batch, Group, prefix_groups, split_batches
+from evalkit.types import EvalkitError, Fallback, ReuseMode
 
 LOG = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 4096  # a CPU forward is compute-bound: larger batches are not faster, only bigger
@@ -57,7 +59,8 @@ def default_batch_tokens(model) -> int:
     heads = cfg.num_attention_heads
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     elem = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 2
-    per_token = elem * (2 * layers * kv * (hidden // heads) + 8 * hidden + 3 * getattr(cfg, "intermediate_size", 4 * hidden))
+    intermediate = getattr(cfg, "intermediate_size", 4 * hidden)
+    per_token = elem * (2 * layers * kv * (hidden // heads) + 8 * hidden + 3 * intermediate)
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
         per_token += 4 * cfg.vocab_size
     free, _ = torch.cuda.mem_get_info(device)
@@ -85,6 +88,55 @@ def _keep_mode(model) -> str:
     return "1d"
 
 
+def _cache_argument(model) -> str | None:
+    """The forward's name for a KV cache: `cache` (transformers >= 5.24, where `past_key_values` is
+    deprecated), `past_key_values` (older versions, remote code, and a forward taking **kwargs), or
+    None where it takes neither."""
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in parameters:
+            return name
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return "past_key_values"
+    return None
+
+
+def _returned_cache(out):
+    """The KV cache of a forward's output, read under the name its output class declares."""
+    fields = getattr(out, "__dataclass_fields__", {})
+    return getattr(out, "cache" if "cache" in fields else "past_key_values", None)
+
+
+def _attention_kinds(model) -> dict[str, int | None] | str:
+    """The attention kinds of a model's layers ({layer type: sliding window or None}) that a packed
+    row can reproduce with a custom 4D mask, or the reason it cannot.
+
+    A 4D mask given to a transformers model is used as it is, in every layer of its kind: the model no
+    longer applies sliding windows itself, so the mask must carry them. One kind takes one 4D mask;
+    full and sliding layers mixed (`layer_types`) take {layer type: mask}, as those models index it.
+    ALiBi models (Bloom, Falcon with alibi, MPT) build their bias from a 2D mask over key indices: a
+    packed row would give each suffix's keys another bias than its own forward gives them.
+    """
+    if not type(model).__module__.startswith(("transformers.", "evalkit.models.")):
+        return f"{type(model).__module__} is neither transformers nor evalkit.models code"
+    cfg = model.config.get_text_config()
+    implementation = getattr(model.config, "_attn_implementation", None)
+    if implementation not in ("sdpa", "eager"):
+        return f"attention {implementation!r} takes no custom 4D mask (needs sdpa or eager)"
+    alibi = cfg.model_type in ("bloom", "mpt") or getattr(cfg, "alibi", False) is True
+    if alibi and type(model).__module__.startswith("transformers."):
+        return "transformers builds its ALiBi bias from a 2D mask over key indices"
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return "its forward takes no position_ids"
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None) or ["sliding_attention" if window else "full_attention"]
+    if not set(types) <= {"full_attention", "sliding_attention"}:
+        return f"layer types {sorted(set(types))} (only full and sliding attention can be packed)"
+    if "sliding_attention" in types and not isinstance(window, int):
+        return f"sliding layers without an integer sliding_window ({window!r})"
+    return {kind: window if kind == "sliding_attention" else None for kind in dict.fromkeys(types)}
+
+
 def _fork(cache, rows: int):
     """A cache for one batch that leaves the prefix cache intact (updates concatenate into new tensors)."""
     if isinstance(cache, Cache):
@@ -95,7 +147,8 @@ def _fork(cache, rows: int):
         return fork
     if rows == 1:
         return cache
-    # legacy tuples: the batch is the outer factor of dim 0 in every layout seen ((B,H,T,D), Baichuan's (B*H,..))
+    # legacy tuples: the batch is the outer factor of dim 0 in every layout seen ((B,H,T,D), Baichuan's
+    # (B*H,..))
     return tuple(tuple(t.repeat(rows, *[1] * (t.dim() - 1)) for t in layer) for layer in cache)
 
 
@@ -105,10 +158,17 @@ class Scorer:
     `batch_tokens` bounds each forward: rows x padded length, the reused prefix counted in every row
     (packed rows: prefix + their suffixes). Results do not depend on it beyond float rounding (~1e-5).
     `isolated`: one prompt per forward, no prefix reuse (see the module docstring).
+
+    Public state: `mode` is the reuse mode ("packed" | "rows" | "plain", settled by the first probe;
+    "isolated" from the start; None before), `candidates` the modes the probe tries in order, `fallbacks`
+    every mode given up with its reason (evalkit.types.Fallback; run.json keeps them), `keep` how
+    last-token logits are asked for (see _keep_mode), `cache_argument` the forward's name for the KV
+    cache, `attention_kinds` {layer type: sliding window or None} of a packable model ({} otherwise).
     """
 
     def __init__(self, model, letter_ids: Sequence[int], *, batch_tokens: int | None = None,
-                 engine: Literal["auto", "prefix", "plain"] = "auto", progress: bool = True, isolated: bool = False):
+                 engine: Literal["auto", "prefix", "plain"] = "auto", progress: bool = True,
+                 isolated: bool = False):
         if engine not in ("auto", "prefix", "plain"):
             raise EvalkitError(f"unknown engine {engine!r}; valid: auto, prefix, plain")
         if len(letter_ids) != 4 or len(set(letter_ids)) != 4:
@@ -121,15 +181,31 @@ class Scorer:
         self.letter_ids = torch.tensor(list(letter_ids), device=self.device)
         self.batch_tokens = batch_tokens or default_batch_tokens(model)
         self.engine_used = ""  # "prefix" | "plain" | "isolated" once score() has run
-        self._keep = _keep_mode(model)
-        native = type(model).__module__.startswith("transformers.")
-        packable = native and getattr(model.config, "_attn_implementation", None) in ("sdpa", "eager")
-        self._candidates = ["packed", "rows"] if packable else ["rows"]
-        self._mode: str | None = None  # the verified reuse mode, settled by the first probe
+        self.keep = _keep_mode(model)
+        self.cache_argument = _cache_argument(model)
+        self.fallbacks: list[Fallback] = []
+        kinds = _attention_kinds(model)
+        self.attention_kinds: dict[str, int | None] = kinds if isinstance(kinds, dict) else {}
+        self.candidates: list[str] = ["packed", "rows"] if self.attention_kinds else ["rows"]
+        if isinstance(kinds, str):
+            self.fallbacks.append(Fallback("packed", "unsupported", kinds))
+        if self.cache_argument is None:
+            self.candidates = []
+            self.fallbacks.append(Fallback("rows", "unsupported", "its forward takes no KV cache argument"))
         self.isolated = isolated
+        self.mode: ReuseMode | None = "isolated" if isolated else None
         if isolated and engine == "prefix":
-            LOG.warning("this model quantizes activations per forward: --engine prefix would make scores depend on "
-                        "the other tokens in a forward; scoring one prompt per forward instead")
+            LOG.warning("this model quantizes activations per forward: --engine prefix would make scores "
+                        "depend on the other tokens in a forward; scoring one prompt per forward instead")
+
+    @property
+    def window(self) -> int | None:
+        """The longest sliding window of the model's layers (None: full attention everywhere)."""
+        windows = [w for w in self.attention_kinds.values() if w is not None]
+        if windows:
+            return max(windows)
+        window = getattr(self.model.config.get_text_config(), "sliding_window", None)  # models not packed
+        return window if isinstance(window, int) else None
 
     def score(self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
               ) -> Iterator[tuple[int, Scores]]:
@@ -151,29 +227,34 @@ class Scorer:
         if not todo:
             return
         groups = prefix_groups(seqs) if self.engine != "plain" and not self.isolated else []
-        if self.engine == "auto" and sum((len(m) - 1) * p for p, m in groups) < AUTO_MIN_SHARE * sum(map(len, seqs)):
+        saved = sum((len(g.members) - 1) * g.prefix for g in groups)
+        if self.engine == "auto" and saved < AUTO_MIN_SHARE * sum(map(len, seqs)):
             groups = []
         cache, cached = None, None  # one group's prefix cache at a time: its batches are consecutive
-        if groups and self._mode is None:
-            self._mode, cache = self._probe(seqs, groups[0])
-            cached = seqs[groups[0][1][0]][: groups[0][0]]
-        groups = groups if self._mode != "plain" else []
+        if groups and self.mode is None:
+            self.mode, cache = self._probe(seqs, groups[0])
+            cached = seqs[groups[0].members[0]][: groups[0].prefix]
+        groups = groups if self.mode in ("packed", "rows") else []
         self.engine_used = "prefix" if groups else "isolated" if self.isolated else "plain"
-        plan = [(p, b) for p, m in groups for b in self._batches(seqs, p, m, self._mode)]
-        grouped = {i for _, members in groups for i in members}
-        plan += [(0, b) for b in self._batches(seqs, 0, [i for i in range(len(seqs)) if i not in grouped], "plain")]
+        plan = [Batch(g.prefix, members) for g in groups
+                for members in self._batches(seqs, g.prefix, g.members, self.mode)]
+        grouped = {i for g in groups for i in g.members}
+        rest = [i for i in range(len(seqs)) if i not in grouped]
+        plan += [Batch(0, b) for b in self._batches(seqs, 0, rest, "plain")]
         with tqdm(total=len(todo), disable=not self.progress, desc="scoring", unit="q") as bar:
-            for prefix, batch in plan:
-                if todo.isdisjoint(batch):
+            for batch in plan:
+                if todo.isdisjoint(batch.members):
                     continue
-                if prefix and cached != seqs[batch[0]][:prefix]:
-                    cached = seqs[batch[0]][:prefix]
-                    cache = self._prefix_cache(cached)
-                results = self._batch(seqs, batch, prefix, cache, self._mode if prefix else "plain")
-                yield [(i, scores) for i, scores in zip(batch, results) if i in todo]
-                bar.update(len(todo.intersection(batch)))
+                prefix = seqs[batch.members[0]][: batch.prefix]
+                if batch.prefix and cached != prefix:
+                    cached, cache = prefix, self._prefix_cache(prefix)
+                mode = self.mode if batch.prefix else "plain"
+                results = self._batch(seqs, batch.members, batch.prefix, cache, mode)
+                yield [(i, scores) for i, scores in zip(batch.members, results, strict=True) if i in todo]
+                bar.update(len(todo.intersection(batch.members)))
 
-    def _batches(self, seqs: list[list[int]], prefix: int, members: list[int], mode: str | None) -> list[list[int]]:
+    def _batches(self, seqs: list[list[int]], prefix: int, members: list[int],
+                 mode: str | None) -> list[list[int]]:
         """Split a group (or, prefix 0, the plainly scored rest) into forwards within the token budget,
         longest first (an out-of-memory error shows at once; similar lengths pad little)."""
         order = sorted(members, key=lambda i: (-len(seqs[i]), i))
@@ -184,36 +265,74 @@ class Scorer:
         cap = min(PACK_TOKENS["cpu" if self.device.type == "cpu" else "other"], self.batch_tokens - prefix)
         return split_batches([(i, len(seqs[i]) - prefix) for i in order], cap, packed=True)
 
-    def _probe(self, seqs: list[list[int]], group: tuple[int, list[int]]) -> tuple[str, object]:
-        """The first reuse mode that this model runs and that agrees with a plain forward, with the
-        group's prefix cache. Scored together, a group's longest and shortest prompts show padding,
-        packing and length effects in the shortest (second) one, checked against its own forward."""
-        prefix, members = group
-        batch = sorted(members, key=lambda i: (-len(seqs[i]), i))[:: len(members) - 1]
-        expected = self._batch(seqs, batch[-1:], 0, None, "plain")[0]
+    # ---- the probe: trust a reuse mode only where it agrees with plain forwards ----
+
+    def _probe_prompts(self, seqs: list[list[int]], group: Group) -> list[list[list[int]]]:
+        """The probe's forwards: the group's longest and shortest prompts together (padding, packing and
+        length effects), and where the model has a sliding window they do not exceed, a prompt longer
+        than it (the group's prefix, then its suffixes' tokens over again) with the shortest one."""
+        order = sorted(group.members, key=lambda i: (-len(seqs[i]), i))
+        longest, shortest = seqs[order[0]], seqs[order[-1]]
+        forwards = [[longest, shortest]]
+        window = self.window
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        length = (window or 0) + 8  # a few positions past the window see it cut their context
+        if window is not None and len(longest) <= window and (not isinstance(limit, int) or length <= limit):
+            pool = [t for i in order for t in seqs[i][group.prefix:]]
+            tail = [pool[k % len(pool)] for k in range(length - group.prefix)]
+            forwards.append([longest[: group.prefix] + tail, shortest])
+        return forwards
+
+    def _probe(self, seqs: list[list[int]], group: Group) -> tuple[ReuseMode, object]:
+        """The first reuse mode that this model runs and that agrees with a plain forward of every probe
+        prompt, with the group's prefix cache; each mode given up is logged and kept in `fallbacks`."""
+        name = type(self.model).__name__
+        if not self.candidates:
+            LOG.warning("%s cannot reuse a prefix KV cache: scoring with plain batches", name)
+            return "plain", None
+        forwards = self._probe_prompts(seqs, group)
+        expected = [[self._batch(prompts, [k], 0, None, "plain")[0] for k in range(len(prompts))]
+                    for prompts in forwards]
         tolerance = PROBE_TOLERANCE.get(self.dtype, 1e-3)
-        for mode in self._candidates:
+        for mode in self.candidates:
             try:
-                cache = self._prefix_cache(seqs[batch[0]][:prefix])
-                got = self._batch(seqs, batch, prefix, cache, mode)[-1]
-            except (RuntimeError, TypeError, ValueError, IndexError, AttributeError) as err:
-                LOG.warning("prefix reuse (%s) fails on %s: %s", mode, type(self.model).__name__, err)
+                cache = self._prefix_cache(seqs[group.members[0]][: group.prefix])
+                got = [self._batch(prompts, list(range(len(prompts))), group.prefix, cache, mode)
+                       for prompts in forwards]
+            # What a model's attention raises when it cannot take a cached prefix with a longer suffix, a 4D
+            # mask or position ids: torch shape errors (RuntimeError, e.g. Baichuan-13B's ALiBi "The size of
+            # tensor a (7) must match...") and the size checks of Llama-derived remote code (ValueError,
+            # "Attention mask should be of size ..."). Anything else is a bug of ours and must surface.
+            except (RuntimeError, ValueError) as err:
+                LOG.warning("prefix reuse (%s) fails on %s: %s", mode, name, err)
+                self.fallbacks.append(Fallback(mode, "error", f"{type(err).__name__}: {err}"[:500]))
                 continue
-            diff = max(abs(a - b) for a, b in zip(got, expected))
+            diff = max(abs(a - b) for part, want in zip(got, expected, strict=True)
+                       for row, ref in zip(part, want, strict=True) for a, b in zip(row, ref, strict=True))
             if diff <= tolerance:
                 return mode, cache
             LOG.warning("prefix reuse (%s) disagrees with a plain forward on %s by %.3g log-prob",
-                        mode, type(self.model).__name__, diff)
-        LOG.warning("%s cannot reuse a prefix KV cache: scoring with plain batches", type(self.model).__name__)
+                        mode, name, diff)
+            self.fallbacks.append(Fallback(mode, "disagreement", f"{diff:.3g} log-prob from plain forwards "
+                                           f"(tolerance {tolerance:g})", diff=diff))
+        LOG.warning("%s cannot reuse a prefix KV cache: scoring with plain batches", name)
         return "plain", None
+
+    # ---- forwards ----
 
     @torch.inference_mode()
     def _prefix_cache(self, tokens: list[int]):
-        out = self._forward({"input_ids": torch.tensor([tokens]), "use_cache": True,
-                             **({"logits_to_keep": 1} if self._keep != "full" else {})})
-        if out.past_key_values is None:
+        inputs = {"input_ids": torch.tensor([tokens]), "use_cache": True,
+                  **({"logits_to_keep": 1} if self.keep != "full" else {})}
+        if any(window is not None for window in self.attention_kinds.values()):
+            # a cache that keeps every position (sliding layers would keep the last window - 1): a packed
+            # row's masks then have one key length in every layer, and windows come from positions alone;
+            # rows mode on it is exact as well (the model's own sliding mask, at the cache's offsets)
+            inputs[self.cache_argument] = DynamicCache()
+        cache = _returned_cache(self._forward(inputs))
+        if cache is None:  # a capability signal like the shape errors the probe catches
             raise RuntimeError("the model returned no KV cache")
-        return out.past_key_values
+        return cache
 
     @torch.inference_mode()
     def _batch(self, seqs: list[list[int]], batch: list[int], prefix: int, cache, mode: str) -> list[Scores]:
@@ -222,12 +341,15 @@ class Scorer:
         finite = torch.isfinite(letters).all(dim=-1)
         if not finite.all():
             bad = [batch[k] for k in torch.nonzero(~finite).flatten().tolist()]
-            if len(batch) > 1 or prefix:  # a NaN spreads through a shared row or prefix: blame who fails alone
-                bad = [i for i in bad if not torch.isfinite(self._letters(seqs, [i], 0, None, "plain")).all()] or bad
-            raise EvalkitError(f"non-finite logits (nan/inf) over the letter tokens for prompt index(es) {bad}")
+            if len(batch) > 1 or prefix:  # a NaN spreads through a shared row or prefix: who fails alone?
+                lone = {i: self._letters(seqs, [i], 0, None, "plain") for i in bad}
+                bad = [i for i in bad if not torch.isfinite(lone[i]).all()] or bad
+            raise EvalkitError("non-finite logits (nan/inf) over the letter tokens for prompt "
+                               f"index(es) {bad}")
         return [tuple(row) for row in torch.log_softmax(letters, dim=-1).tolist()]
 
-    def _letters(self, seqs: list[list[int]], batch: list[int], prefix: int, cache, mode: str) -> torch.Tensor:
+    def _letters(self, seqs: list[list[int]], batch: list[int], prefix: int, cache,
+                 mode: str) -> torch.Tensor:
         """fp32 letter logits (len(batch) x 4) of one forward in `mode` (plain, rows or packed)."""
         suffixes = [seqs[i][prefix:] for i in batch]
         if mode == "packed":
@@ -239,34 +361,41 @@ class Scorer:
                 ids[row, : len(suffix)] = torch.tensor(suffix)
             inputs = {"input_ids": ids}
             if mode == "rows":
-                inputs.update(past_key_values=_fork(cache, len(suffixes)), use_cache=True)
+                inputs.update({self.cache_argument: _fork(cache, len(suffixes)), "use_cache": True})
             positions = torch.tensor([[len(s) - 1] for s in suffixes])
         return self._letter_logits(inputs, positions).reshape(-1, 4)
 
     def _packed(self, suffixes: list[list[int]], prefix: int, cache) -> tuple[dict, torch.Tensor]:
-        """One row of suffixes after the prefix; each sees the prefix and its own earlier tokens only."""
-        lengths = torch.tensor([len(s) for s in suffixes])
+        """One row of suffixes after the prefix; each sees the prefix and its own earlier tokens only, at
+        the positions of its own forward, and in sliding layers only the keys within their window."""
+        lengths = torch.tensor([len(s) for s in suffixes])  # (k,)
         total = int(lengths.sum())
-        segment = torch.repeat_interleave(torch.arange(len(suffixes)), lengths)
-        ends = torch.cumsum(lengths, 0)
-        step = torch.arange(total)
-        allowed = (segment[:, None] == segment[None, :]) & (step[:, None] >= step[None, :])
-        mask = torch.zeros(total, prefix + total, dtype=self.dtype)
-        mask[:, prefix:].masked_fill_(~allowed, torch.finfo(self.dtype).min)
-        inputs = {"input_ids": torch.tensor([[t for s in suffixes for t in s]]), "attention_mask": mask[None, None],
-                  "position_ids": (prefix + step - (ends - lengths)[segment])[None],
-                  "past_key_values": _fork(cache, 1), "use_cache": True}
-        return inputs, (ends - 1)[None]
+        segment = torch.repeat_interleave(torch.arange(len(suffixes)), lengths)  # (total,) suffix index
+        starts = torch.cumsum(lengths, 0) - lengths  # (k,) first packed index of each suffix
+        step = torch.arange(total)  # (total,)
+        positions = prefix + step - starts[segment]  # (total,) each token's position in its own prompt
+        own = (segment[:, None] == segment[None, :]) & (step[:, None] >= step[None, :])  # (total, total)
+        seen = torch.cat([torch.ones(total, prefix, dtype=torch.bool), own], dim=1)  # (total, prefix + total)
+        keys = torch.cat([torch.arange(prefix), positions])  # (prefix + total,) position of every key
+        masks = {}
+        for kind, window in self.attention_kinds.items():
+            allowed = seen if window is None else seen & (positions[:, None] - keys[None, :] < window)
+            mask = torch.zeros(total, prefix + total, dtype=self.dtype)
+            masks[kind] = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[None, None]  # (1, 1, q, k)
+        inputs = {"input_ids": torch.tensor([[t for s in suffixes for t in s]]),
+                  "attention_mask": next(iter(masks.values())) if len(masks) == 1 else masks,
+                  "position_ids": positions[None], self.cache_argument: _fork(cache, 1), "use_cache": True}
+        return inputs, (starts + lengths - 1)[None]
 
     def _letter_logits(self, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
         """fp32 logits of the four letters at `positions` (rows x k) of this forward."""
         width = inputs["input_ids"].shape[1]
         cols = torch.arange(positions.shape[1]).expand_as(positions)
-        if self._keep == "2d":
+        if self.keep == "2d":
             inputs["logits_to_keep"] = positions
-        elif self._keep == "1d":
+        elif self.keep == "1d":
             inputs["logits_to_keep"], cols = torch.unique(positions, return_inverse=True)
-        elif self._keep == "int":
+        elif self.keep == "int":
             keep = width - int(positions.min())
             inputs["logits_to_keep"], cols = keep, positions - (width - keep)
         else:
@@ -276,7 +405,7 @@ class Scorer:
 
     def _forward(self, inputs: dict):
         """The model's own forward on its device; out-of-memory becomes an error naming --batch-tokens."""
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = {k: _to(v, self.device) for k, v in inputs.items()}
         try:
             return self.model(**inputs)
         except RuntimeError as err:
@@ -284,3 +413,12 @@ class Scorer:
                 raise EvalkitError(f"out of memory with --batch-tokens {self.batch_tokens}: "
                                    f"lower --batch-tokens ({err})") from err
             raise
+
+
+def _to(value, device):
+    """Tensors (also those in a {layer type: mask} mapping) moved to `device`; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value

@@ -188,6 +188,19 @@ class Metric:
     n_subjects: int
 
 
+ReuseMode = Literal["packed", "rows", "plain", "isolated"]  # how the engine reused prefixes (evalkit.scoring)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A prefix-reuse mode the scoring engine gave up on, and why (run.json `fallbacks`)."""
+
+    mode: str  # "packed" | "rows": the mode given up
+    reason: Literal["unsupported", "error", "disagreement"]  # not offered / raised / scored differently
+    detail: str  # what the model lacks, the error, or the disagreement in words
+    diff: float | None = None  # "disagreement": the largest |log-prob difference| from plain forwards
+
+
 @dataclass(frozen=True)
 class RunResult:
     """run.json: written last; its presence means the run finished."""
@@ -206,3 +219,5 @@ class RunResult:
     engine: str  # "prefix" or "plain": how questions were scored
     model_info: dict = field(default_factory=dict)  # precision, backend, weight bytes, ...
     limited: bool = False  # --limit was used: a smoke run, flagged in reports
+    reuse_mode: str | None = None  # ReuseMode(s) joined by "+"; None in runs written before it was recorded
+    fallbacks: tuple[Fallback, ...] = ()  # every reuse mode the engine's probe gave up, with its reason

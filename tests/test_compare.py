@@ -55,8 +55,9 @@ def test_mcnemar_two_sided_exact_values():
 
 def test_delta_honours_macro_where_micro_would_differ():
     # C-Eval (macro): accountant 10 questions, B loses 5; art_studies 90 questions, unchanged
-    a = answers("ceval", "accountant", set(range(10)), 10) + answers("ceval", "art_studies", set(range(45)), 90)
-    b = answers("ceval", "accountant", set(range(5)), 10) + answers("ceval", "art_studies", set(range(45)), 90)
+    art = answers("ceval", "art_studies", set(range(45)), 90)
+    a = answers("ceval", "accountant", set(range(10)), 10) + art
+    b = answers("ceval", "accountant", set(range(5)), 10) + art
     macro = compare_pair(CEVAL, run(a, "ceval"), run(b, "ceval")).overall
     micro = compare_pair(CEVAL, run(a, "ceval", scheme="lm-eval"), run(b, "ceval", scheme="lm-eval")).overall
     assert macro.delta == pytest.approx((-0.5 + 0) / 2)
@@ -89,7 +90,8 @@ def test_the_default_split_equals_the_named_one():
 
 
 def test_different_question_sets_are_refused_unless_a_subset_is_allowed():
-    with pytest.raises(EvalkitError, match=r"question sets differ \(20 only in A.*0 only in B"):
+    refusal = r"question sets differ \(20 only in A.*0 only in B.*pass --allow-subset to compare the 80 "
+    with pytest.raises(EvalkitError, match=refusal):
         compare_pair(MMLU, run(BASE), run(WORSE[:80], limit=80))
     c = compare_pair(MMLU, run(BASE), run(WORSE[:80], limit=80), allow_subset=True)
     assert (c.only_a, c.only_b, c.overall.a.n) == (20, 0, 80)
@@ -98,7 +100,8 @@ def test_different_question_sets_are_refused_unless_a_subset_is_allowed():
 
 
 def test_changed_gold_or_unlabeled_runs_are_refused():
-    changed = [dataclasses.replace(q, gold="B", correct=q.pred == "B") if q.id.endswith("/5") else q for q in WORSE]
+    changed = [dataclasses.replace(q, gold="B", correct=q.pred == "B") if q.id.endswith("/5") else q
+               for q in WORSE]
     with pytest.raises(EvalkitError, match="question mmlu/astronomy/test/5 differs"):
         compare_pair(MMLU, run(BASE), run(changed))
     blind = answers("ceval", "accountant", set(), 3, gold=None)
@@ -109,7 +112,8 @@ def test_changed_gold_or_unlabeled_runs_are_refused():
 def test_run_sets_are_paired_by_task():
     ceval_a = run(answers("ceval", "accountant", {0}, 2), "ceval")
     pairs = pair_by_task([run(BASE), ceval_a], [ceval_a, run(WORSE)])
-    assert [(a.result.config.task, b.result.config.task) for a, b in pairs] == [("mmlu", "mmlu"), ("ceval", "ceval")]
+    tasks = [(a.result.config.task, b.result.config.task) for a, b in pairs]
+    assert tasks == [("mmlu", "mmlu"), ("ceval", "ceval")]
     with pytest.raises(EvalkitError, match=r"A has tasks \['ceval', 'mmlu'\], B has \['mmlu'\]"):
         pair_by_task([run(BASE), ceval_a], [run(WORSE)])
     with pytest.raises(EvalkitError, match="side B has several runs of mmlu"):
@@ -119,13 +123,58 @@ def test_run_sets_are_paired_by_task():
 
 
 def test_markdown_lists_flips_and_the_verdict():
-    text = to_markdown(compare([run(BASE)], [run(WORSE, precision="int4")], get_task, max_drop=5), max_flips=3)
+    comparison = compare([run(BASE)], [run(WORSE, precision="int4")], get_task, max_drop=5)
+    text = to_markdown(comparison, max_flips=3)
     assert "## MMLU: B = Model-7B int4 vs A = Model-7B fp32" in text
     assert "- right→wrong: 10: mmlu/astronomy/test/0 (A→C, gold A)" in text and "… and 7 more" in text
     assert "- wrong→right: 0" in text
     average = next(line for line in text.splitlines() if line.startswith("| Average"))
     assert [c.strip() for c in average.strip("|").split("|")][:4] == ["Average", "70.0", "60.0", "-10.0"]
-    assert text.rstrip().endswith("Gate (max drop 5 points): FAIL: mmlu")
+    assert "Gate (max drop 5 points): FAIL: mmlu" in text
+
+
+def test_markdown_puts_the_summary_and_verdict_first_and_lists_changed_subjects():
+    same = answers("mmlu", "anatomy", {0, 2}, 4)
+    a, b = run(BASE + same), run(WORSE + same, precision="int4")
+    text = to_markdown(compare([a], [b], get_task, max_drop=5))
+    lines = text.splitlines()
+    assert lines[0] == ("## Summary: B = Model-7B int4 vs A = Model-7B fp32 "
+                        "(benchmark Averages, accuracy points)")
+    summary = next(line for line in lines if line.startswith("| MMLU"))
+    assert [c.strip() for c in summary.strip("|").split("|")][:4] == ["MMLU", "69.2", "59.6", "-9.6"]
+    assert text.index("Gate (max drop 5 points): FAIL: mmlu") < text.index("## MMLU: B = Model-7B int4")
+    assert "| astronomy" in text and "| anatomy" not in text
+    assert ("Not listed: 1 of 2 subjects, unchanged (same accuracy, no question flipped); "
+            "--all-subjects lists every subject") in text
+    every = to_markdown(compare([a], [b], get_task), all_subjects=True)
+    assert "| anatomy" in every and "Not listed" not in every and "Gate" not in every
+    # flips both ways leave the accuracy unchanged, and the subject is still listed
+    swapped = answers("mmlu", "anatomy", {1, 3}, 4)
+    assert "| anatomy" in to_markdown(compare([run(same)], [run(swapped, precision="int8")], get_task))
+
+
+def test_cli_compare_names_the_flag_and_prints_every_subject_when_asked(tmp_path, capsys):
+    from run_eval import main
+
+    same = answers("mmlu", "anatomy", {0, 2}, 4)
+    dirs = []
+    for precision, questions in (("fp16", BASE + same), ("int8", WORSE[:80] + same)):
+        cfg = RunConfig(model="org/Model-7B", task="mmlu", precision=precision,
+                        output_dir=str(tmp_path / precision))
+        directory = RunDir.open(cfg, "Model-7B")
+        directory.append(questions)
+        result = dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash())
+        directory.finish(result)
+        dirs.append(str(directory.path))
+    assert main(["compare", *dirs]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot compare: the question sets differ") and "pass --allow-subset" in err
+    assert main(["compare", *dirs, "--allow-subset", "--max-drop", "20"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("## Summary") and "Gate (max drop 20.0 points): pass" in out
+    assert "| astronomy" in out and "| anatomy" not in out
+    assert main(["compare", *dirs, "--allow-subset", "--all-subjects"]) == 0
+    assert "| anatomy" in capsys.readouterr().out
 
 
 def test_compare_runs_read_back_from_disk(tmp_path):
@@ -134,7 +183,8 @@ def test_compare_runs_read_back_from_disk(tmp_path):
         cfg = RunConfig(model="org/Model-7B", task="mmlu", precision=precision, output_dir=str(tmp_path))
         directory = RunDir.open(cfg, "Model-7B")
         directory.append(questions)
-        directory.finish(dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash()))
+        result = dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash())
+        directory.finish(result)
         saved.append(load_run(directory.path))
     result = compare(saved[:1], saved[1:], get_task, max_drop=5)
     assert result.failed == ("mmlu",) and 100 * result.benchmarks["mmlu"].overall.delta == pytest.approx(-10)

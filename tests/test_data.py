@@ -27,7 +27,8 @@ def test_mmlu_headerless_rows_are_byte_exact(tiny_data_dir):
 
 def test_ceval_crlf_header_and_unlabeled_test_split(tiny_data_dir):
     task = get_task("ceval")
-    assert (tiny_data_dir / "ceval" / "val" / "law_val.csv").read_bytes().count(b"\r\n") == 7  # header + 6 rows
+    law_val = tiny_data_dir / "ceval" / "val" / "law_val.csv"
+    assert law_val.read_bytes().count(b"\r\n") == 7  # header + 6 rows
     val = load_task_data(task, tiny_data_dir, subjects=["law"])[0]
     assert val.questions[1].text == "law题目1：下列说法正确的是____。\n第二行，带逗号"  # no "\r" leaks in
     assert val.questions[1].id == "ceval/law/val/1"
@@ -82,19 +83,20 @@ def test_missing_file_names_subject_and_path(ceval_dir):
 
 def test_wrong_column_count_names_file_row_and_counts(ceval_dir):
     _rewrite(ceval_dir / "ceval" / "val" / "law_val.csv", lambda rows: rows[2].pop())
-    with pytest.raises(EvalkitError, match=r"law_val\.csv: data row 1 \(line 3\) has 6 columns, expected 7"):
+    with pytest.raises(EvalkitError, match=r"law_val\.csv: row at line 3 has 6 columns, expected 7"):
         _load_law(ceval_dir)
 
 
 def test_answer_outside_a_to_d(ceval_dir):
     _rewrite(ceval_dir / "ceval" / "val" / "law_val.csv", lambda rows: rows[3].__setitem__(6, "E"))
-    with pytest.raises(EvalkitError, match=r"law_val\.csv: data row 2 .*answer 'E' is not one of A, B, C, D"):
+    # the third data row starts on line 5: the second holds a quoted newline (lines 3-4)
+    with pytest.raises(EvalkitError, match=r"law_val\.csv: row at line 5: answer 'E' is not one of A, B, C"):
         _load_law(ceval_dir)
 
 
 def test_wrong_header(ceval_dir):
     _rewrite(ceval_dir / "ceval" / "val" / "law_val.csv", lambda rows: rows[0].__setitem__(1, "Question"))
-    with pytest.raises(EvalkitError, match=r"law_val\.csv: header is .*'Question'.*expected"):
+    with pytest.raises(EvalkitError, match=r"law_val\.csv: line 1 \(the header\) is .*'Question'.*expected"):
         _load_law(ceval_dir)
 
 
@@ -110,32 +112,37 @@ def test_empty_file_and_header_only_file(ceval_dir):
 
 def test_id_column_must_equal_row_index(ceval_dir):
     _rewrite(ceval_dir / "ceval" / "test" / "law_test.csv", lambda rows: rows[2].__setitem__(0, "7"))
-    with pytest.raises(EvalkitError, match=r"data row 1 .*id '7' differs from the row index 1"):
+    with pytest.raises(EvalkitError, match=r"law_test\.csv: row at line 3: id '7' should be 1, the"):
         _load_law(ceval_dir, split="test")
 
 
 def test_unknown_subject_and_split(ceval_dir):
-    with pytest.raises(EvalkitError, match=r"unknown ceval subject 'laww'; did you mean law\b.*valid: accountant"):
+    with pytest.raises(EvalkitError,
+                       match=r"unknown ceval subject 'laww'; did you mean law\b.*valid: accountant"):
         load_task_data(get_task("ceval"), ceval_dir, subjects=["laww"])
     with pytest.raises(EvalkitError, match=r"cmmlu has no split 'val' \(valid: dev, test\)"):
         load_task_data(get_task("cmmlu"), ceval_dir, split="val")
-    with pytest.raises(EvalkitError, match=r"no cmmlu folder in the data dir .*cmmlu/\{split\}/\{subject\}\.csv"):
+    with pytest.raises(EvalkitError,
+                       match=r"no cmmlu folder in the data dir .*cmmlu/\{split\}/\{subject\}\.csv"):
         load_task_data(get_task("cmmlu"), ceval_dir)
 
 
 def test_hub_rows_convert_like_local_rows():
     mmlu = question_from_hub_row(get_task("mmlu"), "anatomy", "test", 3,
-                                 {"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2})
-    assert (mmlu.id, mmlu.text, mmlu.choices, mmlu.answer) == ("mmlu/anatomy/test/3", "Q?", ("a", "b", "c", "d"), "C")
-    row = {"id": 0, "question": "问", "A": "甲", "B": "乙", "C": "丙", "D": "丁", "answer": "", "explanation": ""}
+                                 {"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"],
+                                  "answer": 2})
+    assert (mmlu.id, mmlu.text, mmlu.choices, mmlu.answer) == (
+        "mmlu/anatomy/test/3", "Q?", ("a", "b", "c", "d"), "C")
+    row = {"id": 0, "question": "问", "A": "甲", "B": "乙", "C": "丙", "D": "丁", "answer": "",
+           "explanation": ""}
     assert question_from_hub_row(get_task("ceval"), "law", "test", 0, row).answer is None
     assert question_from_hub_row(get_task("ceval"), "law", "val", 0, {**row, "answer": "D"}).answer == "D"
     cmmlu = {"Question": "问", "A": "1", "B": "2", "C": "3", "D": "4", "Answer": "B"}
     assert question_from_hub_row(get_task("cmmlu"), "arts", "test", 9, cmmlu).answer == "B"
-    with pytest.raises(EvalkitError, match="row 0: answer '7' is not one of"):
+    with pytest.raises(EvalkitError, match="row 1: answer '7' is not one of"):
         question_from_hub_row(get_task("mmlu"), "anatomy", "test", 0,
                               {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 7})
-    with pytest.raises(EvalkitError, match="row 4: id 5 differs from the row index 4"):
+    with pytest.raises(EvalkitError, match="row 5: id 5 should be 4, the question's index"):
         question_from_hub_row(get_task("ceval"), "law", "val", 4, {**row, "id": 5, "answer": "A"})
 
 
@@ -154,8 +161,21 @@ def test_real_data_loads_with_published_counts(shared_data):
     expected: dict[tuple[str, str], int] = {}
     with open(shared_data / "COUNTS.tsv", newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f, delimiter="\t"):
-            expected[(row["dataset"], row["split"])] = expected.get((row["dataset"], row["split"]), 0) + int(row["rows"])
+            key = (row["dataset"], row["split"])
+            expected[key] = expected.get(key, 0) + int(row["rows"])
     for (task, split), total in expected.items():
         assert sum(count_rows(get_task(task), shared_data, split).values()) == total, (task, split)
     ceval_test = load_task_data(get_task("ceval"), shared_data, split="test", subjects=["law"])[0]
     assert all(q.answer is None for q in ceval_test.questions)
+
+
+def test_errors_name_the_line_an_editor_shows_after_a_quoted_newline(ceval_dir):
+    path = ceval_dir / "ceval" / "val" / "law_val.csv"
+    path.write_text('id,question,A,B,C,D,answer\r\n0,"two\r\nlines",a,b,c,d,A\r\n1,q,a,b,c,d,E\r\n',
+                    encoding="utf-8", newline="")
+    with pytest.raises(EvalkitError, match=r"law_val\.csv: row at line 4: answer 'E' is not one of"):
+        _load_law(ceval_dir)
+    mmlu = write_data_dir(ceval_dir, "mmlu", {"anatomy": 2})  # a header-less layout: data from line 1
+    _rewrite(mmlu / "mmlu" / "test" / "anatomy_test.csv", lambda rows: rows[0].__setitem__(5, "Z"))
+    with pytest.raises(EvalkitError, match=r"anatomy_test\.csv: row at line 1: answer 'Z' is not one of"):
+        load_task_data(get_task("mmlu"), mmlu, subjects=["anatomy"])

@@ -3,6 +3,8 @@ headless Chromium where it is installed."""
 from __future__ import annotations
 
 import base64
+import dataclasses
+import html
 import re
 import shutil
 import subprocess
@@ -10,11 +12,11 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
-
 from builders import answers, saved_run
-from evalkit.html_report import write_html
+
+from evalkit.html_report import category_figure, write_html
 from evalkit.published import PublishedRow
-from evalkit.report import ReportRun
+from evalkit.report import ReportRun, build_tables
 from evalkit.types import RunConfig
 from tasks import get_task
 
@@ -24,7 +26,8 @@ PUBLISHED = (PublishedRow(label="Baichuan-13B-Base", model="Baichuan-13B-Base", 
              PublishedRow(label="Vicuna-13B", model="Vicuna-13B", benchmark="ceval", scores={"Average": 32.8},
                           sources=("README.md § C-Eval",)))
 QUANT_PUBLISHED = (PublishedRow(label="Baichuan-13B-Base-int8", model="Baichuan-13B-Base", benchmark="ceval",
-                                scores={"Average": 51.2}, sources=("README.md § Quantization",), precision="int8",
+                                scores={"Average": 51.2}, sources=("README.md § Quantization",),
+                                precision="int8",
                                 memory_gb=15.8),)
 
 
@@ -58,7 +61,7 @@ def test_plots_are_embedded_as_the_same_png_bytes(report):
     page = report.path.read_text(encoding="utf-8")
     embedded = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
     assert [name for name, _ in embedded] == [p.name for p in report.plots]
-    for (_, data), plot in zip(embedded, report.plots):
+    for (_, data), plot in zip(embedded, report.plots, strict=True):
         assert base64.b64decode(data) == plot.read_bytes()
 
 
@@ -118,3 +121,62 @@ def test_chromium_screenshot_is_not_blank(report, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (2400, 1200)
     assert len({tuple(p) for p in pixels[::20, ::20, :3].reshape(-1, 3).round(2)}) > 20  # text, tables, bars
+
+
+# --- what the category plot shows ------------------------------------------------------------------------
+
+def _category_figure(published=PUBLISHED, extra=("Vicuna-13B",), precisions=("fp16", "int8")):
+    table = build_tables(runs(precisions), published, extra)["ceval"]
+    return table, category_figure(table)
+
+
+def _legend_texts(fig) -> list[str]:
+    return [text.get_text() for text in fig.legends[0].get_texts()]
+
+
+def test_measured_bars_carry_their_95_ci_as_whiskers():
+    table, fig = _category_figure()
+    ax = fig.axes[0]
+    bars = {container.get_label(): container for container in ax.containers}
+    fp16 = bars["Baichuan-13B-Base fp16"]
+    assert fp16.errorbar is not None
+    segments = fp16.errorbar.lines[2][0].get_segments()  # one vertical whisker per column
+    columns = list(table.scores.columns)
+    for column in ("Others", "Average"):
+        (_, low), (_, high) = segments[columns.index(column)]
+        ci = table.group_intervals["Baichuan-13B-Base fp16"][column]
+        assert (low, high) == pytest.approx((100 * ci.low, 100 * ci.high))
+        assert low < table.scores.at["Baichuan-13B-Base fp16", column] < high
+    assert bars["Baichuan-13B-Base (published)"].errorbar is None  # a published figure has no interval
+    assert ax.get_title() == "C-Eval per category (whiskers: 95% CI)"
+
+
+def test_chance_line_at_a_quarter_and_hatched_legend_only_with_published_bars():
+    _, fig = _category_figure()
+    chance = [line for line in fig.axes[0].get_lines() if line.get_label() == "chance (25%)"]
+    assert len(chance) == 1 and set(chance[0].get_ydata()) == {25.0}
+    assert "chance (25%)" in _legend_texts(fig) and "hatched: published" in _legend_texts(fig)
+    _, alone = _category_figure(published=(), extra=(), precisions=("fp16",))
+    assert "hatched: published" not in _legend_texts(alone)
+    assert "hatched" not in alone.axes[0].get_title()
+    assert _legend_texts(alone) == ["chance (25%)", "Baichuan-13B-Base fp16"]
+
+
+def test_no_whiskers_without_the_questions():
+    table = build_tables([(run.result, run.task) for run in runs(("fp16",))])["ceval"]
+    fig = category_figure(table)
+    assert all(container.errorbar is None for container in fig.axes[0].containers)
+    assert fig.axes[0].get_title() == "C-Eval per category"
+
+
+def test_page_footnotes_carry_one_warning_sign_each(tmp_path):
+    smoke = []
+    for run in runs():
+        config = dataclasses.replace(run.result.config, limit=40)
+        smoke.append(run._replace(result=dataclasses.replace(run.result, config=config)))
+    page = write_html(smoke, tmp_path / "smoke.html", PUBLISHED, quant=True).path.read_text(encoding="utf-8")
+    notes = [html.unescape(n) for n in re.findall(r"<li>(.*?)</li>", page)]
+    warnings = [n for n in notes if "⚠" in n]
+    assert any(n.startswith("⚠ Baichuan-13B-Base fp16 limit=40: --limit 40 questions") for n in warnings)
+    assert len(warnings) >= 4 and all(n.count("⚠") == 1 and n.startswith("⚠ ") for n in warnings)
+    assert "<td>Baichuan-13B-Base fp16 ⚠ limit=40</td>" in page  # the row label keeps its flag

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from builders import answers, saved_run
+
 from evalkit.compare import compare_pair
 from evalkit.published import PublishedRow
 from evalkit.quant_report import build_quant_table, quant_frame, quant_markdown, show_precision
@@ -18,7 +18,8 @@ from tasks.references import published_quantization
 
 MMLU = get_task("mmlu")
 # MMLU astronomy, 100 questions: fp32 and bf16 answer 70 right, int8 loses 10 of them, int4 loses 20
-RIGHT = {"fp32": set(range(70)), "bf16": set(range(70)), "int8": set(range(10, 70)), "int4": set(range(20, 70))}
+RIGHT = {"fp32": set(range(70)), "bf16": set(range(70)), "int8": set(range(10, 70)),
+         "int4": set(range(20, 70))}
 GIB = 2**30
 
 
@@ -101,8 +102,8 @@ def test_memory_columns_prefer_cuda_peaks_and_say_which():
     table = build_quant_table([run("fp32", info={"peak_rss_bytes": 5 * GIB}),
                                run("int8", info={"peak_cuda_bytes": GIB // 2, "peak_rss_bytes": 9 * GIB})])
     frame = quant_frame(table)
-    assert frame.loc["Model-7B fp32", "Weights (GiB)"] == "4.00" and frame.loc["Model-7B fp32",
-                                                                                "Peak load (GiB)"] == "5.00 RSS"
+    assert frame.loc["Model-7B fp32", "Weights (GiB)"] == "4.00"
+    assert frame.loc["Model-7B fp32", "Peak load (GiB)"] == "5.00 RSS"
     assert frame.loc["Model-7B int8/bnb", "Peak load (GiB)"] == "0.50 CUDA"
     assert frame.loc["Model-7B int8/bnb", "MMLU"].startswith("60.0 (-10.0 [")
 
@@ -123,7 +124,8 @@ def test_run_time_sums_the_benchmarks_and_marks_resumed_rows():
 
 
 def test_published_rows_of_the_same_model_follow_with_their_deltas_and_memory():
-    published = [PublishedRow(label=f"Model-7B{suffix}", model="Model-7B", benchmark="mmlu", scores={"Average": avg},
+    published = [PublishedRow(label=f"Model-7B{suffix}", model="Model-7B", benchmark="mmlu",
+                              scores={"Average": avg},
                               sources=("card § Quantization",), precision=precision, memory_gb=gb)
                  for suffix, precision, avg, gb in (("", "full", 50.0, 14.0), ("-int4", "int4", 45.5, 4.5))]
     table = build_quant_table([run("fp32"), run("int4")], published)
@@ -141,5 +143,15 @@ def test_the_real_quantization_table_stands_beside_a_baichuan_sweep():
     text = quant_markdown(build_quant_table(runs, published_quantization()))
     assert text.startswith("## Precision\n\n| Model")
     row = next(line for line in text.splitlines() if line.startswith("| Baichuan-13B-Base-int8 (published)"))
-    assert [c.strip() for c in row.strip("|").split("|")][:2] == ["Baichuan-13B-Base-int8 (published)", "49.9 (-1.7)"]
+    assert [c.strip() for c in row.strip("|").split("|")][:2] == [
+        "Baichuan-13B-Base-int8 (published)", "49.9 (-1.7)"]
     assert "15.8" in row and "most likely GiB" in text
+
+
+def test_a_subset_note_of_smoke_runs_carries_one_warning_sign():
+    full, part = run("fp32", limit=100), run("int8", limit=100)
+    table = build_quant_table([full, part._replace(questions=part.questions[:80])])
+    (note,) = [n for n in table.notes if "Δ over the" in n]
+    assert note == ("⚠ Model-7B int8/bnb limit=100 vs Model-7B fp32 limit=100 (MMLU): Δ over the 80 shared "
+                    "questions (20 and 0 left out).")
+    assert all(n.count("⚠") <= 1 for n in quant_markdown(table).splitlines() if n.startswith("- "))

@@ -6,6 +6,7 @@ packing, padding and the fallbacks all run.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import random
 
@@ -160,11 +161,11 @@ def test_encoding_follows_the_bos_policy(spm, bpe):
 def test_groups_follow_shared_prefixes_and_shot_counts(mixed):
     seqs = mixed[0]
     groups = prefix_groups(seqs)
-    assert [members for _, members in groups] == [list(range(7)), list(range(7, 12)), [12, 13, 14]]
+    assert [group.members for group in groups] == [list(range(7)), list(range(7, 12)), [12, 13, 14]]
     prefix, members = groups[0]
     assert all(seqs[i][:prefix] == seqs[0][:prefix] for i in members)
     assert len({seqs[i][prefix] for i in members}) > 1  # the longest common prefix
-    assert groups[2][0] < prefix  # 3 shots share less
+    assert groups[2].prefix < prefix  # 3 shots share less
     assert prefix_groups([[1, 2, 3], [1, 2, 3]]) == []  # too little to gain; never the whole prompt
 
 
@@ -174,7 +175,7 @@ def test_prefix_engine_equals_one_plain_forward_per_prompt(tiny_bpe_model_dir, m
     model = AutoModelForCausalLM.from_pretrained(tiny_bpe_model_dir, attn_implementation=attention).eval()
     scorer = Scorer(model, letters, batch_tokens=2048, engine="prefix", progress=False)
     assert_matches(dict(scorer.score(seqs)), ref)
-    assert scorer.engine_used == "prefix" and scorer._mode == "packed"
+    assert scorer.engine_used == "prefix" and scorer.mode == "packed"
 
 
 def test_models_spread_over_devices_keep_the_last_logits_by_count(tiny_bpe_model_dir, mixed):
@@ -184,7 +185,7 @@ def test_models_spread_over_devices_keep_the_last_logits_by_count(tiny_bpe_model
     for engine in ("prefix", "plain"):
         scorer = Scorer(model, letters, batch_tokens=1500, engine=engine, progress=False)
         assert_matches(dict(scorer.score(seqs)), ref)
-        assert scorer._keep == "int" and scorer.engine_used == engine
+        assert scorer.keep == "int" and scorer.engine_used == engine
 
 
 def test_chinese_prompts_with_bos_on_sentencepiece(spm):
@@ -200,9 +201,9 @@ def test_chinese_prompts_with_bos_on_sentencepiece(spm):
 def test_rows_mode_with_a_repeated_cache(bpe, mixed):
     seqs, letters, ref = mixed
     scorer = Scorer(bpe[1], letters, batch_tokens=3000, engine="prefix", progress=False)
-    scorer._candidates = ["rows"]  # what models without custom-mask attention (e.g. flash) get
+    scorer.candidates = ["rows"]  # what models without custom-mask attention (e.g. flash) get
     assert_matches(dict(scorer.score(seqs)), ref)
-    assert scorer._mode == "rows"
+    assert scorer.mode == "rows"
 
 
 def test_results_do_not_depend_on_batch_size_and_resume_is_bit_identical(bpe, mixed):
@@ -268,8 +269,10 @@ class TupleCacheLM(torch.nn.Module):
         rows = input_ids.shape[0]
         cache = None if past_key_values is None else DynamicCache(
             ddp_cache_data=[(k.unflatten(0, (rows, -1)), v.unflatten(0, (rows, -1))) for k, v in past_key_values])
-        out = self.inner(input_ids=input_ids, past_key_values=cache, use_cache=use_cache)
-        past = tuple((k.flatten(0, 1), v.flatten(0, 1)) for k, v, _ in out.past_key_values) if use_cache else None
+        name = "cache" if "cache" in inspect.signature(self.inner.forward).parameters else "past_key_values"
+        out = self.inner(input_ids=input_ids, use_cache=use_cache, **{name: cache})  # its current name
+        returned = out.cache if "cache" in out.__dataclass_fields__ else out.past_key_values
+        past = tuple((k.flatten(0, 1), v.flatten(0, 1)) for k, v, _ in returned) if use_cache else None
         return CausalLMOutputWithPast(logits=out.logits, past_key_values=past)
 
 
@@ -293,7 +296,7 @@ def test_legacy_tuple_caches_reuse_the_prefix(bpe, mixed):
     seqs, letters, ref = mixed
     scorer = Scorer(TupleCacheLM(bpe[1]), letters, batch_tokens=4000, progress=False)
     assert_matches(dict(scorer.score(seqs)), ref)
-    assert scorer.engine_used == "prefix" and scorer._mode == "rows" and scorer._keep == "full"
+    assert scorer.engine_used == "prefix" and scorer.mode == "rows" and scorer.keep == "full"
 
 
 @pytest.mark.parametrize("wrapper", [NoSuffixWithCacheLM, ForgetfulLM])
@@ -302,9 +305,30 @@ def test_models_that_cannot_reuse_a_cache_fall_back_to_plain(bpe, mixed, wrapper
     scorer = Scorer(wrapper(bpe[1]), letters, progress=False)
     with caplog.at_level(logging.WARNING, logger="evalkit.scoring"):
         assert_matches(dict(scorer.score(seqs)), ref)
-        assert scorer.engine_used == "plain"
+        assert scorer.engine_used == "plain" and scorer.mode == "plain"
         list(scorer.score(seqs[:3]))  # settled once: no second probe, no second warning
     assert sum("plain batches" in r.getMessage() for r in caplog.records) == 1
+    unsupported, rows = scorer.fallbacks  # packed is never offered to remote-style code; rows was tried
+    assert unsupported.mode == "packed" and unsupported.reason == "unsupported" and rows.mode == "rows"
+    if wrapper is NoSuffixWithCacheLM:
+        assert rows.reason == "error" and "must match the size" in rows.detail and rows.diff is None
+    else:
+        assert rows.reason == "disagreement" and rows.diff > 1e-3
+
+
+class TypeErrorLM(TupleCacheLM):
+    """A bug of ours or of the model that is no attention limit: the probe must not swallow it."""
+
+    def forward(self, input_ids, past_key_values=None, use_cache=None, attention_mask=None):
+        if past_key_values is not None:
+            raise TypeError("unsupported operand type(s) for +: 'NoneType' and 'int'")
+        return super().forward(input_ids, past_key_values, use_cache, attention_mask)
+
+
+def test_the_probe_lets_errors_that_are_no_attention_limit_surface(bpe, mixed):
+    seqs, letters, _ = mixed
+    with pytest.raises(TypeError, match="unsupported operand"):
+        list(Scorer(TypeErrorLM(bpe[1]), letters, progress=False).score(seqs))
 
 
 class OutOfMemoryLM(TupleCacheLM):
