@@ -2,7 +2,9 @@
 
 Loading is the one place that touches the hub: a local path is always preferred, a hub id is tried
 only when no such path exists, and a failure says how to point evalkit at a local copy instead.
-`trust_remote_code` is passed through only when the user asked for it. The precision/backend
+`trust_remote_code` is passed through only when the user asked for it; a local Baichuan checkpoint
+runs natively (evalkit.models, recognised from its config) and its remote code never runs, flag or
+not; remote code that raises ends in one EvalkitError naming what failed. The precision/backend
 combination is checked (`check_precision`) before anything heavy is loaded; quantization itself
 lives in evalkit.quantize. Memory is counted from the real tensors and the measured peak of the load.
 """
@@ -97,7 +99,12 @@ def source_quantization(source: ModelSource) -> Prequantized | None:
     if source.gguf_file:
         from gguf import GGUFReader, LlamaFileType
 
-        reader = GGUFReader(Path(source.location) / source.gguf_file)
+        path = Path(source.location) / source.gguf_file
+        try:
+            reader = GGUFReader(path)
+        except (ValueError, OSError) as exc:  # what gguf raises on a truncated or foreign file
+            raise EvalkitError(f"cannot read the GGUF file {path} ({exc}): it is truncated or not GGUF; "
+                               "download it again and check its checksum") from exc
         file_type = reader.fields.get("general.file_type")
         if file_type is None:
             return Prequantized("gguf", "unknown file type")
@@ -145,11 +152,41 @@ def check_precision(precision: str, backend: str | None, device: str, source: Mo
     """Refuse a precision/backend/device/source combination that cannot run, before any model is loaded."""
     if isinstance(source, str):
         source = resolve_source(source)
+    check_model_files(source, trust_remote_code)
     prequantized, native = source_quantization(source), native_variant(source)
     if native is not None:
         _check_native(native, precision, backend, prequantized)
     return plan_quantization(precision, backend, resolve_device(device), prequantized, trust_remote_code,
                              native_quantize=native is not None)
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
+                   "spiece.model", "merges.txt")
+
+
+def check_model_files(source: ModelSource, trust_remote_code: bool) -> None:
+    """Before anything loads: a local checkpoint has a tokenizer, and needs no code of its own that
+    the user did not allow (evalkit's native ports excepted: their code is ours)."""
+    if source.kind != "local":
+        return
+    path = Path(source.location)
+    names = {p.name for p in path.iterdir()}
+    if not names.intersection(TOKENIZER_FILES) and not any(n.endswith(".tiktoken") for n in names):
+        raise EvalkitError(f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)}): copy the "
+                           "checkpoint's tokenizer files into it")
+    if trust_remote_code or native_variant(source) is not None:
+        return
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EvalkitError(f"cannot read {path / 'config.json'}: {exc}") from exc
+    if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
+        raise EvalkitError(f"{path} needs its own Python code (model_type {config.get('model_type')!r}, "
+                           f"config.json auto_map), which transformers does not have and evalkit runs only "
+                           "with --trust-remote-code: it was not run; pass --trust-remote-code if you trust "
+                           "that code")
 
 
 def _side_tensors(obj: object, depth: int) -> Iterator[torch.Tensor]:
@@ -271,7 +308,9 @@ def _from_pretrained(loader: Any, source: ModelSource, **kwargs: Any) -> Any:
     except Exception as exc:  # remote code may raise anything: one error naming what failed
         if kwargs.get("trust_remote_code") and not isinstance(exc, OSError):
             raise _remote_code_error(loader, source, exc) from exc
-        if not isinstance(exc, (OSError, ImportError)):  # ImportError: a quantized checkpoint's kernels
+        # ImportError: a quantized checkpoint's kernels; ValueError: a config or checkpoint transformers
+        # refuses (unknown model type, code it would have to run without --trust-remote-code)
+        if not isinstance(exc, (OSError, ImportError, ValueError)):
             raise
         reason = " ".join(str(exc).split())  # transformers' messages span lines; `error:` is one
         raise EvalkitError(f"could not load {source.location!r}{_hub_hint(source)}: {reason}") from exc

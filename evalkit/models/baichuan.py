@@ -204,7 +204,9 @@ def alibi_bias(n_heads: int, position_ids: torch.Tensor, past: int, attention_ma
     slopes = torch.tensor(alibi_slopes(n_heads), dtype=torch.float32, device=device)  # (heads,)
     bias = slopes[None, :, None, None] * key_positions[:, None, None, :]  # (batch, heads, 1, kv)
     mask = _additive_mask(attention_mask, batch, q_len, past, device)  # (batch or 1, 1, q, kv)
-    return (bias + mask).to(dtype)  # (batch, heads, q, kv)
+    # -inf -> finfo.min: a fully masked row (a left pad) stays finite under sdpa, as under the
+    # original's clamp of the scores at finfo.min
+    return (bias + mask).to(dtype).clamp_min_(torch.finfo(dtype).min)  # (batch, heads, q, kv)
 
 
 class BaichuanAlibiAttention(nn.Module):
@@ -345,8 +347,8 @@ def quantize_refusal(variant: BaichuanVariant | None) -> str | None:
     if variant is not None and variant.name != "Baichuan-7B":
         return None
     name = variant.name if variant else "this model"
-    return (f"--quant-backend model on {name}: its repository code has no quantize method; use --quant-backend "
-            f"rtn (per-channel absmax, the method of Baichuan-13B's quantize), bnb or torchao")
+    return (f"--quant-backend model on {name}: its repository code has no quantize method; use "
+            f"--quant-backend rtn (per-channel absmax, Baichuan-13B's quantize method), bnb or torchao")
 
 
 class _BaichuanMixin:
@@ -435,6 +437,15 @@ class BaichuanAlibiForCausalLM(_BaichuanMixin, LlamaForCausalLM):
 # ----------------------------------------------------------------------------------------------------
 # Loading
 
+def _load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model*.bin, tensors only (`weights_only`: no pickled code runs); memory-mapped
+    where the file is in torch's zip format (every checkpoint since torch 1.6)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # the legacy (pre-zip) format cannot be memory-mapped
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors: safetensors (single or sharded) first, else pytorch_model*.bin read
     with `weights_only=True` (no pickle code runs)."""
@@ -453,7 +464,7 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
 
                 state.update(load_file(directory / name))
             else:
-                state.update(torch.load(directory / name, map_location="cpu", weights_only=True, mmap=True))
+                state.update(_load_bin(directory / name))
         return state
     raise EvalkitError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin "
                        f"(optionally sharded, with its index.json)")
