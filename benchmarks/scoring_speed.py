@@ -108,10 +108,10 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
             record = {"task": name, "subject": data.subject.name, "n": len(seqs), "tokens": sum(map(len, seqs)),
                       "shared": shared, "macs": llama_macs(model.config, seqs, groups),
                       **{key: timed(runs[key]) for key in order}}
-            record["engine"] = engine.engine_used
+            record["engine"] = f"{engine.engine_used} ({engine.mode})"  # e.g. "prefix (packed)"
             records.append(record)
             print(f"{name}/{data.subject.name}: {len(seqs)} q, A {record['A'][1]:.1f}s C {record['C'][1]:.1f}s "
-                  f"B {record['B'][1]:.1f}s ({engine.engine_used})", file=sys.stderr, flush=True)
+                  f"B {record['B'][1]:.1f}s ({record['engine']})", file=sys.stderr, flush=True)
     return records
 
 
