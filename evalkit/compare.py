@@ -4,23 +4,33 @@ Per subject, category and benchmark: accuracies of A and B and their delta (aggr
 macro like the benchmark), a paired bootstrap 95% interval of the delta (questions resampled
 within subjects, the same draw for A and B), McNemar's exact p-value (two-sided binomial test on
 the discordant questions; it is a question-level test whatever the aggregation), and the questions
-that flipped. `max_drop` (accuracy points) gates quantized models: a benchmark whose Average drops
-by more fails, and the CLI exits 1. The markdown puts the answer first (each benchmark's Average
-and the gate), and lists only the subjects where something changed unless asked for all.
+that flipped; beside them the letter-distribution divergence of B from A (evalkit.divergence: mean
+and 95th/99th percentile KL(P_A || P_B) in nats, top-letter agreement, mean |Δ P(gold)|, paired
+bootstrap intervals) and a power note (the smallest drop McNemar's test could detect). Three gates
+judge quantized models on each benchmark's Average: `max_drop` (accuracy points it may lose),
+`max_kl` (nats of mean KL it may reach) and `min_agreement` (the share of top letters it must keep);
+any failing gate fails the comparison, and the CLI exits 1. evalkit.compare_report writes it out.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 from scipy.stats import binomtest
 
+from evalkit.divergence import (
+    Divergence,
+    PerQuestion,
+    detectable_drop,
+    divergence,
+    per_question,
+)
 from evalkit.metrics import Interval, bootstrap_ci, combine, group_members
-from evalkit.report import markdown_table, run_label
+from evalkit.report import run_label
 from evalkit.results import SavedRun
-from evalkit.types import Aggregation, EvalkitError, Metric, Task
+from evalkit.types import Aggregation, EvalkitError, Metric, QuestionResult, Task
 
 SAMPLE_IDS = 3  # question ids quoted in a mismatch error
 
@@ -36,6 +46,12 @@ class Delta:
     right_to_wrong: int
     wrong_to_right: int
     p_value: float  # McNemar exact; 1.0 when no question flipped
+    divergence: Divergence  # B's letter distributions against A's, question by question
+
+    @property
+    def detectable_drop(self) -> float | None:
+        """The smallest drop (accuracy fraction) McNemar's exact test detects at 95% given the flips."""
+        return detectable_drop(self.a.n, self.right_to_wrong + self.wrong_to_right)
 
 
 @dataclass(frozen=True)
@@ -69,14 +85,40 @@ class BenchmarkComparison:
 
 
 @dataclass(frozen=True)
+class Gate:
+    """One threshold on each benchmark's Average, and the benchmarks that failed it."""
+
+    name: str  # "max drop", "max KL", "min agreement"
+    threshold: float
+    unit: str  # how the threshold is given: "points", "nats", "fraction"
+    failed: dict[str, float]  # benchmark -> its failing value, in the threshold's unit
+
+
+@dataclass(frozen=True)
 class Comparison:
     benchmarks: dict[str, BenchmarkComparison]
     max_drop: float | None  # accuracy points; None: no gate
-    failed: tuple[str, ...]  # benchmarks whose Average dropped by more than max_drop
+    failed: tuple[str, ...]  # benchmarks that failed some gate
+    gates: tuple[Gate, ...] = ()  # the gates asked for, in the order max drop, max KL, min agreement
 
     @property
     def passed(self) -> bool:
         return not self.failed
+
+
+def check_thresholds(max_drop: float | None = None, max_kl: float | None = None,
+                     min_agreement: float | None = None) -> None:
+    """Refuse a gate that cannot judge: NaN or infinite (NaN compares false and would pass anything),
+    negative, or an agreement outside [0, 1]."""
+    for flag, value in (("--max-drop", max_drop), ("--max-kl", max_kl), ("--min-agreement", min_agreement)):
+        if value is not None and not math.isfinite(value):
+            raise EvalkitError(f"{flag} must be a finite number, got {value}")
+    if max_drop is not None and max_drop < 0:
+        raise EvalkitError(f"max drop must be >= 0 accuracy points, got {max_drop}")
+    if max_kl is not None and max_kl < 0:
+        raise EvalkitError(f"--max-kl must be >= 0 nats, got {max_kl}")
+    if min_agreement is not None and not 0 <= min_agreement <= 1:
+        raise EvalkitError(f"--min-agreement is a fraction in [0, 1], got {min_agreement}")
 
 
 def mcnemar_p(right_to_wrong: int, wrong_to_right: int) -> float:
@@ -127,8 +169,8 @@ def _shared_ids(a: SavedRun, b: SavedRun, allow_subset: bool) -> tuple[list[str]
     return shared, only_a, only_b
 
 
-def _delta(xa: Mapping[str, np.ndarray], xb: Mapping[str, np.ndarray], aggregation: Aggregation,
-           n_boot: int, seed: int) -> Delta:
+def _delta(xa: Mapping[str, np.ndarray], xb: Mapping[str, np.ndarray], pq: Mapping[str, PerQuestion],
+           aggregation: Aggregation, n_boot: int, seed: int) -> Delta:
     ma, mb = combine(xa, aggregation), combine(xb, aggregation)
     diffs = {s: xb[s] - xa[s] for s in xa}
     right_to_wrong = int(sum((d < 0).sum() for d in diffs.values()))
@@ -136,7 +178,15 @@ def _delta(xa: Mapping[str, np.ndarray], xb: Mapping[str, np.ndarray], aggregati
     return Delta(a=ma, b=mb, delta=mb.accuracy - ma.accuracy,
                  ci=bootstrap_ci(diffs, aggregation, n_boot=n_boot, seed=seed),
                  right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
-                 p_value=mcnemar_p(right_to_wrong, wrong_to_right))
+                 p_value=mcnemar_p(right_to_wrong, wrong_to_right),
+                 divergence=divergence(pq, aggregation, n_boot=n_boot, seed=seed))
+
+
+def _ids_by_subject(ids: Sequence[str], questions: Mapping[str, QuestionResult]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for qid in ids:
+        grouped.setdefault(questions[qid].subject, []).append(qid)
+    return grouped
 
 
 def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = False, n_boot: int = 2000,
@@ -160,18 +210,20 @@ def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = F
     order = [s.name for s in task.subjects if s.name in xa]
     va = {s: np.asarray(xa[s]) for s in order}
     vb = {s: np.asarray(xb[s]) for s in order}
+    pq = {s: per_question([by_id_a[i] for i in ids], [by_id_b[i] for i in ids])
+          for s, ids in _ids_by_subject(shared, by_id_a).items()}
     aggregation = a.result.scheme.aggregation
     groups = {}
     for group in task.categories + task.extra_groups:
         members = group_members(task, group, order)
         if members:
-            groups[group] = _delta({s: va[s] for s in members}, {s: vb[s] for s in members}, aggregation,
-                                   n_boot, seed)
+            groups[group] = _delta({s: va[s] for s in members}, {s: vb[s] for s in members},
+                                   {s: pq[s] for s in members}, aggregation, n_boot, seed)
     return BenchmarkComparison(
         task=task.name, title=task.title, label_a=run_label(a.result, task.eval_split),
         label_b=run_label(b.result, task.eval_split), aggregation=aggregation,
-        subjects={s: _delta({s: va[s]}, {s: vb[s]}, aggregation, n_boot, seed) for s in order},
-        groups=groups, overall=_delta(va, vb, aggregation, n_boot, seed),
+        subjects={s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed) for s in order},
+        groups=groups, overall=_delta(va, vb, pq, aggregation, n_boot, seed),
         flips=tuple(flips), only_a=only_a, only_b=only_b)
 
 
@@ -192,71 +244,28 @@ def pair_by_task(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun]) -> list
 
 
 def compare(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun], task_for: Callable[[str], Task], *,
-            max_drop: float | None = None, allow_subset: bool = False, n_boot: int = 2000,
-            seed: int = 0) -> Comparison:
-    """Compare B with A on every task they share, and gate on the drop of each benchmark's Average."""
-    if max_drop is not None and max_drop < 0:
-        raise EvalkitError(f"max drop must be >= 0 accuracy points, got {max_drop}")
+            max_drop: float | None = None, max_kl: float | None = None, min_agreement: float | None = None,
+            allow_subset: bool = False, n_boot: int = 2000, seed: int = 0) -> Comparison:
+    """Compare B with A on every task they share, and gate each benchmark's Average: its accuracy drop
+    (points), its mean KL (nats) and its top-letter agreement (fraction). A value equal to a threshold
+    passes; the tolerance absorbs float noise."""
+    check_thresholds(max_drop, max_kl, min_agreement)
     benchmarks = {}
     for a, b in pair_by_task(runs_a, runs_b):
         task = task_for(a.result.config.task)
         benchmarks[task.name] = compare_pair(task, a, b, allow_subset=allow_subset, n_boot=n_boot, seed=seed)
-    # a drop equal to max_drop passes; the tolerance absorbs float noise in (b - a) * 100
-    failed = tuple(name for name, c in benchmarks.items()
-                   if max_drop is not None and -100 * c.overall.delta > max_drop + 1e-9)
-    return Comparison(benchmarks=benchmarks, max_drop=max_drop, failed=failed)
-
-
-def _rows(deltas: Mapping[str, Delta]) -> pd.DataFrame:
-    return pd.DataFrame.from_dict({name: {
-        "A": f"{100 * d.a.accuracy:.1f}", "B": f"{100 * d.b.accuracy:.1f}", "Δ": f"{100 * d.delta:+.1f}",
-        "95% CI": f"{100 * d.ci.low:+.1f} … {100 * d.ci.high:+.1f}", "n": d.a.n,
-        "right→wrong": d.right_to_wrong, "wrong→right": d.wrong_to_right, "McNemar p": f"{d.p_value:.3g}",
-    } for name, d in deltas.items()}, orient="index")
-
-
-def _changed(delta: Delta) -> bool:
-    """Something moved: the accuracy, or questions flipped (both ways, the accuracy may stay put)."""
-    return abs(delta.delta) > 1e-12 or delta.right_to_wrong + delta.wrong_to_right > 0
-
-
-def _summary(comparison: Comparison) -> list[str]:
-    """The answer first: each benchmark's Average, and the gate's verdict."""
-    rows = _rows({c.title: c.overall for c in comparison.benchmarks.values()}).rename_axis("benchmark")
-    labels = {(c.label_b, c.label_a) for c in comparison.benchmarks.values()}
-    sides = "B = {} vs A = {}".format(*labels.pop()) if len(labels) == 1 else "B vs A"
-    parts = [f"## Summary: {sides} (benchmark Averages, accuracy points)\n", markdown_table(rows)]
-    if comparison.max_drop is not None:
-        verdict = ("FAIL: " + ", ".join(comparison.failed)) if comparison.failed else "pass"
-        parts += [f"Gate (max drop {comparison.max_drop} points): {verdict}", ""]
-    return parts
-
-
-def _subject_rows(c: BenchmarkComparison, all_subjects: bool) -> list[str]:
-    shown = {name: d for name, d in c.subjects.items() if all_subjects or _changed(d)}
-    parts = [markdown_table(_rows(shown).rename_axis("subject"))] if shown else []
-    if len(shown) < len(c.subjects):
-        hidden = len(c.subjects) - len(shown)
-        parts.append(f"Not listed: {hidden} of {len(c.subjects)} subjects, unchanged (same accuracy, no "
-                     "question flipped); --all-subjects lists every subject\n")
-    return parts
-
-
-def to_markdown(comparison: Comparison, max_flips: int = 20, all_subjects: bool = False) -> str:
-    """The summary and the gate first; then per benchmark: the Average and categories, the subjects where
-    something changed (every subject with `all_subjects`), and the first flipped questions."""
-    parts = _summary(comparison)
-    for c in comparison.benchmarks.values():
-        parts.append(f"## {c.title}: B = {c.label_b} vs A = {c.label_a} (accuracy points, {c.aggregation})\n")
-        if c.only_a or c.only_b:
-            parts.append(f"⚠ subset comparison: {c.only_a} questions only in A and {c.only_b} only in B "
-                         "left out\n")
-        parts.append(markdown_table(_rows({"Average": c.overall, **c.groups}).rename_axis("group")))
-        parts += _subject_rows(c, all_subjects)
-        for direction in ("right→wrong", "wrong→right"):
-            flips = [f for f in c.flips if f.direction == direction]
-            shown = ", ".join(f"{f.id} ({f.pred_a}→{f.pred_b}, gold {f.gold})" for f in flips[:max_flips])
-            more = f" … and {len(flips) - max_flips} more" if len(flips) > max_flips else ""
-            parts.append(f"- {direction}: {len(flips)}" + (f": {shown}{more}" if flips else ""))
-        parts.append("")
-    return "\n".join(parts).rstrip("\n") + "\n"
+    gates = []
+    if max_drop is not None:
+        drops = {name: -100 * c.overall.delta for name, c in benchmarks.items()}
+        gates.append(Gate("max drop", max_drop, "points",
+                          {n: v for n, v in drops.items() if v > max_drop + 1e-9}))
+    if max_kl is not None:
+        kls = {name: c.overall.divergence.kl_mean.value for name, c in benchmarks.items()}
+        gates.append(Gate("max KL", max_kl, "nats",
+                          {n: v for n, v in kls.items() if not v <= max_kl + 1e-12}))  # NaN/inf KL fails
+    if min_agreement is not None:
+        agreements = {name: c.overall.divergence.agreement.value for name, c in benchmarks.items()}
+        gates.append(Gate("min agreement", min_agreement, "fraction",
+                          {n: v for n, v in agreements.items() if v < min_agreement - 1e-12}))
+    failed = tuple(name for name in benchmarks if any(name in gate.failed for gate in gates))
+    return Comparison(benchmarks=benchmarks, max_drop=max_drop, failed=failed, gates=tuple(gates))

@@ -1,4 +1,6 @@
-"""A report as one self-contained HTML page: the benchmark tables, the precision table and plots.
+"""A report as one self-contained HTML page: the benchmark tables, the precision table and plots
+(accuracy per category, Δ per precision, and the distribution of the per-question letter KL per
+precision).
 
 Plots are drawn with matplotlib's object API (a bare Figure renders through the Agg canvas: no
 display and no pyplot global state), saved as PNG files beside the page and embedded in it as
@@ -19,9 +21,17 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from evalkit.published import PublishedRow, name_key
-from evalkit.quant_report import QuantTable, build_quant_table, quant_frame, show_precision
+from evalkit.quant_report import (
+    DIVERGENCE_NOTE,
+    QuantTable,
+    build_quant_table,
+    divergence_frame,
+    quant_frame,
+    show_precision,
+)
 from evalkit.report import BenchmarkTable, ReportRun, build_tables, count_frame, display_frame
 from evalkit.types import LETTERS
 
@@ -145,6 +155,41 @@ def precision_figure(table: QuantTable) -> Figure:
     return fig
 
 
+KL_FLOOR = 1e-6  # nats: a KL of 0 (identical letters) is drawn here, on the log axis
+
+
+def kl_figure(table: QuantTable) -> Figure:
+    """One panel per benchmark: the cumulative distribution of the per-question KL(P_A || P_B) of every
+    compared row against its baseline (log axis, a KL of 0 drawn at KL_FLOOR; the median and the 99th
+    percentile read off the curve)."""
+    rows = [row for row in table.rows if row.baseline is not None]
+    tasks = [t for t in table.titles if any(t in row.cells and row.cells[t].delta for row in rows)]
+    fig = Figure(figsize=(max(8.0, 3.6 * len(tasks) + 5), 3.8), layout="constrained")
+    axes = fig.subplots(1, max(len(tasks), 1), squeeze=False)[0]
+    for ax, task in zip(axes, tasks, strict=False):
+        for i, row in enumerate(rows):
+            delta = row.cells[task].delta if task in row.cells else None
+            if delta is None or not delta.divergence.kl:
+                continue
+            kl = np.sort(np.maximum(np.asarray(delta.divergence.kl), KL_FLOOR))
+            share = np.arange(1, len(kl) + 1) / len(kl)
+            ax.step(kl, share, where="post", color=f"C{i % 10}",
+                    label=f"{row.label} vs {row.baseline} (mean {delta.divergence.kl_mean.value:.3g})")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.01 0.02 0.05 0.1 ...
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.axhline(0.99, color="dimgray", linestyle=":", linewidth=0.8)
+        ax.set_title(table.titles[task])
+        ax.set_xlabel("KL(P_A ‖ P_B) per question (nats)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("share of questions (cumulative)")
+    fig.suptitle("Letter KL per question against full precision (dotted: 99% of questions)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", fontsize="small")
+    return fig
+
+
 def _save(fig: Figure, path: Path) -> str:
     """Write the PNG file and return the same bytes as an <img> data URI."""
     buffer = io.BytesIO()
@@ -189,6 +234,12 @@ def write_html(runs: Sequence[ReportRun | tuple], path: str | Path, published: S
         if any(row.baseline is not None for row in precision.rows):
             plots.append(path.with_name(f"{path.stem}-precision.png"))
             body.append(_save(precision_figure(precision), plots[-1]))
+        divergence = divergence_frame(precision)
+        if len(divergence):
+            body.append("<h3>Letter distributions against full precision</h3>" + _html_table(divergence)
+                        + _notes([DIVERGENCE_NOTE]))
+            plots.append(path.with_name(f"{path.stem}-kl.png"))
+            body.append(_save(kl_figure(precision), plots[-1]))
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>evalkit report</title>"
             f"<style>{STYLE}</style></head><body><h1>evalkit report</h1>"
             f"<p>{len(runs)} runs. Accuracy in %, one decimal; Δ in accuracy points.</p>"

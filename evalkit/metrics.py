@@ -70,8 +70,8 @@ def aggregate(task: Task, aggregation: Aggregation, results: Iterable[QuestionRe
     labeled = [r for r in results if r.correct is not None]
     if len(labeled) != len(results) and labeled:
         unlabeled = next(r for r in results if r.correct is None)
-        raise EvalkitError(f"{task.name}: labeled and unlabeled results are mixed (e.g. {unlabeled.id} has no gold "
-                           "answer); a run scores one split")
+        raise EvalkitError(f"{task.name}: labeled and unlabeled results are mixed (e.g. {unlabeled.id} has "
+                           "no gold answer); a run scores one split")
     values = correct_by_subject(labeled)
     if not values:
         return Aggregate(subjects={}, groups={}, overall=None)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from builders import answers, saved_run
-from evalkit.compare import compare, compare_pair, mcnemar_p, pair_by_task, to_markdown
+
+from evalkit.compare import compare, compare_pair, mcnemar_p, pair_by_task
+from evalkit.compare_report import to_markdown
 from evalkit.results import RunDir, SavedRun, load_run
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
@@ -144,8 +145,8 @@ def test_markdown_puts_the_summary_and_verdict_first_and_lists_changed_subjects(
     assert [c.strip() for c in summary.strip("|").split("|")][:4] == ["MMLU", "69.2", "59.6", "-9.6"]
     assert text.index("Gate (max drop 5 points): FAIL: mmlu") < text.index("## MMLU: B = Model-7B int4")
     assert "| astronomy" in text and "| anatomy" not in text
-    assert ("Not listed: 1 of 2 subjects, unchanged (same accuracy, no question flipped); "
-            "--all-subjects lists every subject") in text
+    assert ("Not listed: 1 of 2 subjects, unchanged (same accuracy, no question flipped, the same top "
+            "letters); --all-subjects lists every subject") in text
     every = to_markdown(compare([a], [b], get_task), all_subjects=True)
     assert "| anatomy" in every and "Not listed" not in every and "Gate" not in every
     # flips both ways leave the accuracy unchanged, and the subject is still listed
@@ -171,7 +172,7 @@ def test_cli_compare_names_the_flag_and_prints_every_subject_when_asked(tmp_path
     assert err.startswith("error: cannot compare: the question sets differ") and "pass --allow-subset" in err
     assert main(["compare", *dirs, "--allow-subset", "--max-drop", "20"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("## Summary") and "Gate (max drop 20.0 points): pass" in out
+    assert out.startswith("## Summary") and "Gate (max drop 20 points): pass" in out
     assert "| astronomy" in out and "| anatomy" not in out
     assert main(["compare", *dirs, "--allow-subset", "--all-subjects"]) == 0
     assert "| anatomy" in capsys.readouterr().out
@@ -188,3 +189,91 @@ def test_compare_runs_read_back_from_disk(tmp_path):
         saved.append(load_run(directory.path))
     result = compare(saved[:1], saved[1:], get_task, max_drop=5)
     assert result.failed == ("mmlu",) and 100 * result.benchmarks["mmlu"].overall.delta == pytest.approx(-10)
+
+
+# ---- the divergence gates, refused thresholds and the power note ----
+def _shifted(questions: list[QuestionResult], logprobs: tuple[float, ...],
+             every: int = 1) -> list[QuestionResult]:
+    """Every `every`-th question with other log-probs (its prediction kept)."""
+    return [dataclasses.replace(q, logprobs=logprobs) if i % every == 0 else q
+            for i, q in enumerate(questions)]
+
+
+def test_kl_and_agreement_gates_name_the_benchmark_and_its_value():
+    import numpy as np
+
+    p_a = np.array([0.7, 0.1, 0.1, 0.1])
+    a = _shifted(BASE, tuple(np.log(p_a).tolist()))
+    b = _shifted(a, tuple(np.log([0.25] * 4).tolist()), 4)  # 25 of 100 questions move to uniform
+    kl = 25 / 100 * float(np.sum(p_a * np.log(p_a / 0.25)))
+    result = compare([run(a)], [run(b)], get_task, max_kl=kl / 2, min_agreement=1.0)
+    (kl_gate,) = [g for g in result.gates if g.name == "max KL"]
+    assert kl_gate.failed == {"mmlu": pytest.approx(kl)} and result.failed == ("mmlu",)
+    assert [g.failed for g in result.gates if g.name == "min agreement"] == [{}]  # predictions kept
+    text = to_markdown(result)
+    assert f"Gate (max KL {kl / 2:g} nats): FAIL: mmlu ({kl:.3g})" in text
+    assert "Gate (min agreement 1): pass" in text and "Verdict: FAIL (max KL)" in text
+    assert compare([run(a)], [run(b)], get_task, max_kl=kl).passed  # equal to the threshold passes
+    worse = compare([run(BASE)], [run(WORSE)], get_task, max_drop=50, min_agreement=0.95)
+    assert worse.failed == ("mmlu",) and worse.gates[1].failed == {"mmlu": pytest.approx(0.9)}
+    assert "Gate (max drop 50 points): pass" in to_markdown(worse)
+    assert "Verdict: FAIL (min agreement)" in to_markdown(worse)
+
+
+@pytest.mark.parametrize("gates, message", [
+    ({"max_drop": float("nan")}, "--max-drop must be a finite number, got nan"),
+    ({"max_kl": float("inf")}, "--max-kl must be a finite number, got inf"),
+    ({"min_agreement": float("nan")}, "--min-agreement must be a finite number"),
+    ({"max_kl": -0.1}, "--max-kl must be >= 0 nats"),
+    ({"min_agreement": 1.5}, r"--min-agreement is a fraction in \[0, 1\]"),
+])
+def test_thresholds_that_cannot_judge_are_refused(gates, message):
+    with pytest.raises(EvalkitError, match=message):
+        compare([run(BASE)], [run(WORSE)], get_task, **gates)
+
+
+def test_power_note_says_how_small_a_drop_the_questions_can_detect():
+    text = to_markdown(compare([run(BASE)], [run(WORSE)], get_task, max_drop=5))
+    # 10 discordant questions: 9 of 10 one way is the least McNemar's exact test calls significant
+    assert ("- Power (MMLU): 100 questions, 10 discordant (right in one run only, 10.0%): the smallest drop "
+            "McNemar's exact test detects at 95% is 8.0 points") in text
+    assert "⚠ max drop 5 points is below what these questions can detect on MMLU (8.0)" in text
+    assert "too few flips" in to_markdown(compare([run(BASE)], [run(BASE)], get_task))
+    assert compare_pair(MMLU, run(BASE), run(WORSE)).overall.detectable_drop == pytest.approx(0.08)
+
+
+def _saved_pair(tmp_path, a_questions, b_questions) -> list[str]:
+    dirs = []
+    for precision, questions in (("fp16", a_questions), ("int4", b_questions)):
+        cfg = RunConfig(model="org/Model-7B", task="mmlu", precision=precision, quant_backend=None,
+                        output_dir=str(tmp_path / precision))
+        directory = RunDir.open(cfg, "Model-7B")
+        directory.append(questions)
+        result = dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash())
+        directory.finish(result)
+        dirs.append(str(directory.path))
+    return dirs
+
+
+@pytest.mark.parametrize("flags", [("--max-drop", "nan"), ("--max-kl", "inf"), ("--min-agreement", "nan"),
+                                   ("--max-drop=-inf",)])
+def test_cli_refuses_non_finite_gates_with_one_error_line(tmp_path, capsys, flags):
+    from run_eval import main
+
+    forty = answers("mmlu", "astronomy", set(range(30, 70)), 100)  # a 40-point drop
+    dirs = _saved_pair(tmp_path, BASE, forty)
+    assert main(["compare", *dirs, *flags]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.splitlines()) == 1
+    assert captured.err.startswith(f"error: {flags[0].split('=')[0]} must be a finite number")
+
+
+def test_cli_exit_status_fails_when_any_gate_fails(tmp_path, capsys):
+    from run_eval import main
+
+    dirs = _saved_pair(tmp_path, BASE, WORSE)  # -10 points, agreement 0.9, KL 0 (same log-probs)
+    assert main(["compare", *dirs, "--max-drop", "20", "--max-kl", "0", "--min-agreement", "0.9"]) == 0
+    assert "Verdict: pass" in capsys.readouterr().out
+    assert main(["compare", *dirs, "--max-drop", "20", "--max-kl", "0", "--min-agreement", "0.91"]) == 1
+    out = capsys.readouterr().out
+    assert "Gate (min agreement 0.91): FAIL: mmlu (0.900)" in out and "Gate (max KL 0 nats): pass" in out

@@ -53,7 +53,7 @@ def report(tmp_path_factory):
 
 def test_page_and_plots_are_written_side_by_side(report):
     assert report.path.is_file()
-    assert [p.name for p in report.plots] == ["report-ceval.png", "report-precision.png"]
+    assert [p.name for p in report.plots] == ["report-ceval.png", "report-precision.png", "report-kl.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in report.plots)
 
 
@@ -69,7 +69,7 @@ def test_page_needs_nothing_from_outside(report):
     page = report.path.read_text(encoding="utf-8")
     assert not re.search(r"<script|<link|@import|url\(", page)
     links = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page)
-    assert len(links) == 2 and all(link.startswith("data:image/png;base64,") for link in links)
+    assert len(links) == 3 and all(link.startswith("data:image/png;base64,") for link in links)
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
 
 
@@ -80,6 +80,33 @@ def test_page_holds_the_tables(report):
     assert "<th>Model 5-shot</th>" in page and "<h2>Precision</h2>" in page
     assert "<td>51.2 (-1.2)</td>" not in page  # no published unquantized row given, so no published Δ
     assert "<td>15.8</td>" in page
+
+
+def test_precision_section_carries_the_letter_divergence_table_and_its_kl_plot(report):
+    page = report.path.read_text(encoding="utf-8")
+    assert "<h3>Letter distributions against full precision</h3>" in page
+    # the fixture's runs share their log-probs (KL 0) but int8 answers 10 of 80 questions otherwise
+    row = re.search(r"<tr[^>]*><td>Baichuan-13B-Base int8/bnb</td><td>Baichuan-13B-Base fp16</td>"
+                    r"<td>([^<]*)</td>", page)
+    assert row and row.group(1).startswith("KL 0 [0, 0], p95 0, p99 0; agree 87.5 [")
+    image = matplotlib.image.imread(report.plots[-1])
+    assert image.shape[1] > image.shape[0] and image[..., :3].std() > 0.05  # drawn, not blank
+
+
+def test_kl_plot_draws_one_curve_per_compared_row_and_benchmark():
+    from evalkit.html_report import kl_figure
+    from evalkit.quant_report import build_quant_table
+
+    table = build_quant_table(runs(("fp16", "int8")) + [
+        r._replace(result=dataclasses.replace(r.result, config=dataclasses.replace(r.result.config,
+                                                                                  quant_backend="rtn")))
+        for r in runs(("int8",))])
+    fig = kl_figure(table)
+    (ax,) = fig.axes
+    assert ax.get_title() == "C-Eval" and ax.get_xscale() == "log" and len(ax.get_lines()) == 2 + 1  # + 99%
+    assert {t.get_text().split(" (")[0] for t in fig.legends[0].get_texts()} == {
+        "Baichuan-13B-Base int8/bnb vs Baichuan-13B-Base fp16",
+        "Baichuan-13B-Base int8/rtn vs Baichuan-13B-Base fp16"}
 
 
 def test_precision_section_only_for_a_sweep_unless_asked(tmp_path):

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from builders import answers, small_task
 
 from evalkit.metrics import aggregate, bootstrap_ci, combine, correct_by_subject
-from builders import answers, small_task
 from evalkit.types import EvalkitError, QuestionResult, Task
 from tasks import get_task
 

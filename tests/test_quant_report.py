@@ -155,3 +155,29 @@ def test_a_subset_note_of_smoke_runs_carries_one_warning_sign():
     assert note == ("⚠ Model-7B int8/bnb limit=100 vs Model-7B fp32 limit=100 (MMLU): Δ over the 80 shared "
                     "questions (20 and 0 left out).")
     assert all(n.count("⚠") <= 1 for n in quant_markdown(table).splitlines() if n.startswith("- "))
+
+
+def test_divergence_table_stands_beside_the_accuracy_deltas():
+    import numpy as np
+
+    from evalkit.quant_report import divergence_frame
+
+    peaked, flat = tuple(np.log([0.7, 0.1, 0.1, 0.1]).tolist()), tuple(np.log([0.25] * 4).tolist())
+    runs = []
+    for precision, every in (("fp32", 0), ("int8", 0), ("int4", 2)):  # int4: half the questions uniform
+        questions = answers("mmlu", "astronomy", RIGHT[precision], 100)
+        questions = [dataclasses.replace(q, logprobs=flat if every and i % every == 0 else peaked)
+                     for i, q in enumerate(questions)]
+        runs.append(run(precision, questions=questions))
+    table = build_quant_table(runs)
+    frame = divergence_frame(table)
+    assert list(frame.index) == ["Model-7B int8/bnb", "Model-7B int4/bnb"]  # the compared rows only
+    assert list(frame.columns) == ["against", "MMLU"] and set(frame["against"]) == {"Model-7B fp32"}
+    kl = 0.5 * float(np.sum(np.array([0.7, 0.1, 0.1, 0.1]) * np.log(np.array([0.7, 0.1, 0.1, 0.1]) / 0.25)))
+    assert frame.loc["Model-7B int8/bnb", "MMLU"].startswith("KL 0 [0, 0], p95 0, p99 0; agree 90.0 [")
+    assert frame.loc["Model-7B int4/bnb", "MMLU"].startswith(f"KL {kl:.3g} [")
+    assert table.rows[2].cells["mmlu"].delta.divergence.kl_mean.value == pytest.approx(kl)
+    text = quant_markdown(table)
+    assert text.index("## Precision") < text.index("### Letter distributions against full precision")
+    assert "in nats, of the row (B) from its baseline (A)" in text
+    assert "Letter distributions" not in quant_markdown(build_quant_table([run("fp32")]))
