@@ -5,9 +5,11 @@ Baichuan2-13B checkpoints in the hub layout and what the original code computed 
 transformers 4.33.3 (reference/*.json). Everything is loaded through `load_model`, the real path;
 the remote code in those directories is never imported (except where a test makes it fail on purpose).
 """
+
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import shutil
 from functools import cache
@@ -67,6 +69,7 @@ def _logits(model, ids: list[int], **kwargs) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------
 # Recognition and tokenizer
 
+
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_load_model_runs_the_native_implementation(name: str) -> None:
     # the flag changes nothing: the remote code is never run
@@ -108,6 +111,7 @@ def test_token_ids_equal_the_original_tokenizer(name: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # Numerics against the original code
 
+
 @pytest.mark.parametrize("precision", DTYPES)
 @pytest.mark.parametrize("name", CHECKPOINTS)
 def test_letter_logprobs_match_the_original(name: str, precision: str) -> None:
@@ -140,8 +144,9 @@ def test_cached_decode_matches_the_original(name: str) -> None:
         steps = [out.logits[0, -1]]
         prefix_cache = copy.deepcopy(out.past_key_values)
         for token in ids[prefix:]:
-            out = model(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values,
-                        use_cache=True)
+            out = model(
+                input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
+            )
             steps.append(out.logits[0, -1])
         multi = model(input_ids=torch.tensor([ids[prefix:]]), cache=prefix_cache, use_cache=True).logits[0]
     want = torch.tensor([step["letter_logits"] for step in ref["cached"][0]["steps"]])  # (6, 8)
@@ -164,8 +169,12 @@ def _packed_inputs(prefix: int, suffixes: list[list[int]], dtype: torch.dtype) -
     mask = torch.zeros(total, prefix + total, dtype=dtype)
     mask[:, prefix:].masked_fill_(~allowed, torch.finfo(dtype).min)
     positions = torch.cat([torch.arange(n) for n in lengths]) + prefix
-    return {"input_ids": torch.tensor([[t for s in suffixes for t in s]]), "attention_mask": mask[None, None],
-            "position_ids": positions[None], "use_cache": True}
+    return {
+        "input_ids": torch.tensor([[t for s in suffixes for t in s]]),
+        "attention_mask": mask[None, None],
+        "position_ids": positions[None],
+        "use_cache": True,
+    }
 
 
 @pytest.mark.parametrize("cache_kwarg", ["past_key_values", "cache"])
@@ -187,6 +196,27 @@ def _assert_packed_equals_lone(loaded, cache_kwarg: str) -> None:
     for row, ids in enumerate((first, second)):
         lone = _logits(loaded.model, ids)[-1]
         assert (packed[row] - lone).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["baichuan-7b-tiny", "baichuan-13b-tiny"])
+def test_the_cache_is_named_as_the_installed_transformers_names_it(name: str) -> None:
+    """transformers 5.24 renamed `past_key_values` to `cache`: the forward declares the installed name
+    (the Scorer reads it from the signature) and the output returns the cache under its own field;
+    the other name is taken too (test_packed_suffixes_after_a_cached_prefix_equal_lone_forwards)."""
+    from transformers import DynamicCache
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    from evalkit.models.baichuan import CACHE_ARGUMENT
+
+    loaded = _loaded(name, "fp32")
+    parameters = inspect.signature(loaded.model.forward).parameters
+    other = "past_key_values" if CACHE_ARGUMENT == "cache" else "cache"
+    assert CACHE_ARGUMENT in parameters and other not in parameters
+    field = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+    ids = _ids(loaded, _prompts()[3]["text"])
+    with torch.inference_mode():
+        out = loaded.model(input_ids=torch.tensor([ids]), use_cache=True)
+    assert isinstance(getattr(out, field), DynamicCache) and getattr(out, field).get_seq_length() == len(ids)
 
 
 def test_alibi_bias_follows_position_ids() -> None:
@@ -220,6 +250,7 @@ def test_norm_head_rows_are_normalised_in_the_model_dtype() -> None:
 # ----------------------------------------------------------------------------------------------------
 # Loading other layouts: Baichuan2-7B (RoPE + NormHead), sharded .bin, safetensors
 
+
 def _baichuan_layout(llama_state: dict, layers: int) -> dict:
     """A Llama state dict in Baichuan's names: q/k/v fused into W_pack."""
     out = {k: v for k, v in llama_state.items() if not any(p in k for p in ("q_proj", "k_proj", "v_proj"))}
@@ -239,21 +270,38 @@ def baichuan2_7b_dir(tmp_path_factory) -> Path:
     source = _checkpoint("baichuan-7b-tiny")
     out = tmp_path_factory.mktemp("baichuan2_7b")
     config = json.loads((source / "config.json").read_text())
-    config.update(architectures=["BaichuanForCausalLM"], model_max_length=4096, z_loss_weight=0,
-                  tokenizer_class="BaichuanTokenizer",
-                  auto_map={"AutoConfig": "configuration_baichuan.BaichuanConfig",
-                            "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM"})
+    config.update(
+        architectures=["BaichuanForCausalLM"],
+        model_max_length=4096,
+        z_loss_weight=0,
+        tokenizer_class="BaichuanTokenizer",
+        auto_map={
+            "AutoConfig": "configuration_baichuan.BaichuanConfig",
+            "AutoModelForCausalLM": "modeling_baichuan.BaichuanForCausalLM",
+        },
+    )
     (out / "config.json").write_text(json.dumps(config))
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(_checkpoint("baichuan-13b-tiny") / name, out / name)
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64000, hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                         initializer_range=0.1, tie_word_embeddings=False))
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64000,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            initializer_range=0.1,
+            tie_word_embeddings=False,
+        )
+    )
     state = _baichuan_layout({k: v for k, v in llama.state_dict().items()}, 2)
     names = sorted(state)
-    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
-              "pytorch_model-00002-of-00002.bin": names[len(names) // 2:]}
+    shards = {
+        "pytorch_model-00001-of-00002.bin": names[: len(names) // 2],
+        "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :],
+    }
     for file, keys in shards.items():
         torch.save({k: state[k] for k in keys}, out / file)
     index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
@@ -273,9 +321,17 @@ def _llama_by_hand(directory: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     state = _baichuan2_7b_state(directory)
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64000, hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                                         tie_word_embeddings=False)).eval()
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64000,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            tie_word_embeddings=False,
+        )
+    ).eval()
     by_hand = {k: v for k, v in state.items() if "W_pack" not in k}
     for i in range(2):
         stem = f"model.layers.{i}.self_attn."
@@ -297,8 +353,9 @@ def test_baichuan2_7b_loads_as_llama_with_a_normalised_head(baichuan2_7b_dir: Pa
     got = _logits(loaded.model, ids)[-1]
     assert (got - _logits(expected, ids)[-1]).abs().max() <= 1e-4
     assert torch.allclose(loaded.model.lm_head.weight.norm(dim=1), torch.ones(64000), atol=1e-5)
-    unnormalised = torch.nn.functional.linear(expected.model(torch.tensor([ids])).last_hidden_state[0, -1],
-                                              state["lm_head.weight"])
+    unnormalised = torch.nn.functional.linear(
+        expected.model(torch.tensor([ids])).last_hidden_state[0, -1], state["lm_head.weight"]
+    )
     assert (got - unnormalised).abs().max() > 1e-2  # the head normalisation is not a no-op here
     # Baichuan2-7B's code rotates q/k in fp32 (fp32 cos/sin) and calls scaled_dot_product_attention
     bf16 = load_model(str(baichuan2_7b_dir), "bf16", "cpu").model
@@ -326,6 +383,7 @@ def test_safetensors_weights_load_like_the_bin(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------------
 # Quantization
+
 
 def _quantizer_math(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """quantizer.py's QLinear, re-derived: fp32 scale of absmax/(2**(bits-1)-1) in the weight's dtype;
@@ -380,8 +438,9 @@ def test_model_backend_on_baichuan_7b_is_refused_before_loading() -> None:
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_bnb_on_a_native_model_equals_transformers_bnb(bits: int, baichuan2_7b_dir: Path,
-                                                        tmp_path: Path) -> None:
+def test_bnb_on_a_native_model_equals_transformers_bnb(
+    bits: int, baichuan2_7b_dir: Path, tmp_path: Path
+) -> None:
     """bitsandbytes layers put in by evalkit (the model is not transformers-loaded) give what
     transformers' own bnb loading gives on the same network saved as a Llama checkpoint."""
     pytest.importorskip("bitsandbytes")
@@ -423,6 +482,7 @@ def test_model_backend_on_baichuan2_is_its_bitsandbytes_quantize(bits: int) -> N
 # ----------------------------------------------------------------------------------------------------
 # Remote code that fails
 
+
 def _unrecognised_copy(name: str, out: Path) -> Path:
     """A copy of a fixture, remote code included, whose config names its class through a wrapper
     module only: evalkit does not recognise it, so --trust-remote-code really runs that code."""
@@ -455,8 +515,12 @@ def test_a_failing_remote_model_is_one_error_naming_it(tmp_path: Path, tiny_spm_
     repo = _unrecognised_copy("baichuan-13b-tiny", tmp_path)
     wrapper = repo / "modeling_wrapped.py"
     wrapper.write_text("import transformers_stream_generator\n" + wrapper.read_text())
-    for name in ("tokenizer_config.json", "tokenization_baichuan.py", "special_tokens_map.json",
-                 "tokenizer.model"):
+    for name in (
+        "tokenizer_config.json",
+        "tokenization_baichuan.py",
+        "special_tokens_map.json",
+        "tokenizer.model",
+    ):
         (repo / name).unlink()
     for path in tiny_spm_model_dir.iterdir():  # a tokenizer that loads without remote code
         if path.name.startswith(("tokenizer", "special_tokens")):

@@ -14,14 +14,21 @@ forward's dtype (its `future_mask`), added to scores in that dtype, clamped at f
 softmax runs in that dtype (eager; sdpa is accepted but rounds differently in bf16). Baichuan-7B is
 Llama's eager path exactly (softmax in fp32); Baichuan2-7B rotates q/k in fp32 and uses sdpa, as
 its code does. Cached keys sit at positions 0..past-1 (a cache built by plain forwards).
+Works on transformers 5.17 to 5.24+: the KV cache's name (`cache` from 5.24, `past_key_values`
+before) is read from the installed classes (`CACHE_ARGUMENT`, `_OUTPUT_CACHE`, `_LAYER_CACHE`), and
+the forwards take either name on either version (5.24's own deprecation shim, or `_renamed`).
 `quantize(bits)` is the checkpoint's own method, re-implemented: Baichuan-13B's QLinear (per-output
 -channel absmax, int8 transposed, int4 packed eight codes per int32); Baichuan2's bitsandbytes layers
 (LLM.int8, or NF4 with double quantization); Baichuan-7B has none.
 """
+
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -45,15 +52,79 @@ from transformers.utils.deprecation import deprecate_kwarg
 
 from evalkit.types import EvalkitError
 
-__all__ = ["NATIVE_ARCHITECTURES", "BaichuanAlibiForCausalLM", "BaichuanQLinear", "BaichuanRopeForCausalLM",
-           "BaichuanVariant", "alibi_bias", "alibi_slopes", "class_names", "detect_variant",
-           "known_architectures", "load_baichuan", "quantize_refusal", "read_state_dict"]
+__all__ = [
+    "CACHE_ARGUMENT",
+    "NATIVE_ARCHITECTURES",
+    "BaichuanAlibiForCausalLM",
+    "BaichuanQLinear",
+    "BaichuanRopeForCausalLM",
+    "BaichuanVariant",
+    "alibi_bias",
+    "alibi_slopes",
+    "class_names",
+    "detect_variant",
+    "known_architectures",
+    "load_baichuan",
+    "quantize_refusal",
+    "read_state_dict",
+]
 
 BAICHUAN2_VOCAB = 125696  # Baichuan2's real vocabulary (Baichuan-7B/13B: 64000)
 
 
 # ----------------------------------------------------------------------------------------------------
+# The installed transformers' name for the KV cache (5.24 renamed past_key_values to cache)
+
+
+def _cache_name(function: Callable) -> str:
+    """`cache` where a forward of the installed transformers takes it, else `past_key_values`
+    (inspect.signature sees through the deprecation decorator to the real parameters)."""
+    return "cache" if "cache" in inspect.signature(function).parameters else "past_key_values"
+
+
+CACHE_ARGUMENT = _cache_name(LlamaModel.forward)  # what LlamaForCausalLM passes to LlamaModel
+_LAYER_CACHE = _cache_name(LlamaDecoderLayer.forward)  # what a decoder layer takes and hands self_attn
+_OUTPUT_CACHE = "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+
+
+def _renamed(old: str, new: str) -> Callable[[Callable], Callable]:
+    """A forward that also takes `old=` for its `new=` argument, silently (signature unchanged).
+
+    Both given: the one that is not None; both not None is an error.
+    """
+
+    def decorate(forward: Callable) -> Callable:
+        @functools.wraps(forward)
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if old in kwargs:
+                value = kwargs.pop(old)
+                if value is not None and kwargs.get(new) is not None:
+                    raise TypeError(f"{forward.__qualname__}: pass one of `{new}` and `{old}`, not both")
+                if value is not None or new not in kwargs:
+                    kwargs[new] = value
+            return forward(*args, **kwargs)
+
+        return wrapped
+
+    return decorate
+
+
+def _the_cache(cache: Any, past_key_values: Any) -> Any:
+    """The one KV cache an attention was given, under either name."""
+    if cache is not None and past_key_values is not None and cache is not past_key_values:
+        raise TypeError("an attention was given two KV caches (`cache` and `past_key_values`)")
+    return cache if cache is not None else past_key_values
+
+
+if CACHE_ARGUMENT == "cache":  # transformers >= 5.24: its own shim (a FutureWarning from 5.40)
+    _model_cache_keyword = deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+else:  # older: LlamaForCausalLM hands past_key_values= to the model
+    _model_cache_keyword = _renamed("past_key_values", "cache")
+
+
+# ----------------------------------------------------------------------------------------------------
 # Recognising a checkpoint
+
 
 @dataclass(frozen=True)
 class BaichuanVariant:
@@ -76,8 +147,10 @@ class BaichuanVariant:
         return f"evalkit.models.baichuan: {self.label}"
 
 
-NATIVE_ARCHITECTURES = {"BaiChuanForCausalLM": "Baichuan-7B",  # class names in config.json / auto_map
-                        "BaichuanForCausalLM": "Baichuan-13B / Baichuan2"}
+NATIVE_ARCHITECTURES = {
+    "BaiChuanForCausalLM": "Baichuan-7B",  # class names in config.json / auto_map
+    "BaichuanForCausalLM": "Baichuan-13B / Baichuan2",
+}
 
 
 def known_architectures(config: dict, tokenizer_config: dict) -> list[str]:
@@ -141,8 +214,11 @@ def detect_variant(directory: str | Path) -> BaichuanVariant | None:
         positions = "rope" if "max_position_embeddings" in config else "alibi"
         evidence.append("positions from config (max_position_embeddings: RoPE)")
     if norm_head is None:
-        norm_head = (config.get("vocab_size") == BAICHUAN2_VOCAB or "z_loss_weight" in config
-                     or "tokenizer_class" in config)
+        norm_head = (
+            config.get("vocab_size") == BAICHUAN2_VOCAB
+            or "z_loss_weight" in config
+            or "tokenizer_class" in config
+        )
         evidence.append("head from config")
     family = "Baichuan2" if norm_head else "Baichuan"
     size = "7B" if positions == "rope" else "13B"
@@ -152,13 +228,15 @@ def detect_variant(directory: str | Path) -> BaichuanVariant | None:
 # ----------------------------------------------------------------------------------------------------
 # ALiBi
 
+
 @cache
 def alibi_slopes(n_heads: int) -> tuple[float, ...]:
     """ALiBi head slopes: 2**(-8/n) to the powers 1..n for a power of two n; otherwise those of the
     power of two below, then every other slope of the power of two above (Press et al.)."""
+
     def power_of_two(n: int) -> list[float]:
         start = 2.0 ** (-(2.0 ** -(math.log2(n) - 3)))
-        return [start * start ** i for i in range(n)]
+        return [start * start**i for i in range(n)]
 
     if math.log2(n_heads).is_integer():
         return tuple(power_of_two(n_heads))
@@ -166,8 +244,9 @@ def alibi_slopes(n_heads: int) -> tuple[float, ...]:
     return tuple(power_of_two(below) + list(alibi_slopes(2 * below)[0::2][: n_heads - below]))
 
 
-def _additive_mask(attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int,
-                   device: torch.device) -> torch.Tensor:
+def _additive_mask(
+    attention_mask: torch.Tensor | None, batch: int, q_len: int, past: int, device: torch.device
+) -> torch.Tensor:
     """An fp32 (batch or 1, 1, q, past+q) additive mask: 0 where a query may attend, -inf elsewhere.
 
     A 4D mask is taken as given (float: additive; bool: True = attend). A 2D mask (batch, past+q)
@@ -188,8 +267,13 @@ def _additive_mask(attention_mask: torch.Tensor | None, batch: int, q_len: int, 
     return mask.masked_fill_(~allowed, float("-inf"))
 
 
-def alibi_bias(n_heads: int, position_ids: torch.Tensor, past: int, attention_mask: torch.Tensor | None,
-               dtype: torch.dtype) -> torch.Tensor:
+def alibi_bias(
+    n_heads: int,
+    position_ids: torch.Tensor,
+    past: int,
+    attention_mask: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """The additive attention bias (batch, heads, q, past+q) of Baichuan's ALiBi, in `dtype`.
 
     bias[b, h, i, j] = slope_h * key_position[b, j] + mask[b, i, j], computed in fp32 and rounded
@@ -220,16 +304,24 @@ class BaichuanAlibiAttention(nn.Module):
         self.W_pack = nn.Linear(self.hidden_size, 3 * self.hidden_size, bias=False)
         self.o_proj = nn.Linear(self.hidden_size, self.hidden_size, bias=False)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cache: Any = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        cache: Any = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        cache = _the_cache(cache, past_key_values)  # the decoder layer's name: see _LAYER_CACHE
         batch, q_len, _ = hidden_states.shape
         proj = self.W_pack(hidden_states).view(batch, q_len, 3, self.num_heads, self.head_dim)
         query, key, value = proj.permute(2, 0, 3, 1, 4)  # each (batch, heads, q, head_dim)
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx)  # (batch, heads, kv, head_dim)
         if self.config._attn_implementation == "sdpa":
-            out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                             scale=1.0 / math.sqrt(self.head_dim))
+            out = nn.functional.scaled_dot_product_attention(
+                query, key, value, attn_mask=attention_mask, scale=1.0 / math.sqrt(self.head_dim)
+            )
         else:  # the original's order of operations, every step in the forward's dtype
             scores = torch.matmul(query, key.transpose(2, 3)) / math.sqrt(self.head_dim)  # (b, h, q, kv)
             if attention_mask is not None:
@@ -259,11 +351,17 @@ class BaichuanAlibiModel(LlamaModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
-    def forward(self, input_ids: torch.LongTensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.LongTensor | None = None, cache: Any = None,
-                inputs_embeds: torch.Tensor | None = None, use_cache: bool | None = None,
-                **kwargs: Any) -> BaseModelOutputWithPast:
+    @_model_cache_keyword
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPast:
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -276,17 +374,25 @@ class BaichuanAlibiModel(LlamaModel):
         if position_ids is None:
             position_ids = torch.arange(q_len, device=inputs_embeds.device)[None] + past
         position_ids = position_ids.expand(batch, q_len)
-        bias = alibi_bias(self.config.num_attention_heads, position_ids, past, attention_mask,
-                          inputs_embeds.dtype)  # (batch, heads, q, past+q)
+        bias = alibi_bias(
+            self.config.num_attention_heads, position_ids, past, attention_mask, inputs_embeds.dtype
+        )  # (batch, heads, q, past+q)
         hidden = inputs_embeds
         for layer in self.layers:
-            hidden = layer(hidden, attention_mask=bias, position_ids=position_ids, cache=cache,
-                           use_cache=use_cache, **kwargs)
-        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), cache=cache)
+            hidden = layer(
+                hidden,
+                attention_mask=bias,
+                position_ids=position_ids,
+                use_cache=use_cache,
+                **{_LAYER_CACHE: cache},
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden), **{_OUTPUT_CACHE: cache})
 
 
 # ----------------------------------------------------------------------------------------------------
 # The checkpoint's own quantize(bits), re-implemented
+
 
 class BaichuanQLinear(nn.Module):
     """Baichuan-13B's QLinear: one fp32 absmax scale per output row, weight-only, no bias.
@@ -309,14 +415,15 @@ class BaichuanQLinear(nn.Module):
             packed = codes.T
         else:
             if self.in_features % 8:
-                raise EvalkitError(f"Baichuan's int4 packing needs input widths divisible by 8, "
-                                   f"not {self.in_features}")
+                raise EvalkitError(
+                    f"Baichuan's int4 packing needs input widths divisible by 8, not {self.in_features}"
+                )
             codes = torch.round(weight.to(torch.float32) / scale[:, None])
             codes = torch.clip(codes, -16, 15).to(torch.int32)
             nibbles = (codes & 0x0F).to(torch.int64).view(self.out_features, -1, 8)  # (out, in/8, 8)
             shifts = torch.arange(0, 32, 4, dtype=torch.int64)  # code 8j+k -> bits 4k..4k+3
             packed = (nibbles << shifts).sum(dim=-1)  # the eight nibbles never overlap
-            packed = torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)  # (out, in/8)
+            packed = torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)  # (out, in/8)
         self.register_buffer("weight", packed)
         self.register_buffer("scale", scale)
         self.bias = None
@@ -347,14 +454,20 @@ def quantize_refusal(variant: BaichuanVariant | None) -> str | None:
     if variant is not None and variant.name != "Baichuan-7B":
         return None
     name = variant.name if variant else "this model"
-    return (f"--quant-backend model on {name}: its repository code has no quantize method; use "
-            f"--quant-backend rtn (per-channel absmax, Baichuan-13B's quantize method), bnb or torchao")
+    return (
+        f"--quant-backend model on {name}: its repository code has no quantize method; use "
+        f"--quant-backend rtn (per-channel absmax, Baichuan-13B's quantize method), bnb or torchao"
+    )
 
 
 class _BaichuanMixin:
     """What the two network classes share: the variant they were built for and its quantize(bits)."""
 
     baichuan_variant: BaichuanVariant | None = None
+
+    if CACHE_ARGUMENT == "past_key_values":  # transformers < 5.24: take 5.24's `cache=` as well (the
+        # stock forward would leave it in **kwargs, unused); the signature stays LlamaForCausalLM's
+        forward = _renamed("cache", "past_key_values")(LlamaForCausalLM.forward)
 
     def quantize(self, bits: int) -> nn.Module:
         """The checkpoint's own `quantize(bits)`, natively; the model is quantized in place."""
@@ -380,6 +493,7 @@ class _BaichuanMixin:
 # ----------------------------------------------------------------------------------------------------
 # RoPE in fp32 (Baichuan2-7B)
 
+
 class Fp32RotaryEmbedding(LlamaRotaryEmbedding):
     """Llama's cos/sin, left in fp32 (Llama casts them to the activations' dtype)."""
 
@@ -392,9 +506,16 @@ class Fp32RopeAttention(LlamaAttention):
     `apply_rotary_pos_emb` does (`q.float() * cos + rotate_half(q.float()) * sin`, fp32 cos/sin);
     Baichuan-7B rotates in the activations' dtype, as Llama."""
 
-    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
-                attention_mask: torch.Tensor | None = None, cache: Any = None,
-                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+        attention_mask: torch.Tensor | None = None,
+        cache: Any = None,
+        past_key_values: Any = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cache = _the_cache(cache, past_key_values)  # the decoder layer's name: see _LAYER_CACHE
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)  # (b, heads, q, head_dim)
@@ -407,8 +528,9 @@ class Fp32RopeAttention(LlamaAttention):
             key, value = cache.update(key, value, self.layer_idx)
         implementation = self.config._attn_implementation
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-        out, weights = attention(self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling,
-                                 **kwargs)
+        out, weights = attention(
+            self, query, key, value, attention_mask, dropout=0.0, scaling=self.scaling, **kwargs
+        )
         return self.o_proj(out.reshape(*input_shape, -1).contiguous()), weights
 
 
@@ -437,6 +559,7 @@ class BaichuanAlibiForCausalLM(_BaichuanMixin, LlamaForCausalLM):
 # ----------------------------------------------------------------------------------------------------
 # Loading
 
+
 def _load_bin(path: Path) -> dict[str, torch.Tensor]:
     """A pytorch_model*.bin, tensors only (`weights_only`: no pickled code runs); memory-mapped
     where the file is in torch's zip format (every checkpoint since torch 1.6)."""
@@ -450,11 +573,18 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors: safetensors (single or sharded) first, else pytorch_model*.bin read
     with `weights_only=True` (no pickle code runs)."""
     directory = Path(directory)
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+    for index_name, single in (
+        ("model.safetensors.index.json", "model.safetensors"),
+        ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
         index = directory / index_name
-        files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
-                 else [single] if (directory / single).is_file() else [])
+        files = (
+            sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            if index.is_file()
+            else [single]
+            if (directory / single).is_file()
+            else []
+        )
         if not files:
             continue
         state: dict[str, torch.Tensor] = {}
@@ -466,8 +596,10 @@ def read_state_dict(directory: str | Path) -> dict[str, torch.Tensor]:
             else:
                 state.update(_load_bin(directory / name))
         return state
-    raise EvalkitError(f"no weights in {directory}: expected model.safetensors or pytorch_model.bin "
-                       f"(optionally sharded, with its index.json)")
+    raise EvalkitError(
+        f"no weights in {directory}: expected model.safetensors or pytorch_model.bin "
+        f"(optionally sharded, with its index.json)"
+    )
 
 
 def llama_config(config: dict, variant: BaichuanVariant, attn_implementation: str) -> LlamaConfig:
@@ -476,19 +608,31 @@ def llama_config(config: dict, variant: BaichuanVariant, attn_implementation: st
     if hidden % heads:
         raise EvalkitError(f"{variant.name}: hidden_size {hidden} is not divisible by {heads} heads")
     out = LlamaConfig(
-        vocab_size=config["vocab_size"], hidden_size=hidden, intermediate_size=config["intermediate_size"],
-        num_hidden_layers=config["num_hidden_layers"], num_attention_heads=heads, num_key_value_heads=heads,
-        hidden_act=config.get("hidden_act", "silu"), rms_norm_eps=config.get("rms_norm_eps", 1e-6),
+        vocab_size=config["vocab_size"],
+        hidden_size=hidden,
+        intermediate_size=config["intermediate_size"],
+        num_hidden_layers=config["num_hidden_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        hidden_act=config.get("hidden_act", "silu"),
+        rms_norm_eps=config.get("rms_norm_eps", 1e-6),
         max_position_embeddings=config.get("max_position_embeddings") or config.get("model_max_length", 4096),
-        bos_token_id=config.get("bos_token_id", 1), eos_token_id=config.get("eos_token_id", 2),
-        pad_token_id=config.get("pad_token_id", 0), tie_word_embeddings=False, attention_bias=False,
-        mlp_bias=False, rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, use_cache=True)
+        bos_token_id=config.get("bos_token_id", 1),
+        eos_token_id=config.get("eos_token_id", 2),
+        pad_token_id=config.get("pad_token_id", 0),
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        use_cache=True,
+    )
     out._attn_implementation = attn_implementation
     return out
 
 
-def _convert(state: dict[str, torch.Tensor], variant: BaichuanVariant, hidden: int,
-             dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _convert(
+    state: dict[str, torch.Tensor], variant: BaichuanVariant, hidden: int, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """Checkpoint tensors -> our module names, in `dtype`: W_pack split for RoPE, rotary buffers
     dropped (recomputed), NormHead rows normalised after the cast (in the model dtype)."""
     out = {}
@@ -499,8 +643,9 @@ def _convert(state: dict[str, torch.Tensor], variant: BaichuanVariant, hidden: i
         if variant.positions == "rope" and name.endswith("self_attn.W_pack.weight"):
             stem = name.removesuffix("W_pack.weight")
             if tensor.shape[0] != 3 * hidden:
-                raise EvalkitError(f"{name} has shape {tuple(tensor.shape)}, "
-                                   f"expected ({3 * hidden}, {hidden})")
+                raise EvalkitError(
+                    f"{name} has shape {tuple(tensor.shape)}, expected ({3 * hidden}, {hidden})"
+                )
             for proj, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0), strict=True):
                 out[f"{stem}{proj}.weight"] = part.contiguous()
             continue
@@ -510,8 +655,12 @@ def _convert(state: dict[str, torch.Tensor], variant: BaichuanVariant, hidden: i
     return out
 
 
-def load_baichuan(directory: str | Path, variant: BaichuanVariant, dtype: torch.dtype,
-                  attn_implementation: str | None = None) -> nn.Module:
+def load_baichuan(
+    directory: str | Path,
+    variant: BaichuanVariant,
+    dtype: torch.dtype,
+    attn_implementation: str | None = None,
+) -> nn.Module:
     """Build the variant's network on the meta device and assign the checkpoint's tensors to it.
 
     Attention as the original computes it unless `attn_implementation` says otherwise: eager (the
@@ -523,9 +672,11 @@ def load_baichuan(directory: str | Path, variant: BaichuanVariant, dtype: torch.
     directory = Path(directory)
     config = json.loads((directory / "config.json").read_text())
     if config.get("quantization_config"):
-        raise EvalkitError(f"{directory} is a pre-quantized Baichuan checkpoint "
-                           f"({config['quantization_config'].get('quant_method', 'bitsandbytes')}); "
-                           f"evalkit runs Baichuan natively from float weights only")
+        raise EvalkitError(
+            f"{directory} is a pre-quantized Baichuan checkpoint "
+            f"({config['quantization_config'].get('quant_method', 'bitsandbytes')}); "
+            f"evalkit runs Baichuan natively from float weights only"
+        )
     llama = llama_config(config, variant, attn_implementation)
     llama.baichuan_rope_fp32 = variant.name == "Baichuan2-7B"
     cls = BaichuanRopeForCausalLM if variant.positions == "rope" else BaichuanAlibiForCausalLM
@@ -535,8 +686,10 @@ def load_baichuan(directory: str | Path, variant: BaichuanVariant, dtype: torch.
     expected = set(network.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
-        raise EvalkitError(f"{variant.name} weights in {directory} do not fit the network: missing "
-                           f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        raise EvalkitError(
+            f"{variant.name} weights in {directory} do not fit the network: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}"
+        )
     network.load_state_dict(state, strict=True, assign=True)
     if variant.positions == "rope":  # non-persistent buffers: computed here, never read from the checkpoint
         rotary = Fp32RotaryEmbedding if llama.baichuan_rope_fp32 else LlamaRotaryEmbedding

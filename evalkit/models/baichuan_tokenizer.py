@@ -6,6 +6,7 @@ tokenizer over `tokenizer.model`: each piece of `sp.encode(text, out_type=str)` 
 Under transformers 5 the original raises (it sets `sp_model` after `super().__init__()`, which
 already asks for the vocabulary); this class gives the same ids through the ordinary HF API.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,18 +27,33 @@ class BaichuanSpmTokenizer(PreTrainedTokenizer):
     vocab_files_names = {"vocab_file": "tokenizer.model"}
     model_input_names = ["input_ids", "attention_mask"]
 
-    def __init__(self, vocab_file: str, unk_token: Any = "<unk>", bos_token: Any = "<s>",
-                 eos_token: Any = "</s>", pad_token: Any = None, add_bos_token: bool = False,
-                 add_eos_token: bool = False, clean_up_tokenization_spaces: bool = False,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        vocab_file: str,
+        unk_token: Any = "<unk>",
+        bos_token: Any = "<s>",
+        eos_token: Any = "</s>",
+        pad_token: Any = None,
+        add_bos_token: bool = False,
+        add_eos_token: bool = False,
+        clean_up_tokenization_spaces: bool = False,
+        **kwargs: Any,
+    ) -> None:
         # the processor first: PreTrainedTokenizer.__init__ already reads the vocabulary
         self.vocab_file = str(vocab_file)
         self.sp_model = spm.SentencePieceProcessor()
         self.sp_model.Load(self.vocab_file)
         self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
-        super().__init__(bos_token=bos_token, eos_token=eos_token, unk_token=unk_token, pad_token=pad_token,
-                         add_bos_token=add_bos_token, add_eos_token=add_eos_token,
-                         clean_up_tokenization_spaces=clean_up_tokenization_spaces, **kwargs)
+        super().__init__(
+            bos_token=bos_token,
+            eos_token=eos_token,
+            unk_token=unk_token,
+            pad_token=pad_token,
+            add_bos_token=add_bos_token,
+            add_eos_token=add_eos_token,
+            clean_up_tokenization_spaces=clean_up_tokenization_spaces,
+            **kwargs,
+        )
         self.add_bos_token, self.add_eos_token = add_bos_token, add_eos_token
 
     @property
@@ -73,8 +89,9 @@ class BaichuanSpmTokenizer(PreTrainedTokenizer):
                 prev_special = False
         return out + self.sp_model.decode(run)
 
-    def build_inputs_with_special_tokens(self, token_ids_0: list[int],
-                                         token_ids_1: list[int] | None = None) -> list[int]:
+    def build_inputs_with_special_tokens(
+        self, token_ids_0: list[int], token_ids_1: list[int] | None = None
+    ) -> list[int]:
         bos = [self.bos_token_id] if self.add_bos_token else []
         eos = [self.eos_token_id] if self.add_eos_token else []
         out = bos + token_ids_0 + eos
@@ -82,8 +99,12 @@ class BaichuanSpmTokenizer(PreTrainedTokenizer):
             out = out + bos + token_ids_1 + eos
         return out
 
-    def get_special_tokens_mask(self, token_ids_0: list[int], token_ids_1: list[int] | None = None,
-                                already_has_special_tokens: bool = False) -> list[int]:
+    def get_special_tokens_mask(
+        self,
+        token_ids_0: list[int],
+        token_ids_1: list[int] | None = None,
+        already_has_special_tokens: bool = False,
+    ) -> list[int]:
         if already_has_special_tokens:
             return super().get_special_tokens_mask(token_ids_0, token_ids_1, already_has_special_tokens=True)
         bos = [1] if self.add_bos_token else []
