@@ -22,15 +22,15 @@ import sys
 import textwrap
 import typing
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from evalkit.types import EvalkitError, RunConfig
 from tasks import TASKS, get_task
 
 if TYPE_CHECKING:
-    from evalkit.report import ReportRun
+    from evalkit.report.tables import ReportRun
     from evalkit.results import SavedRun
 
 log = logging.getLogger("evalkit")
@@ -40,6 +40,35 @@ DESCRIPTION_WIDTH = 100  # subcommand descriptions, wrapped by us: the formatter
 
 def _comma_list(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _int_at_least(low: int) -> typing.Callable[[str], int]:
+    """An argparse type: an integer >= low (the flag's range, checked before anything loads)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {low} or more, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # argparse names the type in its messages
+    return parse
+
+
+def _int_list_at_least(low: int) -> typing.Callable[[str], list[int]]:
+    one = _int_at_least(low)
+    return lambda text: [one(item) for item in _comma_list(text)]
+
+
+def _model_match(text: str) -> tuple[str, str]:
+    """report --match MODEL=NAME."""
+    model, sep, name = text.partition("=")
+    if not sep or not model.strip() or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected MODEL=NAME (a run's short model name = a published row), "
+                                         f"got {text!r}")
+    return model.strip(), name.strip()
 
 
 def _subjects_by_task(task_names: Sequence[str],
@@ -95,7 +124,7 @@ def _is_main_process() -> bool:
     return PartialState().is_main_process
 
 
-def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["ReportRun"]:
+def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRun]:
     """Validate all data and precisions up front, then per precision: load once, run every task, free."""
     import gc
 
@@ -104,7 +133,8 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
     from evalkit.data import load_task_data
     from evalkit.model import check_precision, load_model
     from evalkit.quantize import QUANT_BITS
-    from evalkit.report import ReportRun
+    from evalkit.report.tables import ReportRun
+    from evalkit.results import check_output_dir
     from evalkit.runner import run_task
 
     task_names = [get_task(name).name for name in args.tasks]
@@ -124,8 +154,10 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
         seed=args.seed, batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
         progress=not args.no_progress) for name in subjects}
     # every file of every task and every precision is checked before the (slow) model loads
-    data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit)
+    data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit, c.shots)
             for name, c in base.items()}
+    if _is_main_process():
+        check_output_dir(args.output_dir)
     backend_for = {p: args.quant_backend if p in QUANT_BITS else None for p in precisions}  # floats take none
     for precision in precisions:
         plan = check_precision(precision, backend_for[precision], device, args.model, args.trust_remote_code)
@@ -153,7 +185,7 @@ def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list["Repo
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from evalkit.report import to_markdown
+    from evalkit.report.tables import to_markdown
     from tasks.references import published_rows
 
     runs = _evaluate(args, [args.precision])
@@ -163,8 +195,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from evalkit.quant_report import build_quant_table, quant_markdown
-    from evalkit.report import to_markdown
+    from evalkit.report.quantization import build_quant_table, quant_markdown
+    from evalkit.report.tables import to_markdown
     from tasks.references import published_quantization, published_rows
 
     runs = _evaluate(args, args.precision)
@@ -174,7 +206,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _saved_runs(paths: Sequence[str]) -> dict[Path, "SavedRun"]:
+def _saved_runs(paths: Sequence[str]) -> dict[Path, SavedRun]:
     """Finished runs found under `paths`, by directory."""
     from evalkit.results import find_runs, load_run
 
@@ -185,15 +217,16 @@ def _saved_runs(paths: Sequence[str]) -> dict[Path, "SavedRun"]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evalkit.html_report import write_html
-    from evalkit.quant_report import build_quant_table, quant_markdown, show_precision
-    from evalkit.report import ReportRun, to_markdown, write_csv
+    from evalkit.report.csv import write_csv
+    from evalkit.report.html import write_html
+    from evalkit.report.quantization import build_quant_table, quant_markdown, show_precision
+    from evalkit.report.tables import ReportRun, to_markdown
     from evalkit.results import short_model_name
     from tasks.references import published_quantization, published_rows
 
     published = () if args.no_published else published_rows()
     quant_published = () if args.no_published else published_quantization()
-    matches = dict(item.split("=", 1) for item in args.match)
+    matches = dict(args.match)
     runs = [ReportRun(saved.result, get_task(saved.result.config.task), path, saved.questions,
                       matches.get(short_model_name(saved.result.config.model)))
             for path, saved in _saved_runs(args.paths).items()]
@@ -212,17 +245,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evalkit.compare import compare, to_markdown
+    from evalkit.compare import check_thresholds, compare
+    from evalkit.report.compare import to_markdown
 
+    gates = {"max_drop": args.max_drop, "max_kl": args.max_kl, "min_agreement": args.min_agreement}
+    check_thresholds(**gates)  # before reading any run: a NaN gate is refused, never passed
     runs_a, runs_b = list(_saved_runs([args.a]).values()), list(_saved_runs([args.b]).values())
-    comparison = compare(runs_a, runs_b, get_task, max_drop=args.max_drop, allow_subset=args.allow_subset)
+    comparison = compare(runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset)
     print(to_markdown(comparison, all_subjects=args.all_subjects))
     return 0 if comparison.passed else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evalkit.bench import BenchSettings, device_defaults, run_bench
-    from evalkit.bench_report import format_table, write_outputs
+    from evalkit.bench.report import format_table, write_outputs
+    from evalkit.bench.run import BenchSettings, device_defaults, run_bench
     from evalkit.model import resolve_device
 
     fitting = device_defaults(resolve_device(args.device))  # what was not given, fitted to the device
@@ -242,7 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from evalkit.data import count_rows
-    from evalkit.report import task_listing
+    from evalkit.report.listing import task_listing
 
     for name in args.tasks:
         task = get_task(name)
@@ -316,8 +352,9 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
                              "(Baichuan's evaluation scripts), lm-eval (lm-evaluation-harness)")
     parser.add_argument("--letter-token", choices=_literal_choices(RunConfig, "letter_rule"),
                         help="override the scheme's rule for the A/B/C/D token ids")
-    parser.add_argument("--shots", type=int, default=DEFAULTS.shots, help="few-shot examples per prompt")
-    parser.add_argument("--limit", type=int,
+    parser.add_argument("--shots", type=_int_at_least(0), default=DEFAULTS.shots,
+                        help="few-shot examples per prompt (every subject needs that many shot rows)")
+    parser.add_argument("--limit", type=_int_at_least(1),
                         help="score only the first N questions of each subject (smoke runs)")
     if sweep:  # full precision, then every quantized one
         parser.add_argument("--precision", type=_comma_list,
@@ -336,20 +373,21 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
                              "one device; for models too large for one GPU (not under accelerate launch)")
     parser.add_argument("--trust-remote-code", action="store_true",
                         help="run the model repository's own Python code (needed by e.g. Baichuan)")
-    parser.add_argument("--batch-tokens", type=int, help="token budget per batch (default: sized for the "
-                        "device); lower it after an out-of-memory error")
+    parser.add_argument("--batch-tokens", type=_int_at_least(1),
+                        help="token budget per batch (default: sized for the device); lower it after an "
+                             "out-of-memory error")
     parser.add_argument("--engine", choices=_literal_choices(RunConfig, "engine"), default=DEFAULTS.engine,
                         help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
                              "prompts; auto: prefix where it saves enough")
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
-    parser.add_argument("--threads", type=int,
+    parser.add_argument("--threads", type=_int_at_least(1),
                         help="torch CPU threads (default: torch's own; recorded in run.json)")
     parser.add_argument("--output-dir", default=DEFAULTS.output_dir, help="where run directories go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
-    from evalkit.bench import DEVICE_DEFAULTS, MODES, BenchSettings
+    from evalkit.bench.run import DEVICE_DEFAULTS, MODES, BenchSettings
     from evalkit.quantize import BACKENDS, PRECISIONS
 
     bench = BenchSettings()
@@ -373,21 +411,24 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
                    help=f"comma list from {', '.join(PRECISIONS)} (default: {by_device['precision']})")
     p.add_argument("--quant-backend", choices=[b for b in BACKENDS if b != "none"],
                    help="int8/int4 method (default: bnb)")
-    p.add_argument("--new-tokens", type=int,
+    p.add_argument("--new-tokens", type=_int_at_least(1),
                    help=f"tokens generated per row (default: {by_device['new_tokens']})")
-    p.add_argument("--prompt-tokens", type=int, default=bench.prompt_tokens, help="prompt length in tokens")
-    p.add_argument("--batch-sizes", type=lambda t: [int(x) for x in _comma_list(t)],
+    p.add_argument("--prompt-tokens", type=_int_at_least(1), default=bench.prompt_tokens,
+                   help="prompt length in tokens")
+    p.add_argument("--batch-sizes", type=_int_list_at_least(1),
                    default=",".join(map(str, bench.batch_sizes)),
                    help="comma list of batch sizes; Baichuan's figure is at 1")
-    p.add_argument("--repeats", type=int, default=bench.repeats, help="timed repeats; figures are medians")
-    p.add_argument("--warmup", type=int, default=bench.warmup,
+    p.add_argument("--repeats", type=_int_at_least(1), default=bench.repeats,
+                   help="timed repeats; figures are medians")
+    p.add_argument("--warmup", type=_int_at_least(0), default=bench.warmup,
                    help="untimed runs first (compiled mode needs >= 1)")
     p.add_argument("--mode", choices=MODES, default=bench.mode,
                    help="eager, or compiled: static KV cache + torch.compile (reported separately)")
     p.add_argument("--compile-backend", default=bench.compile_backend,
                    help="torch.compile backend for --mode compiled")
     p.add_argument("--device", default=bench.device, help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own; recorded per row)")
+    p.add_argument("--threads", type=_int_at_least(1),
+                   help="torch CPU threads (default: torch's own; recorded per row)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     p.add_argument("--output-dir", default=f"{DEFAULTS.output_dir}/bench",
                    help="JSON, markdown table and PNG plot go here")
@@ -412,7 +453,7 @@ def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     p.add_argument("--reference", type=_comma_list, default=[],
                    help="published rows to add to the tables, e.g. LLaMA-13B,Baichuan-13B-Base "
                         "(default: none)")
-    p.add_argument("--match", action="append", default=[], metavar="MODEL=NAME",
+    p.add_argument("--match", action="append", default=[], metavar="MODEL=NAME", type=_model_match,
                    help="compare runs of MODEL (its short name) with the published row NAME "
                         "(otherwise matched by name automatically); repeatable")
     p.add_argument("--no-published", action="store_true", help="leave published figures out")
@@ -427,15 +468,24 @@ def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         sub, "compare", "paired per-question comparison of two runs; the CI gate",
         "Compare run(s) B against A on the questions both scored: a summary per benchmark and the gate's "
         "verdict first, then accuracy deltas per category and per subject that changed, with "
-        "paired-bootstrap 95% intervals, McNemar's exact p-value and the questions that flipped. With "
-        "--max-drop the exit status is 1 when a benchmark's Average drops by more than that many points "
-        "(the gate for quantized releases), else 0.",
-        ["compare results/fp16 results/int4 --max-drop 1.0",
+        "paired-bootstrap 95% intervals, McNemar's exact p-value and the questions that flipped; beside "
+        "them how far B's four-letter distributions moved from A's (KL(P_A||P_B) in nats: mean, 95th and "
+        "99th percentile; top-letter agreement; mean change of the gold letter's probability), read from "
+        "the saved questions, and the smallest drop the question count could detect. Gates on each "
+        "benchmark's Average (the gates for quantized releases): --max-drop, --max-kl, --min-agreement; "
+        "the exit status is 1 when any gate fails, else 0.",
+        ["compare results/fp16 results/int4 --max-drop 1.0 --max-kl 0.05 --min-agreement 0.95",
          "compare results/fp32 results/int4-rtn --allow-subset --all-subjects"], prog)
     p.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
     p.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
     p.add_argument("--max-drop", type=float, help="accuracy points B may lose against A per benchmark "
                    "(default: no gate)")
+    p.add_argument("--max-kl", type=float, metavar="NATS",
+                   help="the largest mean KL(P_A||P_B) over the four letters B may reach per benchmark, in "
+                        "nats (default: no gate)")
+    p.add_argument("--min-agreement", type=float, metavar="FRACTION",
+                   help="the smallest share of questions whose top letter B must keep from A per benchmark, "
+                        "e.g. 0.95 (default: no gate)")
     p.add_argument("--allow-subset", action="store_true",
                    help="compare only the questions both runs scored instead of refusing different sets")
     p.add_argument("--all-subjects", action="store_true",

@@ -9,7 +9,7 @@ and 95th/99th percentile KL(P_A || P_B) in nats, top-letter agreement, mean |Δ 
 bootstrap intervals) and a power note (the smallest drop McNemar's test could detect). Three gates
 judge quantized models on each benchmark's Average: `max_drop` (accuracy points it may lose),
 `max_kl` (nats of mean KL it may reach) and `min_agreement` (the share of top letters it must keep);
-any failing gate fails the comparison, and the CLI exits 1. evalkit.compare_report writes it out.
+any failing gate fails the comparison, and the CLI exits 1. evalkit.report.compare writes it out.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from evalkit.divergence import (
     per_question,
 )
 from evalkit.metrics import Interval, bootstrap_ci, combine, group_members
-from evalkit.report import run_label
+from evalkit.report.tables import run_label
 from evalkit.results import SavedRun
 from evalkit.types import Aggregation, EvalkitError, Metric, QuestionResult, Task
 

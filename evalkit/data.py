@@ -5,7 +5,9 @@ outside A-D, an unknown subject or split, an empty file each raise an EvalkitErr
 the line and the valid options. A message names a CSV row by its line number in the file, as an
 editor shows it (1-based, the header is line 1; a record with a quoted newline is named by its first
 line); a hub row by its position counting from 1. Text is kept byte-exact (csv module, newline='',
-no strip).
+no strip). Files are read strictly: bytes that are not UTF-8 name their line, and a stray or unclosed
+quote is an error (a lenient reader would silently shift the question text). `--shots` is checked
+against every subject's shot rows here, and each file read is fingerprinted (SubjectData.files).
 
 Question ids are "<task>/<subject>/<split>/<row index>", the row index counting data rows from 0 in
 file (or hub) order. Where a layout has an id column (C-Eval "id", CMMLU's unnamed first column) it
@@ -13,8 +15,11 @@ must equal that index: the C-Eval submission file is keyed by these ids.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
+import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,22 +39,51 @@ class SubjectData:
     subject: Subject
     questions: tuple[Question, ...]  # the evaluated split (after --limit: its first N rows in file order)
     shots: tuple[Question, ...]  # the shot split (dev), every row in file order
+    files: tuple[tuple[str, str], ...] = ()  # (path under the data dir, sha256 prefix) of each file read
 
 
 def load_task_data(task: Task, data_dir: str | Path | None, split: str | None = None,
-                   subjects: Sequence[str] | None = None, limit: int | None = None) -> list[SubjectData]:
-    """Questions and shots of the selected subjects (task order); data_dir None reads the hub."""
+                   subjects: Sequence[str] | None = None, limit: int | None = None,
+                   n_shots: int | None = None) -> list[SubjectData]:
+    """Questions and shots of the selected subjects (task order); data_dir None reads the hub. With
+    `n_shots`, every subject must have that many shot rows (checked here, before any model loads)."""
     split = split or task.eval_split
     _check_source(task, data_dir, split)
     if limit is not None and limit < 1:
         raise EvalkitError(f"--limit must be a positive number of questions per subject, got {limit}")
+    if n_shots is not None and n_shots < 0:
+        raise EvalkitError(f"--shots must be 0 or more, got {n_shots}")
     assert task.shot_split in task.labeled_splits, f"{task.name}: shots need answers"
     out = []
     for subject in select_subjects(task, subjects):
         questions = _load(task, data_dir, subject.name, split)
         shots = _load(task, data_dir, subject.name, task.shot_split)
-        out.append(SubjectData(subject, tuple(questions[:limit]), tuple(shots)))
+        if n_shots is not None and len(shots) < n_shots:
+            raise EvalkitError(f"{_where(task, data_dir, subject.name, task.shot_split)}: {len(shots)} "
+                               f"{task.shot_split} rows for subject {subject.name!r}, fewer than --shots "
+                               f"{n_shots}; lower --shots or add rows to the file")
+        files: tuple[tuple[str, str], ...] = ()
+        if data_dir is not None:
+            paths = [_csv_path(task, Path(data_dir), subject.name, s) for s in (split, task.shot_split)]
+            files = tuple((str(p.relative_to(data_dir)), file_digest(p)) for p in paths)
+        out.append(SubjectData(subject, tuple(questions[:limit]), tuple(shots), files))
     return out
+
+
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of a file's sha256: config.json's record of the data a run read."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _csv_path(task: Task, data_dir: Path, subject: str, split: str) -> Path:
+    return data_dir / task.name / task.local_path.format(split=split, subject=subject)
+
+
+def _where(task: Task, data_dir: str | Path | None, subject: str, split: str) -> str:
+    """The file (or hub config) of one subject's split, for messages."""
+    if data_dir is not None:
+        return str(_csv_path(task, Path(data_dir), subject, split))
+    return f"hub {task.hub_id} config {subject!r} split {task.hub_splits[split]!r}"
 
 
 def count_rows(task: Task, data_dir: str | Path | None, split: str,
@@ -88,18 +122,10 @@ def _load(task: Task, data_dir: str | Path | None, subject: str, split: str) -> 
 
 
 def _load_csv(task: Task, data_dir: Path, subject: str, split: str) -> list[Question]:
-    path = data_dir / task.name / task.local_path.format(split=split, subject=subject)
+    path = _csv_path(task, data_dir, subject, split)
     if not path.is_file():
         raise EvalkitError(f"missing {task.name} data file for subject {subject!r}, split {split!r}: {path}")
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            rows, end = [], 0  # (first line of the record, fields); fields may span lines
-            for row in reader:
-                rows.append((end + 1, row))
-                end = reader.line_num
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise EvalkitError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+    rows = _read_rows(path)
     if not rows:
         raise EvalkitError(f"{path}: empty file")
     header = task.split_headers.get(split, task.csv_header)
@@ -118,6 +144,34 @@ def _load_csv(task: Task, data_dir: Path, subject: str, split: str) -> list[Ques
                                f"({','.join(columns)})")
         questions.append(_question(task, subject, split, i, dict(zip(columns, row, strict=True)), where))
     return questions
+
+
+def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(first line of the record, fields) of every record, read strictly: a stray quote, a quoted field
+    left open or bytes that are not UTF-8 are an error naming the line, never a silently shifted row."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise EvalkitError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = body[: exc.start].count(b"\n") + 1
+        column = exc.start - body.rfind(b"\n", 0, exc.start)
+        raise EvalkitError(f"{path}: line {line} is not UTF-8 (byte {body[exc.start]:#04x} at byte column "
+                           f"{column}); save the file as UTF-8") from exc
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, end = [], 0  # fields may span lines
+    try:
+        for row in reader:
+            rows.append((end + 1, row))
+            end = reader.line_num
+    except csv.Error as exc:
+        raise EvalkitError(f"{path}: the record starting at line {end + 1} is not valid CSV ({exc}, by line "
+                           f"{reader.line_num}); a stray or unclosed quote? quote the field whole and double "
+                           'any " inside it') from exc
+    return rows
 
 
 def _load_hub(task: Task, subject: str, split: str) -> list[Question]:

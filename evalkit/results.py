@@ -9,21 +9,32 @@
   costs seconds of model time and an fsync milliseconds, and after a crash or power loss the file
   then holds exactly the batches that were reported done (at most a torn last line, dropped on read);
 - run.json: the RunResult, written last through a temporary file and os.replace, so it is either
-  absent or complete: its presence means the run finished.
+  absent or complete: its presence means the run finished;
+- .lock / .lock-holder.json: the flock of the one process scoring the directory, and who it is.
+config.json also records `data_files` (path -> sha256 prefix of each data file read), outside the hash.
+Every OS error on these files (read-only, disk full, not a directory) is one EvalkitError naming the
+path and the remedy; what was written before it stays, and the rerun resumes from it.
 Everything is JSON; nothing is pickled.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import glob
 import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Sequence
+import socket
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
+
+from filelock import FileLock, Timeout
 
 from evalkit.types import EvalkitError, Fallback, Metric, QuestionResult, RunConfig, RunResult, Scheme
 
@@ -32,6 +43,9 @@ QUESTIONS_FILE = "questions.jsonl"
 SHARD_FILE = "questions.shard-{rank}.jsonl"
 RUN_FILE = "run.json"
 SUBMISSION_FILE = "submission.json"
+LOCK_FILE = ".lock"  # in a run directory: held (flock) by the one process that scores it
+HOLDER_FILE = ".lock-holder.json"  # who holds it, for the message of a process refused
+ROOT_LOCK = ".evalkit.lock"  # in --output-dir: held while a run directory is found or made
 log = logging.getLogger(__name__)
 
 
@@ -60,14 +74,67 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+_DISK_REMEDIES = {
+    errno.ENOSPC: "free space on that disk",
+    errno.EDQUOT: "free space within your disk quota",
+    errno.EROFS: "make that file system writable (it is mounted read-only)",
+    errno.EACCES: "give this user write permission there",
+    errno.EPERM: "give this user write permission there",
+    errno.ENOTDIR: "--output-dir and the folders above it must be directories, not files",
+    errno.EEXIST: "--output-dir must be a directory, not a file",
+}
+
+
+def disk_error(path: Path, err: OSError) -> EvalkitError:
+    """One line for an OS error on the results: what failed, why, what to do; the rerun resumes."""
+    remedy = _DISK_REMEDIES.get(err.errno or 0, "fix the cause")
+    return EvalkitError(f"cannot write the results at {path}: {err.strerror or err} (errno {err.errno}); "
+                        f"{remedy}, then rerun the same command: it resumes with every question scored "
+                        "so far")
+
+
+@contextlib.contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """OS errors (read-only, disk full, not a directory) of the block as one EvalkitError naming `path`."""
+    try:
+        yield
+    except Timeout:  # a TimeoutError, so an OSError: the callers say what it means
+        raise
+    except OSError as err:
+        raise disk_error(path, err) from err
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Before the model loads: --output-dir is a directory (made if missing) this process can write to."""
+    root = Path(output_dir)
+    if root.exists() and not root.is_dir():
+        raise EvalkitError(f"--output-dir {root} is a file, not a directory; pass a directory for the runs")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root) as probe:  # what a run writes first: a small synced file
+            probe.write(b"evalkit write check\n")
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        remedy = _DISK_REMEDIES.get(err.errno or 0, "fix the cause")
+        raise EvalkitError(f"--output-dir {root} cannot hold runs: {err.strerror or err} (errno "
+                           f"{err.errno}); {remedy}, or pass another --output-dir (an unfinished run resumes "
+                           "only from its own directory)") from err
+
+
 def _write_atomic(path: Path, text: str) -> None:
     """Write a whole file or nothing: temp file in the same directory, fsync, os.replace."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with disk_errors(path):
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # gone after os.replace; after a failed write, nothing is left half-written
 
 
 def resolved_paths(config: RunConfig) -> dict[str, str]:
@@ -106,9 +173,17 @@ def run_result_from_dict(data: dict) -> RunResult:
     })
 
 
-def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> tuple[dict[str, QuestionResult], int]:
-    """id -> result, and the byte length of the complete lines (a torn tail starts there)."""
-    data = path.read_bytes() if path.exists() else b""
+class ParsedQuestions(NamedTuple):
+    """A questions file as read: id -> result, where a torn tail starts, lines repeating a record."""
+
+    done: dict[str, QuestionResult]
+    good_bytes: int  # the byte length of the complete lines (a torn tail starts there)
+    duplicates: int  # lines that repeat an earlier line's record exactly (two runs appended one file)
+
+
+def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> ParsedQuestions:
+    with disk_errors(path):
+        data = path.read_bytes() if path.exists() else b""
     lines = data.split(b"\n")
     if lines[-1]:  # every line is written with its "\n": bytes after the last one are a torn write
         if not tolerate_torn_tail:
@@ -116,6 +191,8 @@ def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> tuple[dict[str,
         log.warning("%s: dropping the incomplete last line %d (%d bytes, torn by an interrupted write); "
                     "its question is scored again", path, len(lines), len(lines[-1]))
     done: dict[str, QuestionResult] = {}
+    first_line: dict[str, int] = {}
+    duplicates = 0
     for number, line in enumerate(lines[:-1], start=1):
         try:
             result = QuestionResult.from_dict(json.loads(line.decode("utf-8")))
@@ -123,25 +200,67 @@ def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> tuple[dict[str,
             raise EvalkitError(f"{path}: line {number} is not a question result ({err}); "
                                "fix or delete the file to score the run again") from err
         if result.id in done:
-            raise EvalkitError(f"{path}: line {number} repeats question {result.id!r}")
+            if done[result.id] != result:
+                raise EvalkitError(f"{path}: line {number} scores question {result.id!r} differently from "
+                                   f"line {first_line[result.id]}; two runs wrote this file: delete the line "
+                                   "to drop (or both, to score it again)")
+            duplicates += 1  # the same record twice loses nothing: kept once
+            continue
         done[result.id] = result
-    return done, len(data) - len(lines[-1])
+        first_line[result.id] = number
+    return ParsedQuestions(done, len(data) - len(lines[-1]), duplicates)
 
 
 def _repair(path: Path) -> dict[str, QuestionResult]:
-    """The results in a questions file, cutting a torn last line (kill -9 mid-write) from it."""
-    done, good_bytes = _parse_questions(path, tolerate_torn_tail=True)
-    if path.exists() and path.stat().st_size != good_bytes:
-        with open(path, "r+b") as f:
-            f.truncate(good_bytes)
+    """The results in a questions file, cutting a torn last line (kill -9 mid-write) from it and
+    rewriting it without exact duplicate lines (two processes that appended to it at once)."""
+    parsed = _parse_questions(path, tolerate_torn_tail=True)
+    if parsed.duplicates:
+        log.warning("%s: %d lines repeated earlier records exactly (two runs appended to it at once); "
+                    "each question is kept once", path, parsed.duplicates)
+        _write_atomic(path, "".join(r.to_json() + "\n" for r in parsed.done.values()))
+    elif path.exists() and path.stat().st_size != parsed.good_bytes:
+        with disk_errors(path), open(path, "r+b") as f:
+            f.truncate(parsed.good_bytes)
             os.fsync(f.fileno())
-    return done
+    return parsed.done
+
+
+def _holder() -> dict:
+    return {"pid": os.getpid(), "host": socket.gethostname(),
+            "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": sys.argv}
+
+
+def _describe_holder(run_path: Path) -> str:
+    try:
+        holder = json.loads((run_path / HOLDER_FILE).read_text(encoding="utf-8"))
+        return (f"pid {holder['pid']} on {holder['host']}, since {holder['since']}: "
+                f"{' '.join(map(str, holder['command']))}")
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not said who it is yet"
+
+
+def _matching_dirs(root: Path, digest: str) -> list[Path]:
+    """Run directories under `root` whose config.json has this hash; unreadable ones are skipped."""
+    matches = []
+    for config_file in sorted(root.glob(f"*/{CONFIG_FILE}")):
+        try:
+            found = _read_json(config_file).get("config_hash")
+        except EvalkitError as err:
+            log.warning("skipping %s: %s (not a run this command can resume)", config_file.parent, err)
+            continue
+        if found == digest:
+            matches.append(config_file.parent)
+    return matches
 
 
 class RunDir:
     """The directory of one run of one task: created or resumed from its config hash.
 
-    Under data-parallel evaluation each process appends to its own `questions.shard-<rank>.jsonl`
+    One process at a time scores a run directory: `open` takes its lock (a `filelock` flock, which
+    the kernel drops when the process dies, kill -9 included) and a second process on the same
+    config is refused, naming the holder. Under data-parallel evaluation only the main process
+    opens it (and holds the lock); each process appends to its own `questions.shard-<rank>.jsonl`
     (`shard` set), so no two processes ever write one file; `merge_shards` folds them into
     questions.jsonl at the start (leftovers of a killed run) and at the end of a run.
     """
@@ -150,6 +269,8 @@ class RunDir:
         self.path = path
         self.resumed = resumed
         self.shard = shard
+        self.rescored = 0  # results dropped when opened, their prompt or answer changed: scored again
+        self._lock: FileLock | None = None
 
     @property
     def questions_path(self) -> Path:
@@ -157,25 +278,87 @@ class RunDir:
         return self.path / (QUESTIONS_FILE if self.shard is None else SHARD_FILE.format(rank=self.shard))
 
     @classmethod
-    def open(cls, config: RunConfig, model_label: str) -> "RunDir":
-        """Resume the newest directory under config.output_dir with the same config hash, else make one."""
+    def open(cls, config: RunConfig, model_label: str, data_files: dict[str, str] | None = None) -> RunDir:
+        """Lock and resume the newest directory under config.output_dir with the same config hash, else
+        make one; `data_files` (path -> digest of the data read) is recorded in config.json."""
         digest = config.config_hash()
         root = Path(config.output_dir)
-        matches = sorted(p.parent for p in root.glob(f"*/{CONFIG_FILE}") if _read_json(p).get("config_hash") == digest)
+        with disk_errors(root):
+            root.mkdir(parents=True, exist_ok=True)
+        try:  # find-or-make is one step across processes: two starts in one second find one directory
+            with FileLock(root / ROOT_LOCK, timeout=120):
+                run = cls._find_or_make(root, config, digest, model_label, data_files)
+                run._acquire()
+        except Timeout as err:
+            raise EvalkitError(f"{root / ROOT_LOCK} stayed locked for 2 minutes: is --output-dir on a file "
+                               "system without working locks? pass a local --output-dir") from err
+        except OSError as err:
+            raise disk_error(root, err) from err
+        if run.resumed and data_files is not None:
+            run._record_data_files(data_files)
+        return run
+
+    @classmethod
+    def _find_or_make(cls, root: Path, config: RunConfig, digest: str, model_label: str,
+                      data_files: dict[str, str] | None) -> RunDir:
+        matches = _matching_dirs(root, digest)
         if matches:
             return cls(matches[-1], resumed=True)  # names start with the UTC time: the last is the newest
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         parts = (stamp, short_model_name(model_label), config.precision, config.task, config.scheme, digest)
         path = root / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
-        path.mkdir(parents=True, exist_ok=False)
+        with disk_errors(path):
+            path.mkdir(parents=True, exist_ok=False)  # unique: the hash is in the name, the root lock held
         body = {"config": dataclasses.asdict(config), "config_hash": digest, "model_label": model_label,
-                **resolved_paths(config)}
+                **resolved_paths(config), "data_files": data_files}
         _write_atomic(path / CONFIG_FILE, json.dumps(body, ensure_ascii=False, indent=1) + "\n")
         return cls(path, resumed=False)
 
-    def completed(self) -> dict[str, QuestionResult]:
-        """Questions already scored; a torn last line is dropped (with a warning) and cut from the file."""
-        return _repair(self.path / QUESTIONS_FILE)
+    def _acquire(self) -> None:
+        """Hold this directory's lock, or say who does (exit 2): never wait on a run that takes hours."""
+        # one lock object per path in a process (reentrant): a second RunDir of this directory in the same
+        # process (a library caller, a test) shares it; other processes are refused
+        lock = FileLock(self.path / LOCK_FILE, timeout=0, is_singleton=True)
+        try:
+            lock.acquire()
+        except Timeout as err:
+            raise EvalkitError(f"{self.path} is being scored by another evalkit process "
+                               f"({_describe_holder(self.path)}); wait for it to finish (then rerun: nothing "
+                               "is scored twice) or stop it (then rerun: it resumes)") from err
+        self._lock = lock
+        _write_atomic(self.path / HOLDER_FILE, json.dumps(_holder(), ensure_ascii=False) + "\n")
+
+    def release(self) -> None:
+        """Let the next process open this directory (a killed process releases it with its death)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def _record_data_files(self, data_files: dict[str, str]) -> None:
+        """Keep config.json's record of the data read up to date; say which files changed."""
+        body = _read_json(self.path / CONFIG_FILE)
+        before = body.get("data_files")
+        if before == data_files:
+            return
+        if before:
+            changed = sorted(k for k in set(before) | set(data_files) if before.get(k) != data_files.get(k))
+            log.warning("%s: data files changed since this run started: %s; questions whose prompt or "
+                        "answer changed are scored again", self.path, ", ".join(changed))
+        _write_atomic(self.path / CONFIG_FILE, json.dumps({**body, "data_files": data_files},
+                                                          ensure_ascii=False, indent=1) + "\n")
+
+    def completed(self, repair: bool = True) -> dict[str, QuestionResult]:
+        """Questions already scored; a torn last line is dropped (with a warning) and, with `repair` (the
+        process that holds the lock), cut from the file, as exact duplicate lines are."""
+        if repair:
+            return _repair(self.path / QUESTIONS_FILE)
+        return _parse_questions(self.path / QUESTIONS_FILE, tolerate_torn_tail=True).done
+
+    def drop(self, ids: Iterable[str]) -> None:
+        """Remove results from questions.jsonl (stale ones, to be scored again); lock holder only."""
+        ids = set(ids)
+        kept = [r for r in self.completed().values() if r.id not in ids]
+        _write_atomic(self.path / QUESTIONS_FILE, "".join(r.to_json() + "\n" for r in kept))
 
     def merge_shards(self, order: Sequence[str] | None = None) -> None:
         """Fold every shard file into questions.jsonl (in `order` of ids if given) and delete the shards.
@@ -191,15 +374,16 @@ class RunDir:
         for shard in shards:
             for qid, result in _repair(shard).items():
                 if qid in merged and merged[qid] != result:
-                    raise EvalkitError(f"{shard}: question {qid!r} has a different result in another questions "
-                                       f"file of {self.path}; it was scored twice")
+                    raise EvalkitError(f"{shard}: question {qid!r} has a different result in another "
+                                       f"questions file of {self.path}; it was scored twice")
                 merged[qid] = result
         if order is not None:
             rank = {qid: i for i, qid in enumerate(order)}
             merged = dict(sorted(merged.items(), key=lambda item: rank.get(item[0], len(rank))))
         _write_atomic(self.path / QUESTIONS_FILE, "".join(r.to_json() + "\n" for r in merged.values()))
-        for shard in shards:
-            shard.unlink()
+        with disk_errors(self.path):
+            for shard in shards:
+                shard.unlink()
 
     def append(self, results: Sequence[QuestionResult]) -> None:
         """Add one batch of scored questions durably (flush + fsync)."""
@@ -210,7 +394,7 @@ class RunDir:
                 torn = f.read(1) != b"\n"
             if torn:  # never glue a new line onto a torn one
                 _repair(path)
-        with open(path, "a", encoding="utf-8") as f:
+        with disk_errors(path), open(path, "a", encoding="utf-8") as f:
             f.write("".join(r.to_json() + "\n" for r in results))
             f.flush()
             os.fsync(f.fileno())
@@ -235,11 +419,16 @@ def load_run(path: str | Path) -> SavedRun:
         result = run_result_from_dict(_read_json(run_file))
     except (TypeError, KeyError, AttributeError) as err:
         raise EvalkitError(f"{run_file}: not a run result written by this evalkit ({err!r})") from err
-    questions, _ = _parse_questions(path / QUESTIONS_FILE, tolerate_torn_tail=False)
+    parsed = _parse_questions(path / QUESTIONS_FILE, tolerate_torn_tail=False)
+    if parsed.duplicates:
+        log.warning("%s: %d repeated lines in %s (read once each); rerunning the run's command "
+                    "removes them", path, parsed.duplicates, QUESTIONS_FILE)
+    questions = parsed.done
     labeled = sum(q.correct is not None for q in questions.values())
     if result.overall is not None and result.overall.n != labeled:
-        raise EvalkitError(f"{path}: {RUN_FILE} counts {result.overall.n} scored questions but {QUESTIONS_FILE} "
-                           f"holds {labeled}; the directory was changed after the run finished")
+        raise EvalkitError(f"{path}: {RUN_FILE} counts {result.overall.n} scored questions but "
+                           f"{QUESTIONS_FILE} holds {labeled}; the directory was changed after the run "
+                           "finished")
     return SavedRun(result=result, questions=list(questions.values()))
 
 
@@ -252,7 +441,8 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             continue
         if not given.is_dir():
             raise EvalkitError(f"no such run directory or folder: {given}")
-        # glob, unlike Path.rglob before 3.13, follows symlinks: a folder of links to runs is a valid selection
+        # glob, unlike Path.rglob before 3.13, follows symlinks: a folder of links to runs is a valid
+        # selection
         below = sorted(Path(p).parent for p in glob.glob(str(given / "**" / CONFIG_FILE), recursive=True))
         unfinished = [p for p in below if not (p / RUN_FILE).is_file()]
         for run in unfinished:
@@ -275,7 +465,8 @@ def write_submission(path: str | Path, results: Iterable[QuestionResult]) -> Pat
         answers = body.setdefault(result.subject, {})
         key = result.id.rsplit("/", 1)[-1]
         if key in answers:
-            raise EvalkitError(f"submission: subject {result.subject!r} has question {key!r} twice ({result.id})")
+            raise EvalkitError(f"submission: subject {result.subject!r} has question {key!r} twice "
+                               f"({result.id})")
         answers[key] = result.pred
     path = Path(path)
     _write_atomic(path, json.dumps(body, ensure_ascii=False, indent=1) + "\n")

@@ -2,18 +2,22 @@
 
 Every scored question is appended to the run directory as soon as its batch is done, so an
 interrupted run loses at most one batch and a rerun of the same config resumes where it stopped.
+Resume reuses only what the data still backs: a result whose prompt (prompt_hash) or gold answer no
+longer matches, or whose question is gone, is dropped and scored again, and the run says how many.
+The run directory is made and locked (one process at a time) only once scoring can start.
 """
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import platform
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 from accelerate import PartialState
@@ -26,10 +30,20 @@ from evalkit.model import LoadedModel
 from evalkit.plan import FirstBatchEstimate, TokenPlan, describe_plan, describe_resume, token_plan
 from evalkit.prompts import Prompt, build_prompts
 from evalkit.results import SUBMISSION_FILE, RunDir, SavedRun, load_run, write_submission
-from evalkit.scoring import Scorer
+from evalkit.scoring import NonFiniteLogits, Scorer
 from evalkit.tokens import LetterTokens, count_tokens_fn, encode_prompts, letter_tokens
-from evalkit.types import LETTERS, EvalkitError, QuestionResult, RunConfig, RunResult, Scheme, Task, token_ids_hash
+from evalkit.types import (
+    LETTERS,
+    EvalkitError,
+    QuestionResult,
+    RunConfig,
+    RunResult,
+    Scheme,
+    Task,
+    token_ids_hash,
+)
 
+log = logging.getLogger(__name__)
 PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")
 
 
@@ -57,7 +71,8 @@ def environment(loaded: LoadedModel, state: PartialState) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "device": device,
-        "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else platform.processor(),
+        "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
+                        else platform.processor()),
         "torch_threads": torch.get_num_threads(),
         "processes": state.num_processes,
         "git_commit": _git_commit(),
@@ -67,13 +82,15 @@ def environment(loaded: LoadedModel, state: PartialState) -> dict:
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
-        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None
 
 
-def _question_result(prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int], subject: str) -> QuestionResult:
+def _question_result(prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int],
+                     subject: str) -> QuestionResult:
     if not all(math.isfinite(x) for x in logprobs):
         raise EvalkitError(f"non-finite letter log-probs {logprobs} for question {prompt.question.id} "
                            f"(subject {subject}): the model produced NaN/inf logits; try --precision fp32")
@@ -90,11 +107,7 @@ def _subject_token_ids(loaded: LoadedModel, scheme: Scheme, data: SubjectData,
                        config: RunConfig) -> tuple[list[Prompt], list[list[int]]]:
     count = count_tokens_fn(loaded.tokenizer, scheme.bos)
     prompts = build_prompts(scheme, data, count, n_shots=config.shots, seed=config.seed)
-    token_ids = encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)
-    if scheme.length_policy == "left_truncate":  # lm-eval keeps the last max_length tokens of the context
-        limit = lm_eval_max_length(loaded)
-        token_ids = [ids[-limit:] for ids in token_ids]
-    return prompts, token_ids
+    return prompts, encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)
 
 
 def lm_eval_max_length(loaded: LoadedModel) -> int:
@@ -117,39 +130,115 @@ def assign_subjects(costs: dict[str, int], processes: int) -> list[list[str]]:
     return shares
 
 
-def _open_shared_run_dir(state: PartialState, config: RunConfig, label: str) -> RunDir:
-    """The main process opens (or resumes) the run and merges shards a killed run left; all share its path."""
-    shared = [None, None]
+def _open_shared_run_dir(state: PartialState, config: RunConfig, label: str,
+                         data_files: dict[str, str] | None,
+                         prepared: list[Prepared]) -> tuple[RunDir, dict[str, QuestionResult]]:
+    """The main process locks and opens (or resumes) the run, merges shards a killed run left and drops
+    results the data no longer backs; all processes share its path and what is done."""
+    shared: list = [None, None, None]  # path, resumed, the main process's error
+    run_dir = None
     if state.is_main_process:
-        run_dir = RunDir.open(config, label)
-        run_dir.merge_shards()
-        shared = [str(run_dir.path), run_dir.resumed]
+        try:
+            run_dir = RunDir.open(config, label, data_files)
+            run_dir.merge_shards()
+            _drop_stale(run_dir, prepared, run_dir.completed())
+            shared = [str(run_dir.path), run_dir.resumed, None]
+        except EvalkitError as err:
+            if run_dir is not None:
+                run_dir.release()
+            if state.num_processes == 1:
+                raise
+            shared = [None, None, str(err)]  # every process stops with it, none waits at a barrier
     if state.num_processes > 1:
         broadcast_object_list(shared)
     state.wait_for_everyone()
-    shard = state.process_index if state.num_processes > 1 else None
-    return RunDir(Path(shared[0]), resumed=shared[1], shard=shard)
+    if shared[2] is not None:
+        raise EvalkitError(shared[2])
+    if run_dir is None:  # only the main process holds the lock; the others write their shards
+        run_dir = RunDir(Path(shared[0]), resumed=shared[1])
+    run_dir.shard = state.process_index if state.num_processes > 1 else None
+    return run_dir, run_dir.completed(repair=state.is_main_process)
+
+
+def _drop_stale(run_dir: RunDir, prepared: list[Prepared], done: dict[str, QuestionResult]) -> None:
+    """Results whose prompt (prompt_hash) or gold answer no longer match the data, or whose question is
+    gone from it, are removed to be scored again, and the run says how many."""
+    current = {p.question.id: (p.question.answer, token_ids_hash(ids))
+               for _, prompts, token_ids in prepared for p, ids in zip(prompts, token_ids, strict=True)}
+    changed, gone = [], []
+    for qid, result in done.items():
+        if qid not in current:
+            gone.append(qid)
+        elif result.gold != current[qid][0] or result.prompt_hash not in (None, current[qid][1]):
+            changed.append(qid)  # a record from before prompt_hash existed is checked on its answer only
+    if changed:
+        log.warning("%s: %d questions scored before are scored again: their prompt or gold answer no longer "
+                    "matches the data (e.g. %s); the data files changed since", run_dir.path, len(changed),
+                    changed[0])
+    if gone:
+        log.warning("%s: %d results dropped: their questions are no longer in the data (e.g. %s)",
+                    run_dir.path, len(gone), gone[0])
+    if changed or gone:
+        run_dir.drop(changed + gone)
+    run_dir.rescored = len(changed)
 
 
 Prepared = tuple[SubjectData, list[Prompt], list[list[int]]]  # a subject with its prompts and their token ids
 
 
-def _prepare(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], config: RunConfig) -> Iterator[Prepared]:
-    """Each subject's prompts and token ids, built when the subject's turn comes."""
+def _prepare(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData],
+             config: RunConfig) -> tuple[list[Prepared], dict]:
+    """Every subject's prompts and token ids (as scored: lm-eval's are cut from the left to the model's
+    length), and the record of prompts longer than the model's context (run.json `long_prompts`)."""
+    context = lm_eval_max_length(loaded)
+    prepared, long = [], {}
     for subject_data in data:
-        yield (subject_data, *_subject_token_ids(loaded, scheme, subject_data, config))
+        prompts, token_ids = _subject_token_ids(loaded, scheme, subject_data, config)
+        over = [(len(ids), p.question.id) for p, ids in zip(prompts, token_ids, strict=True)
+                if len(ids) > context]
+        if over:
+            long[subject_data.subject.name] = {"prompts": len(over), "of": len(prompts),
+                                               "longest": max(over)[0], "first": over[0][1]}
+        if scheme.length_policy == "left_truncate":  # lm-eval keeps the last max_length tokens of the context
+            token_ids = [ids[-context:] for ids in token_ids]
+        prepared.append((subject_data, prompts, token_ids))
+    return prepared, ({"context": context, "policy": scheme.length_policy, "subjects": long} if long else {})
 
 
-def _my_subjects(state: PartialState, loaded: LoadedModel, scheme: Scheme, data: list[SubjectData],
-                 config: RunConfig, done: dict) -> tuple[list[SubjectData], Iterable[Prepared], TokenPlan]:
-    """This process's share of the subjects, their prompts tokenized once (shared out by token counts), and
-    the whole task's plan (every subject is tokenized before scoring starts, so the plan is exact)."""
-    prepared = list(_prepare(loaded, scheme, data, config))
+def _report_long_prompts(task: Task, scheme: Scheme, long_prompts: dict, main: bool) -> None:
+    """Prompts longer than the model's context: an error where the scheme has no length policy, else a
+    warning per subject (what the policy did or could not do); never silent."""
+    if not long_prompts:
+        return
+    context, subjects = long_prompts["context"], long_prompts["subjects"]
+    if scheme.length_policy == "none":
+        first = next(iter(subjects.values()))
+        counts = ", ".join(f"{name} {info['prompts']}" for name, info in subjects.items())
+        raise EvalkitError(f"{task.title} {scheme.name}: prompts longer than the model's context of "
+                           f"{context} positions (subjects: {counts}; e.g. {first['first']}, "
+                           f"{first['longest']} tokens), and this scheme has no length policy: use --scheme "
+                           "lm-eval (cuts prompts from the left), fewer --shots, or leave those subjects out "
+                           "with --subjects")
+    if not main:
+        return
+    done = ("cut from the left to the context" if scheme.length_policy == "left_truncate"
+            else f"still longer after the scheme's {scheme.length_policy} policy: scored as they are")
+    for name, info in subjects.items():
+        log.warning("%s %s/%s: %d of %d prompts are longer than the model's context of %d positions "
+                    "(longest %d tokens, e.g. %s): %s (recorded in run.json)", task.title, scheme.name, name,
+                    info["prompts"], info["of"], context, info["longest"], info["first"], done)
+
+
+def _my_subjects(state: PartialState, data: list[SubjectData], prepared: list[Prepared],
+                 done: dict) -> tuple[list[SubjectData], Iterable[Prepared], TokenPlan]:
+    """This process's share of the subjects (shared out by token counts still to score), and the whole
+    task's plan (every subject is tokenized before scoring starts, so the plan is exact)."""
     plan = token_plan([(ids, [i for i, p in enumerate(prompts) if p.question.id not in done])
                        for _, prompts, ids in prepared])
     if state.num_processes == 1:
         return data, prepared, plan
-    costs = {d.subject.name: sum(len(t) for p, t in zip(prompts, ids) if p.question.id not in done)
+    costs = {d.subject.name: sum(len(t) for p, t in zip(prompts, ids, strict=True)
+                                 if p.question.id not in done)
              for d, prompts, ids in prepared}
     mine = set(assign_subjects(costs, state.num_processes)[state.process_index])
     mine_prepared = [item for item in prepared if item[0].subject.name in mine]
@@ -168,51 +257,99 @@ def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config
             todo = [i for i, p in enumerate(prompts) if p.question.id not in done]
             if not todo:
                 continue
-            for batch in scorer.score_batches(token_ids, only=todo):
-                if estimate is not None:
-                    estimate.batch_done([token_ids[i] for i, _ in batch])
-                results = [_question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
-                           for i, logprobs in batch]
-                run_dir.append(results)
-                bar.update(len(results))
+            try:
+                for batch in scorer.score_batches(token_ids, only=todo):
+                    if estimate is not None:
+                        estimate.batch_done([token_ids[i] for i, _ in batch])
+                    results = [_question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
+                               for i, logprobs in batch]
+                    run_dir.append(results)
+                    bar.update(len(results))
+            except NonFiniteLogits as err:
+                raise _non_finite_error(err, prompts, token_ids, subject_data.subject.name, config) from err
             engines.add(scorer.engine_used)
     return engines
 
 
-def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: RunConfig) -> tuple[RunDir, SavedRun]:
+def _non_finite_error(err: NonFiniteLogits, prompts: list[Prompt], token_ids: list[list[int]], subject: str,
+                      config: RunConfig) -> EvalkitError:
+    """NaN/inf logits named by question id and subject, with what to try."""
+    first = err.indices[0]
+    more = f" and {len(err.indices) - 1} more of its batch" if len(err.indices) > 1 else ""
+    hint = ("at fp32 that points at the checkpoint: its weights (or their quantization) hold NaN/inf"
+            if config.precision == "fp32" else "try --precision fp32 (fp16 overflows in some models); if "
+            "fp32 gives NaN too, the checkpoint's weights hold NaN/inf")
+    return EvalkitError(f"the model gives NaN/inf letter logits for question {prompts[first].question.id} "
+                        f"(subject {subject}, {len(token_ids[first])} prompt tokens){more} at --precision "
+                        f"{config.precision}: {hint}. What was scored is kept: the rerun resumes")
+
+
+def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData],
+             config: RunConfig) -> tuple[RunDir, SavedRun]:
     """Score every question of `data` (resuming a matching unfinished run), write run.json, return the run.
 
-    Under `accelerate launch` the subjects are shared out between the processes; the main process
-    gathers their files into one run directory, identical to a single-process run's.
+    Everything that can fail before scoring (letter tokens, prompt lengths) is checked before the run
+    directory is made or locked. Under `accelerate launch` the subjects are shared out between the
+    processes; the main process (which holds the directory's lock) gathers their files into one run
+    directory, identical to a single-process run's.
     """
     state = PartialState()
     scheme = resolve_scheme(task, config)
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
-    run_dir = _open_shared_run_dir(state, config, loaded.source.label)
-    done = run_dir.completed()
-    scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine, progress=False,
-                    isolated=loaded.info.get("activation_quantization") is not None)
+    scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine,
+                    progress=False, isolated=loaded.info.get("activation_quantization") is not None)
     started = time.perf_counter()
-    own, prepared, plan = _my_subjects(state, loaded, scheme, data, config, done)
-    title = f"{task.title} {config.scheme}" + (f" [{state.process_index}]" if state.num_processes > 1 else "")
-    estimate = None
-    if state.is_main_process:  # the plan, before the first forward (stderr, beside the progress bars)
-        name = f"{task.title} {config.scheme} {config.precision}"
-        if run_dir.resumed:
-            print(describe_resume(run_dir.path, plan), file=sys.stderr)
-        print(describe_plan(name, plan, _reuse_note(config, scorer)), file=sys.stderr)
-        estimate = FirstBatchEstimate(name, plan, state.num_processes)
-    engines = _score_subjects(own, prepared, config, run_dir, done, scorer, title, estimate)
-    scoring_seconds = time.perf_counter() - started
-    modes = {scorer.mode or "plain"} if engines else set()  # no probe ran: nothing was worth reusing
-    fallbacks = list(scorer.fallbacks)
-    if state.num_processes > 1:  # the parallel phase lasts as long as its slowest process
-        engines = set().union(*gather_object([engines]))
-        scoring_seconds = max(gather_object([scoring_seconds]))
-        modes = set().union(*gather_object([modes]))  # each process probes its own first group
-        fallbacks = list(dict.fromkeys(f for part in gather_object([fallbacks]) for f in part))
-    state.wait_for_everyone()
-    if state.is_main_process:
+    prepared, long_prompts = _prepare(loaded, scheme, data, config)
+    _report_long_prompts(task, scheme, long_prompts, state.is_main_process)
+    data_files = {path: digest for d in data for path, digest in d.files} or None
+    run_dir, done = _open_shared_run_dir(state, config, loaded.source.label, data_files, prepared)
+    try:
+        own, mine, plan = _my_subjects(state, data, prepared, done)
+        rank = f" [{state.process_index}]" if state.num_processes > 1 else ""
+        title = f"{task.title} {config.scheme}{rank}"
+        estimate = None
+        if state.is_main_process:  # the plan, before the first forward (stderr, beside the progress bars)
+            name = f"{task.title} {config.scheme} {config.precision}"
+            if run_dir.resumed:
+                print(describe_resume(run_dir.path, plan), file=sys.stderr)
+            print(describe_plan(name, plan, _reuse_note(config, scorer)), file=sys.stderr)
+            estimate = FirstBatchEstimate(name, plan, state.num_processes)
+        engines = _score_subjects(own, mine, config, run_dir, done, scorer, title, estimate)
+        scoring_seconds = time.perf_counter() - started
+        modes = {scorer.mode or "plain"} if engines else set()  # no probe ran: nothing was worth reusing
+        fallbacks = list(scorer.fallbacks)
+        if state.num_processes > 1:  # the parallel phase lasts as long as its slowest process
+            engines = set().union(*gather_object([engines]))
+            scoring_seconds = max(gather_object([scoring_seconds]))
+            modes = set().union(*gather_object([modes]))  # each process probes its own first group
+            fallbacks = list(dict.fromkeys(f for part in gather_object([fallbacks]) for f in part))
+        state.wait_for_everyone()
+        if state.is_main_process:
+            result_of = _Finished(loaded, task, config, scheme, letters, state, long_prompts)
+            saved = result_of.write(run_dir, data, done, scoring_seconds, engines, modes, fallbacks)
+        state.wait_for_everyone()
+    finally:
+        run_dir.release()
+    if not state.is_main_process:  # the main process wrote it; the others read it once it is there
+        saved = load_run(run_dir.path)
+    return run_dir, saved
+
+
+@dataclasses.dataclass(frozen=True)
+class _Finished:
+    """What run.json records besides the scores: the run's setting."""
+
+    loaded: LoadedModel
+    task: Task
+    config: RunConfig
+    scheme: Scheme
+    letters: LetterTokens
+    state: PartialState
+    long_prompts: dict
+
+    def write(self, run_dir: RunDir, data: list[SubjectData], done: dict, scoring_seconds: float,
+              engines: set[str], modes: set[str], fallbacks: list) -> SavedRun:
+        """Merge the shards, check every question was scored, write run.json (main process only)."""
         order = [q.id for d in data for q in d.questions]
         run_dir.merge_shards(order)
         final = run_dir.completed()
@@ -220,26 +357,25 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData], config: R
         if missing:
             raise EvalkitError(f"{run_dir.path}: {len(missing)} questions were not scored, e.g. {missing[0]}")
         results = [final[qid] for qid in order]
-        summary = aggregate(task, scheme.aggregation, results)
+        summary = aggregate(self.task, self.scheme.aggregation, results)
         if summary.overall is None:
             write_submission(run_dir.path / SUBMISSION_FILE, results)
+        scored = len(results) - len(done)
         result = RunResult(
-            config=config, config_hash=config.config_hash(), scheme=scheme, letter_ids=letters.ids,
-            letter_strings=letters.strings, bos=_adds_bos(loaded, scheme), environment=environment(loaded, state),
+            config=self.config, config_hash=self.config.config_hash(), scheme=self.scheme,
+            letter_ids=self.letters.ids, letter_strings=self.letters.strings,
+            bos=_adds_bos(self.loaded, self.scheme), environment=environment(self.loaded, self.state),
             subjects=summary.subjects, groups=summary.groups, overall=summary.overall,
             timings={"scoring_seconds": round(scoring_seconds, 2), "questions": len(results),
-                     "resumed_questions": len(done), "questions_per_second":
-                     round((len(results) - len(done)) / scoring_seconds, 3) if scoring_seconds > 0 else None,
-                     "load_seconds": loaded.info["load_seconds"]},
-            engine="+".join(sorted(engines)) or "none (all resumed)", model_info=loaded.info,
-            limited=config.limit is not None, reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
-            fallbacks=tuple(fallbacks))
+                     "resumed_questions": len(done), "rescored_questions": run_dir.rescored,
+                     "questions_per_second": (round(scored / scoring_seconds, 3) if scoring_seconds > 0
+                                              else None),
+                     "load_seconds": self.loaded.info["load_seconds"]},
+            engine="+".join(sorted(engines)) or "none (all resumed)", model_info=self.loaded.info,
+            limited=self.config.limit is not None, reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
+            fallbacks=tuple(fallbacks), long_prompts=self.long_prompts)
         run_dir.finish(result)
-        saved = SavedRun(result, results)
-    state.wait_for_everyone()
-    if not state.is_main_process:  # the main process wrote it; the others read it once it is there
-        saved = load_run(run_dir.path)
-    return run_dir, saved
+        return SavedRun(result, results)
 
 
 def _reuse_note(config: RunConfig, scorer: Scorer) -> str:

@@ -152,6 +152,15 @@ def _fork(cache, rows: int):
     return tuple(tuple(t.repeat(rows, *[1] * (t.dim() - 1)) for t in layer) for layer in cache)
 
 
+class NonFiniteLogits(EvalkitError):
+    """NaN/inf letter logits; `indices` are the prompts (of the scored list) that give them alone; the
+    runner names their questions."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(f"non-finite logits (nan/inf) over the letter tokens for prompt index(es) {indices}")
+        self.indices = indices
+
+
 class Scorer:
     """Scores token-id prompts: the fp32 log-softmax over the four letter ids after each prompt's last token.
 
@@ -291,8 +300,14 @@ class Scorer:
             LOG.warning("%s cannot reuse a prefix KV cache: scoring with plain batches", name)
             return "plain", None
         forwards = self._probe_prompts(seqs, group)
-        expected = [[self._batch(prompts, [k], 0, None, "plain")[0] for k in range(len(prompts))]
-                    for prompts in forwards]
+        try:
+            expected = [[self._batch(prompts, [k], 0, None, "plain")[0] for k in range(len(prompts))]
+                        for prompts in forwards]
+        except NonFiniteLogits:  # its indices are the probe's: name the group's first prompt that fails alone
+            alone_bad = (i for i in group.members
+                         if not torch.isfinite(self._letters(seqs, [i], 0, None, "plain")).all())
+            bad = next(alone_bad, group.members[0])
+            raise NonFiniteLogits([bad]) from None
         tolerance = PROBE_TOLERANCE.get(self.dtype, 1e-3)
         for mode in self.candidates:
             try:
@@ -344,8 +359,7 @@ class Scorer:
             if len(batch) > 1 or prefix:  # a NaN spreads through a shared row or prefix: who fails alone?
                 lone = {i: self._letters(seqs, [i], 0, None, "plain") for i in bad}
                 bad = [i for i in bad if not torch.isfinite(lone[i]).all()] or bad
-            raise EvalkitError("non-finite logits (nan/inf) over the letter tokens for prompt "
-                               f"index(es) {bad}")
+            raise NonFiniteLogits(bad)
         return [tuple(row) for row in torch.log_softmax(letters, dim=-1).tolist()]
 
     def _letters(self, seqs: list[list[int]], batch: list[int], prefix: int, cache,

@@ -221,3 +221,6 @@ class RunResult:
     limited: bool = False  # --limit was used: a smoke run, flagged in reports
     reuse_mode: str | None = None  # ReuseMode(s) joined by "+"; None in runs written before it was recorded
     fallbacks: tuple[Fallback, ...] = ()  # every reuse mode the engine's probe gave up, with its reason
+    # prompts longer than the model's context: {"context": positions, "policy": the scheme's length policy,
+    # "subjects": {subject: {"prompts": n, "of": questions, "longest": tokens}}}; {} where none was
+    long_prompts: dict = field(default_factory=dict)

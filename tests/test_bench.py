@@ -1,6 +1,6 @@
 """Throughput benchmark on tiny real models: exact token counts, consistent figures, outputs on disk.
 
-No test asserts a timing; they assert how the figures relate (definitions in evalkit/bench.py).
+No test asserts a timing; they assert how the figures relate (definitions in evalkit/bench/run.py).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.bench import BenchSettings, bench_loaded, run_bench
-from evalkit.bench_machine import probe_bandwidth
-from evalkit.bench_model import check_exact, generate_exactly, prompt_ids
-from evalkit.bench_report import format_table, write_outputs
+from evalkit.bench.machine import probe_bandwidth
+from evalkit.bench.model import check_exact, generate_exactly, prompt_ids
+from evalkit.bench.report import format_table, write_outputs
+from evalkit.bench.run import BenchSettings, bench_loaded, run_bench
 from evalkit.model import LoadedModel, load_model
 from evalkit.types import EvalkitError
 
@@ -117,7 +117,7 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     note; the table says n/a and the plot and JSON still come out."""
     import dataclasses
 
-    from evalkit.bench import BenchReport, _notes
+    from evalkit.bench.run import BenchReport, _notes
 
     row = bench_loaded(eos_loving, 1, SMALL)
     noisy = dataclasses.replace(row, decode_tok_s=None, achieved_fraction=None)

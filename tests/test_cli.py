@@ -55,7 +55,7 @@ def test_every_subcommand_has_a_description_two_examples_and_one_default_per_fla
 
 
 def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
-    from evalkit.bench import DEVICE_DEFAULTS, BenchSettings
+    from evalkit.bench.run import DEVICE_DEFAULTS, BenchSettings
     from evalkit.model import DEVICE_MAPS
     from evalkit.quantize import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
@@ -80,7 +80,7 @@ def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
 
 
 def test_bench_defaults_fit_the_device(tiny_bpe_model_dir, tmp_path, capsys):
-    from evalkit.bench import DEVICE_DEFAULTS
+    from evalkit.bench.run import DEVICE_DEFAULTS
 
     assert main(["bench", "--model", str(tiny_bpe_model_dir), "--prompt-tokens", "4", "--repeats", "1",
                  "--warmup", "0", "--device", "cpu", "--output-dir", str(tmp_path)]) == 0

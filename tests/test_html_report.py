@@ -14,9 +14,9 @@ import matplotlib.image
 import pytest
 from builders import answers, saved_run
 
-from evalkit.html_report import category_figure, write_html
 from evalkit.published import PublishedRow
-from evalkit.report import ReportRun, build_tables
+from evalkit.report.html import category_figure, write_html
+from evalkit.report.tables import ReportRun, build_tables
 from evalkit.types import RunConfig
 from tasks import get_task
 
@@ -94,8 +94,8 @@ def test_precision_section_carries_the_letter_divergence_table_and_its_kl_plot(r
 
 
 def test_kl_plot_draws_one_curve_per_compared_row_and_benchmark():
-    from evalkit.html_report import kl_figure
-    from evalkit.quant_report import build_quant_table
+    from evalkit.report.html import kl_figure
+    from evalkit.report.quantization import build_quant_table
 
     table = build_quant_table(runs(("fp16", "int8")) + [
         r._replace(result=dataclasses.replace(r.result, config=dataclasses.replace(r.result.config,

@@ -249,8 +249,11 @@ def test_model_backend_without_a_quantize_method_is_an_error(tiny_spm_model_dir:
 
 @pytest.fixture()
 def config_only_dir(tiny_spm_model_dir: Path, tmp_path: Path) -> Path:
-    """A checkpoint directory with no weights: any attempt to load a model from it would fail differently."""
-    shutil.copy(tiny_spm_model_dir / "config.json", tmp_path / "config.json")
+    """A checkpoint directory with its config and tokenizer but no weights: any attempt to load a model
+    from it would fail differently."""
+    for path in tiny_spm_model_dir.iterdir():
+        if not path.name.endswith(".safetensors"):
+            shutil.copy(path, tmp_path / path.name)
     return tmp_path
 
 

@@ -10,7 +10,8 @@ import pytest
 from builders import run_result
 
 from evalkit.published import PublishedRow
-from evalkit.report import ReportRun, build_tables, run_label, to_markdown, write_csv
+from evalkit.report.csv import write_csv
+from evalkit.report.tables import ReportRun, build_tables, run_label, to_markdown
 from evalkit.results import RunDir, find_runs, load_run, write_submission
 from evalkit.types import EvalkitError, QuestionResult, RunConfig, RunResult
 from tasks import get_task
@@ -261,7 +262,7 @@ def test_list_aligns_chinese_names_by_display_width_and_totals_each_split(tiny_d
     from wcwidth import wcswidth
 
     from evalkit.data import count_rows
-    from evalkit.report import task_listing
+    from evalkit.report.listing import task_listing
 
     tiny = list(TINY_SUBJECTS["ceval"])
     counts = {split: count_rows(CEVAL, tiny_data_dir, split, tiny) for split in CEVAL.splits}

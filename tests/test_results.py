@@ -47,12 +47,14 @@ def test_resume_picks_the_newest_of_several(tmp_path):
     assert RunDir.open(config(tmp_path), "m").path == newer
 
 
-def test_corrupt_config_in_output_dir_is_an_error_not_skipped(tmp_path):
+def test_a_corrupt_config_in_output_dir_is_skipped_with_a_warning_not_blocking(tmp_path, caplog):
     broken = tmp_path / "results" / "x"
     broken.mkdir(parents=True)
     (broken / "config.json").write_text("{", encoding="utf-8")
-    with pytest.raises(EvalkitError, match=r"cannot read .*x/config.json"):
-        RunDir.open(config(tmp_path), "m")
+    with caplog.at_level(logging.WARNING):
+        run = RunDir.open(config(tmp_path), "m")
+    assert not run.resumed and run.path != broken
+    assert "skipping" in caplog.text and "x/config.json" in caplog.text
 
 
 def test_append_then_completed_round_trips(tmp_path):
@@ -103,11 +105,20 @@ def test_a_bad_complete_line_is_an_error_naming_file_and_line(tmp_path, bad, mes
         run.completed()
 
 
-def test_duplicate_question_ids_are_an_error(tmp_path):
+def test_a_question_scored_differently_twice_is_an_error_naming_both_lines(tmp_path):
     run = RunDir.open(config(tmp_path), "m")
-    run.append([question(0), question(1), question(0)])
-    with pytest.raises(EvalkitError, match="line 3 repeats question 'ceval/accountant/val/0'"):
+    run.append([question(0), question(1), question(0, pred="B")])
+    with pytest.raises(EvalkitError, match="line 3 scores question 'ceval/accountant/val/0' differently "
+                                           "from line 1"):
         run.completed()
+
+
+def test_identical_duplicate_lines_heal_keeping_each_question_once(tmp_path):
+    run = RunDir.open(config(tmp_path), "m")
+    run.append([question(0), question(1), question(0), question(1), question(2)])
+    assert list(run.completed()) == [question(i).id for i in range(3)]
+    lines = (run.path / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [question(i).id for i in range(3)]
 
 
 def test_finish_and_load_run_round_trip(tmp_path):

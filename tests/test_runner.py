@@ -178,11 +178,12 @@ def test_sweep_runs_each_precision_on_every_task_and_prints_the_paired_table(tin
         (p, t) for p in ("fp32", "int8", "int4") for t in ("mmlu", "ceval"))
     weights = {r["config"]["precision"]: r["model_info"]["weight_bytes"] for r in runs}
     assert weights["int4"] < weights["int8"] < weights["fp32"]
-    precision_table = printed[printed.index("## Precision"):]
+    precision_table = printed[printed.index("## Precision"):].split("### Letter distributions", 1)[0]
     rows = {line.split("|")[1].strip(): line for line in precision_table.splitlines() if line.startswith("| model ")}
     assert set(rows) == {"model fp32", "model int8/rtn", "model int4/rtn"}
     assert rows["model int4/rtn"].count("[") == 2 and "[" not in rows["model fp32"]  # Δ [CI] per benchmark
     assert "95% CI" in printed[: printed.index("## Precision")]  # the benchmark tables carry CIs too
+    assert "### Letter distributions against full precision" in printed  # KL beside the accuracy deltas
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is not installed")

@@ -1,7 +1,7 @@
 """The model under a generation benchmark: fixed-length prompts, a greedy `generate` forced to exactly
 N new tokens (eager, or a static cache compiled by transformers), and the bytes one decode step reads.
 
-The timers and the figures' definitions are in evalkit.bench.
+The timers and the figures' definitions are in evalkit.bench.run.
 """
 from __future__ import annotations
 
@@ -44,7 +44,8 @@ def generation_kwargs(mode: str, max_cache_len: int, device: str, compile_backen
     return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_config": config}
 
 
-def generate_exactly(loaded: LoadedModel, input_ids: torch.Tensor, new_tokens: int, **kwargs: Any) -> torch.Tensor:
+def generate_exactly(loaded: LoadedModel, input_ids: torch.Tensor, new_tokens: int,
+                     **kwargs: Any) -> torch.Tensor:
     """Greedy `generate` that must return exactly `new_tokens` per row: min = max new tokens masks EOS."""
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(_eos_ids(loaded)), 0)
@@ -59,8 +60,8 @@ def check_exact(loaded: LoadedModel, output: torch.Tensor, prompt_tokens: int, n
     made = output[:, prompt_tokens:]
     eos = sorted(_eos_ids(loaded))
     if made.shape[1] != new_tokens or (eos and torch.isin(made, torch.tensor(eos, device=made.device)).any()):
-        raise EvalkitError(f"{loaded.source.label}: generate made {made.shape[1]} tokens (EOS ids {eos}) where "
-                           f"exactly {new_tokens} were forced; throughput would be wrong")
+        raise EvalkitError(f"{loaded.source.label}: generate made {made.shape[1]} tokens (EOS ids {eos}) "
+                           f"where exactly {new_tokens} were forced; throughput would be wrong")
 
 
 def _tensor_bytes(obj: Any) -> int:

@@ -24,7 +24,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from evalkit.published import PublishedRow, name_key
-from evalkit.quant_report import (
+from evalkit.report.quantization import (
     DIVERGENCE_NOTE,
     QuantTable,
     build_quant_table,
@@ -32,7 +32,7 @@ from evalkit.quant_report import (
     quant_frame,
     show_precision,
 )
-from evalkit.report import BenchmarkTable, ReportRun, build_tables, count_frame, display_frame
+from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables, count_frame, display_frame
 from evalkit.types import LETTERS
 
 CHANCE = 100 / len(LETTERS)  # accuracy (%) of a uniform guess among the four choices

@@ -5,7 +5,7 @@ run, accuracies x100 with one decimal; beside it a table of the questions (subje
 figure, and notes for smoke runs (`--limit`), subset runs and C-Eval test runs (which have no
 accuracy, only a leaderboard submission file). Published figures (evalkit.published) stand under
 the runs they match, each followed by a Δ row (measured − published); rows of other published models
-can be added for comparison. The same tables go to CSV.
+can be added for comparison. The same tables go to CSV (evalkit.report.csv).
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pandas as pd
-from wcwidth import wcswidth
 
 from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
 from evalkit.published import PublishedRow, check_names, matching, named_rows
@@ -302,86 +301,3 @@ def to_markdown(runs: Sequence[ReportRun | tuple], published: Sequence[Published
         parts.extend(f"- {note}" for note in table.notes)
         parts.append("")
     return "\n".join(parts)
-
-
-CSV_COLUMNS = ["benchmark", "run", "source", "model", "precision", "scheme", "shots", "limit", "group",
-               "accuracy", "n", "subjects", "ci95_low", "ci95_high", "published", "published_row"]
-
-
-def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
-    rows = []
-    for label in table.scores.index:
-        intervals, config = table.group_intervals.get(label, {}), table.configs[label]
-        reference = table.links.get(label, (None,))[0]
-        for group in table.scores.columns:
-            if pd.isna(table.scores.at[label, group]):
-                continue
-            ci = intervals.get(group)
-            published = table.published.at[reference, group] if reference else math.nan
-            rows.append({"benchmark": name, "run": label, "source": "measured",
-                         "model": short_model_name(config.model),
-                         "precision": config.precision, "scheme": config.scheme, "shots": config.shots,
-                         "limit": config.limit, "group": group, "accuracy": table.scores.at[label, group],
-                         "n": table.questions.at[label, group], "subjects": table.subjects.at[label, group],
-                         "ci95_low": 100 * ci.low if ci else None, "ci95_high": 100 * ci.high if ci else None,
-                         "published": None if math.isnan(published) else published,
-                         "published_row": reference if reference and not math.isnan(published) else None})
-    for label, row in table.published_rows.items():
-        rows += [{"benchmark": name, "run": label, "source": "; ".join(row.sources), "model": row.model,
-                  "precision": row.precision, "scheme": row.scheme, "group": group, "accuracy": value}
-                 for group, value in row.scores.items()]
-    return rows
-
-
-def write_csv(runs: Sequence[ReportRun | tuple], path: str | Path, published: Sequence[PublishedRow] = (),
-              extra: Sequence[str] = ()) -> Path:
-    """Every figure of every table, one per line (benchmark, run, group): accuracy x100 unrounded, n, CI,
-    and the published figure a run is compared with; published rows follow with their source."""
-    rows = []
-    for name, table in build_tables(runs, published, extra).items():
-        rows += _csv_rows(name, table)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(path, index=False, encoding="utf-8")
-    return path
-
-
-# --- the `list` subcommand ----------------------------------------------------------------------------------
-
-def _width(text: str) -> int:
-    """Terminal columns of `text`: two per CJK character (wcwidth); len() where wcwidth cannot tell."""
-    width = wcswidth(text)
-    return len(text) if width < 0 else width
-
-
-def _aligned(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
-    """Rows of cells padded to the display width of each column (two spaces apart), trailing blanks cut."""
-    widths = [max(_width(row[j]) for row in rows) for j in range(len(right))]
-    lines = []
-    for row in rows:
-        cells = []
-        for cell, width, right_aligned in zip(row, widths, right, strict=True):
-            pad = " " * (width - _width(cell))
-            cells.append(pad + cell if right_aligned else cell + pad)
-        lines.append("  ".join(cells).rstrip())
-    return lines
-
-
-def task_listing(task: Task, counts: dict[str, dict[str, int]] | None = None) -> str:
-    """What `list` prints for one task: a summary line, then one aligned row per subject (name, Chinese
-    name where the benchmark has them, categories, rows per split where `counts` (split -> subject ->
-    data rows) is given) and a total row: the subjects and the rows of each split."""
-    counts = counts or {}
-    splits = list(counts)
-    chinese = any(subject.name_zh for subject in task.subjects)
-    head = ["subject", *(["name (zh)"] if chinese else []), "categories", *splits]
-    rows = [head]
-    for subject in task.subjects:
-        rows.append([subject.name, *([subject.name_zh] if chinese else []), ", ".join(subject.categories),
-                     *(str(counts[split].get(subject.name, 0)) for split in splits)])
-    rows.append([f"total: {len(task.subjects)} subjects", *([""] if chinese else []), "",
-                 *(str(sum(counts[split].values())) for split in splits)])
-    right = [False] * (len(head) - len(splits)) + [True] * len(splits)
-    summary = (f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
-               f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}")
-    return "\n".join([summary, *("  " + line for line in _aligned(rows, right))])

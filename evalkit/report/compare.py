@@ -13,7 +13,7 @@ import pandas as pd
 
 from evalkit.compare import BenchmarkComparison, Comparison, Delta, Gate
 from evalkit.divergence import divergence_columns
-from evalkit.report import markdown_table
+from evalkit.report.tables import markdown_table
 
 DIVERGENCE_HEADING = ("Letter distributions of B against A: KL(P_A ‖ P_B) over the four letters in nats "
                       "(mean, 95th/99th percentile), agreement = questions whose top letter is the same, "

@@ -5,7 +5,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from evalkit.bench import MIB, BenchReport, BenchRow
+from evalkit.bench.run import MIB, BenchReport, BenchRow
 
 HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "prefill tok/s", "decode tok/s",
            "GB/s", "bound tok/s", "achieved", "peak MiB", "weights MiB", "threads", "others busy")

@@ -1,7 +1,7 @@
 """The machine under a generation benchmark: device-synchronised timing, the memory-bandwidth probe
 behind the decode bound, how busy the machine was during the repeats, and the software/hardware record.
 
-Nothing here loads or runs a model (the figures' definitions are in evalkit.bench).
+Nothing here loads or runs a model (the figures' definitions are in evalkit.bench.run).
 """
 from __future__ import annotations
 
@@ -105,6 +105,7 @@ def environment(device: str) -> dict:
     cpuinfo = Path("/proc/cpuinfo")
     names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
     cpu = names[0] if names else platform.processor() or platform.machine()
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "python": platform.python_version(),
-            "device": device, "device_name": torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu,
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "device": device, "device_name": name,
             "cpu_count": os.cpu_count()}
