@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import difflib
 import logging
 import sys
 import textwrap
@@ -71,136 +69,40 @@ def _model_match(text: str) -> tuple[str, str]:
     return model.strip(), name.strip()
 
 
-def _subjects_by_task(task_names: Sequence[str],
-                      subjects: Sequence[str] | None) -> dict[str, tuple[str, ...] | None]:
-    """Assign `--subjects` names ("law" or "ceval/law") to the selected tasks that have them."""
-    if not subjects:
-        return {name: None for name in task_names}
-    chosen: dict[str, list[str]] = {name: [] for name in task_names}
-    for item in subjects:
-        task_name, _, subject = item.rpartition("/")
-        owners = [t for t in task_names if (not task_name or t == task_name)
-                  and subject in {s.name for s in get_task(t).subjects}]
-        if not owners:
-            known = sorted({s.name for t in task_names for s in get_task(t).subjects})
-            hint = difflib.get_close_matches(subject, known, n=1)
-            raise EvalkitError(f"subject {item!r} is in none of the tasks {', '.join(task_names)}"
-                               + (f"; did you mean {hint[0]}?" if hint else ""))
-        for owner in owners:
-            chosen[owner].append(subject)
-    return {name: tuple(names) or None for name, names in chosen.items() if names or not subjects}
+def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRun]:
+    """`eval` and `sweep`: the flags as a RunConfig, the tasks resolved here (evalkit does not import
+    tasks/), the loop in evalkit.sweep."""
+    from evalkit.sweep import run_sweep
 
-
-def _process_device(device: str) -> str:
-    """This process's device; under `accelerate launch` each process takes its own (gloo on CPU, nccl on
-    GPU)."""
-    from datetime import timedelta
-
-    import torch
-    from accelerate import PartialState
-
-    from evalkit.model import resolve_device
-
-    resolved = resolve_device(device)
-    # a long timeout: the processes meet only at the end of each task, after hours of scoring
-    state = PartialState(cpu=resolved == "cpu", timeout=timedelta(hours=48))
-    if state.num_processes == 1:
-        return resolved
-    if resolved != "cpu" and not device.startswith("cuda:"):
-        torch.cuda.set_device(state.local_process_index)
-        return f"cuda:{state.local_process_index}"
-    return resolved
-
-
-def _is_single_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().num_processes == 1
-
-
-def _is_main_process() -> bool:
-    from accelerate import PartialState
-
-    return PartialState().is_main_process
-
-
-def _evaluate(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRun]:
-    """Validate all data and precisions up front, then per precision: load once, run every task, free."""
-    import gc
-
-    import torch
-
-    from evalkit.data import load_task_data
-    from evalkit.model import check_precision, load_model
-    from evalkit.quantize import QUANT_BITS
-    from evalkit.report.tables import ReportRun
-    from evalkit.results import check_output_dir
-    from evalkit.runner import run_task
-
-    task_names = [get_task(name).name for name in args.tasks]
-    subjects = _subjects_by_task(task_names, args.subjects)
-    if args.no_progress:  # transformers' own bars too ("Loading weights")
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    device = _process_device(args.device)
-    if args.device_map and not _is_single_process():
-        raise EvalkitError("--device-map spreads one model over all GPUs of one process; under accelerate "
-                           "launch each process holds its own copy: use one or the other")
-    base = {name: RunConfig(
-        model=args.model, task=name, data_dir=args.data_dir, split=args.split, subjects=subjects[name],
-        scheme=args.scheme, letter_rule=args.letter_token, shots=args.shots, limit=args.limit,
-        device=args.device, trust_remote_code=args.trust_remote_code,
-        seed=args.seed, batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
-        progress=not args.no_progress) for name in subjects}
-    # every file of every task and every precision is checked before the (slow) model loads
-    data = {name: load_task_data(get_task(name), c.data_dir, c.split, c.subjects, c.limit, c.shots)
-            for name, c in base.items()}
-    if _is_main_process():
-        check_output_dir(args.output_dir)
-    backend_for = {p: args.quant_backend if p in QUANT_BITS else None for p in precisions}  # floats take none
-    for precision in precisions:
-        plan = check_precision(precision, backend_for[precision], device, args.model, args.trust_remote_code)
-        if precision in QUANT_BITS and plan.backend != "pre-quantized":
-            # the default named: one config (and label) however it was asked
-            backend_for[precision] = plan.backend
-    if args.limit is not None:
-        log.warning("--limit %d: only the first %d questions of each subject are scored; a smoke run, "
-                    "not comparable with published figures (flagged in the report)", args.limit, args.limit)
-    runs = []
-    for precision in precisions:
-        loaded = load_model(args.model, precision, device, args.trust_remote_code, backend_for[precision],
-                            args.device_map)
-        for name, config in base.items():
-            config = dataclasses.replace(config, precision=precision, quant_backend=backend_for[precision])
-            run_dir, saved = run_task(loaded, get_task(name), data[name], config)
-            if _is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
-                print(f"{get_task(name).title} {precision}: {run_dir.path}", file=sys.stderr)
-                runs.append(ReportRun(saved.result, get_task(name), run_dir.path, saved.questions))
-        del loaded
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return runs
+    tasks = [get_task(name) for name in args.tasks]
+    config = RunConfig(
+        model=args.model, task="", data_dir=args.data_dir, split=args.split, scheme=args.scheme,
+        letter_rule=args.letter_token, shots=args.shots, limit=args.limit, quant_backend=args.quant_backend,
+        device=args.device, trust_remote_code=args.trust_remote_code, seed=args.seed,
+        batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
+        progress=not args.no_progress)
+    return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from evalkit.machine import is_main_process
     from evalkit.report.tables import to_markdown
     from tasks.references import published_rows
 
-    runs = _evaluate(args, [args.precision])
-    if _is_main_process():
+    runs = _sweep(args, [args.precision])
+    if is_main_process():
         print(to_markdown(runs, published_rows()))
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from evalkit.machine import is_main_process
     from evalkit.report.quantization import build_quant_table, quant_markdown
     from evalkit.report.tables import to_markdown
     from tasks.references import published_quantization, published_rows
 
-    runs = _evaluate(args, args.precision)
-    if _is_main_process():
+    runs = _sweep(args, args.precision)
+    if is_main_process():
         print(to_markdown(runs, published_rows()))
         print(quant_markdown(build_quant_table(runs, published_quantization())))
     return 0
@@ -219,7 +121,7 @@ def _saved_runs(paths: Sequence[str]) -> dict[Path, SavedRun]:
 def cmd_report(args: argparse.Namespace) -> int:
     from evalkit.report.csv import write_csv
     from evalkit.report.html import write_html
-    from evalkit.report.quantization import build_quant_table, quant_markdown, show_precision
+    from evalkit.report.quantization import PRECISION_TABLE, build_quant_table, quant_markdown, show_precision
     from evalkit.report.tables import ReportRun, to_markdown
     from evalkit.results import short_model_name
     from tasks.references import published_quantization, published_rows
@@ -231,7 +133,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                       matches.get(short_model_name(saved.result.config.model)))
             for path, saved in _saved_runs(args.paths).items()]
     print(to_markdown(runs, published, args.reference))
-    quant = {"auto": None, "always": True, "never": False}[args.precision_table]
+    quant = PRECISION_TABLE[args.precision_table]
     table = build_quant_table(runs, quant_published)
     if show_precision(table, quant):
         print(quant_markdown(table))
@@ -334,8 +236,8 @@ def _literal_choices(cls: type, field_name: str) -> tuple[str, ...]:
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
-    from evalkit.model import DEVICE_MAPS
-    from evalkit.quantize import BACKENDS, PRECISIONS, QUANT_BITS
+    from evalkit.model import DEVICE_MAPS, DEVICES
+    from evalkit.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
 
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
@@ -363,11 +265,12 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     else:
         parser.add_argument("--precision", "--dtype", dest="precision", default=DEFAULTS.precision,
                             choices=PRECISIONS, metavar="PRECISION", help=f"one of {', '.join(PRECISIONS)}")
-    parser.add_argument("--quant-backend", choices=[b for b in BACKENDS if b != "none"],
-                        help="int8/int4 method (default: bnb, i.e. LLM.int8 / NF4): torchao (weight-only), "
+    parser.add_argument("--quant-backend", choices=QUANT_BACKENDS,
+                        help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND}, i.e. LLM.int8 / NF4): "
+                             "torchao (weight-only), "
                              "rtn (per-channel absmax round-to-nearest, Baichuan's quantize()), model (the "
                              "model's own quantize(bits), needs --trust-remote-code)")
-    parser.add_argument("--device", default=DEFAULTS.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--device", default=DEFAULTS.device, help=f"one of {', '.join(DEVICES)}")
     parser.add_argument("--device-map", choices=DEVICE_MAPS,
                         help="spread one model over all visible GPUs (transformers/accelerate) instead of "
                              "one device; for models too large for one GPU (not under accelerate launch)")
@@ -387,8 +290,10 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
+    from evalkit.bench.report import OUTPUT_DIR
     from evalkit.bench.run import DEVICE_DEFAULTS, MODES, BenchSettings
-    from evalkit.quantize import BACKENDS, PRECISIONS
+    from evalkit.model import DEVICES
+    from evalkit.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS
 
     bench = BenchSettings()
     kinds = DEVICE_DEFAULTS.items()
@@ -409,8 +314,8 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
                         "to the first)")
     p.add_argument("--precision", type=_comma_list,
                    help=f"comma list from {', '.join(PRECISIONS)} (default: {by_device['precision']})")
-    p.add_argument("--quant-backend", choices=[b for b in BACKENDS if b != "none"],
-                   help="int8/int4 method (default: bnb)")
+    p.add_argument("--quant-backend", choices=QUANT_BACKENDS,
+                   help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND})")
     p.add_argument("--new-tokens", type=_int_at_least(1),
                    help=f"tokens generated per row (default: {by_device['new_tokens']})")
     p.add_argument("--prompt-tokens", type=_int_at_least(1), default=bench.prompt_tokens,
@@ -426,19 +331,18 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
                    help="eager, or compiled: static KV cache + torch.compile (reported separately)")
     p.add_argument("--compile-backend", default=bench.compile_backend,
                    help="torch.compile backend for --mode compiled")
-    p.add_argument("--device", default=bench.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default=bench.device, help=f"one of {', '.join(DEVICES)}")
     p.add_argument("--threads", type=_int_at_least(1),
                    help="torch CPU threads (default: torch's own; recorded per row)")
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
-    p.add_argument("--output-dir", default=f"{DEFAULTS.output_dir}/bench",
+    p.add_argument("--output-dir", default=OUTPUT_DIR,
                    help="JSON, markdown table and PNG plot go here")
     p.set_defaults(func=cmd_bench)
 
 
-PRECISION_TABLE = {"auto": None, "always": True, "never": False}  # report --precision-table: show it?
-
-
 def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
+    from evalkit.report.quantization import PRECISION_TABLE, PRECISION_TABLE_DEFAULT
+
     p = _subcommand(
         sub, "report", "tables from saved run directories",
         "The Baichuan README's tables from finished runs (run.json): per benchmark, categories and Average "
@@ -457,7 +361,7 @@ def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
                    help="compare runs of MODEL (its short name) with the published row NAME "
                         "(otherwise matched by name automatically); repeatable")
     p.add_argument("--no-published", action="store_true", help="leave published figures out")
-    p.add_argument("--precision-table", choices=list(PRECISION_TABLE), default="auto",
+    p.add_argument("--precision-table", choices=list(PRECISION_TABLE), default=PRECISION_TABLE_DEFAULT,
                    help="the quantization table (rows model x precision, delta to full precision with "
                         "its 95%% CI); auto: when a model has runs at several precisions")
     p.set_defaults(func=cmd_report)

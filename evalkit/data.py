@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import codecs
 import csv
-import difflib
 import hashlib
 import io
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evalkit.hub import require_hub_dataset
-from evalkit.types import LETTERS, EvalkitError, Question, Subject, Task
+from evalkit.types import LETTERS, EvalkitError, Question, Subject, Task, unknown
 
 # the column order of header-less files (MMLU): question, A, B, C, D, answer
 HEADERLESS_COLUMNS = ("question", "A", "B", "C", "D", "answer")
@@ -100,16 +99,14 @@ def select_subjects(task: Task, names: Sequence[str] | None) -> list[Subject]:
     valid = [s.name for s in task.subjects]
     for name in names:
         if name not in valid:
-            close = difflib.get_close_matches(name, valid, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise EvalkitError(f"unknown {task.name} subject {name!r}{hint} (valid: {', '.join(valid)})")
+            raise unknown(f"{task.name} subject", name, valid)
     wanted = set(names)
     return [s for s in task.subjects if s.name in wanted]
 
 
 def _check_source(task: Task, data_dir: str | Path | None, split: str) -> None:
     if split not in task.splits:
-        raise EvalkitError(f"{task.name} has no split {split!r} (valid: {', '.join(task.splits)})")
+        raise unknown(f"{task.name} split", split, task.splits)
     if data_dir is not None and not (Path(data_dir) / task.name).is_dir():
         raise EvalkitError(f"no {task.name} folder in the data dir {data_dir} (expected "
                            f"{Path(data_dir) / task.name / task.local_path})")

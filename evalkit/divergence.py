@@ -19,12 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import get_args
 
 import numpy as np
 from scipy.stats import binom
 
 from evalkit.metrics import Interval
-from evalkit.types import LETTERS, Aggregation, EvalkitError, QuestionResult
+from evalkit.types import LETTERS, Aggregation, EvalkitError, QuestionResult, unknown
 
 PERCENTILES = (95, 99)
 CHUNK = 250  # bootstrap replicates drawn at once (memory: CHUNK x questions floats)
@@ -92,7 +93,7 @@ def _mean(by_subject: Sequence[np.ndarray], aggregation: Aggregation) -> np.ndar
         return sum(v.sum(axis=-1) for v in by_subject) / sum(v.shape[-1] for v in by_subject)
     if aggregation == "macro":
         return sum(v.mean(axis=-1) for v in by_subject) / len(by_subject)
-    raise EvalkitError(f"unknown aggregation {aggregation!r}; valid: micro, macro")
+    raise unknown("aggregation", aggregation, get_args(Aggregation))
 
 
 def _statistics(parts: Sequence[PerQuestion], aggregation: Aggregation) -> np.ndarray:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
-from evalkit.types import Aggregation, EvalkitError, Metric, QuestionResult, Task
+from evalkit.types import Aggregation, EvalkitError, Metric, QuestionResult, Task, unknown
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def combine(values_by_subject: Mapping[str, np.ndarray], aggregation: Aggregatio
     elif aggregation == "macro":
         accuracy = float(np.mean([v.mean() for v in values_by_subject.values()]))
     else:
-        raise EvalkitError(f"unknown aggregation {aggregation!r}; valid: micro, macro")
+        raise unknown("aggregation", aggregation, get_args(Aggregation))
     return Metric(accuracy=accuracy, n=n, n_subjects=len(values_by_subject))
 
 
@@ -113,7 +114,7 @@ def bootstrap_ci(values_by_subject: Mapping[str, Sequence[float] | np.ndarray], 
     elif aggregation == "macro":
         stats = (totals / sizes[:, None]).mean(axis=0)
     else:
-        raise EvalkitError(f"unknown aggregation {aggregation!r}; valid: micro, macro")
+        raise unknown("aggregation", aggregation, get_args(Aggregation))
     tail = (1 - level) / 2
     low, high = np.quantile(stats, [tail, 1 - tail])
     return Interval(low=float(low), high=float(high), level=level)

@@ -23,11 +23,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from evalkit.quantize import (FLOAT_PRECISIONS, LLM_INT8_ACTIVATIONS, Prequantized, QuantPlan, bnb_config,
-                              fit_nf4_cpu_kernel, linear_layer_report, plan_quantization,
-                              quantize_bnb_modules, quantize_rtn, quantize_torchao, quantize_with_model_code)
 from evalkit.hub import require_hub_model
-from evalkit.types import EvalkitError
+from evalkit.quantize import (
+    FLOAT_PRECISIONS,
+    LLM_INT8_ACTIVATIONS,
+    Prequantized,
+    QuantPlan,
+    bnb_config,
+    fit_nf4_cpu_kernel,
+    linear_layer_report,
+    plan_quantization,
+    quantize_bnb_modules,
+    quantize_rtn,
+    quantize_torchao,
+    quantize_with_model_code,
+)
+from evalkit.types import EvalkitError, ModelInfo, unknown
 
 __all__ = ["FLOAT_PRECISIONS", "LoadedModel", "ModelSource", "PeakMemory", "check_precision", "load_model",
            "measure_peak_memory", "resolve_device", "resolve_source", "weight_bytes"]
@@ -52,7 +63,7 @@ class LoadedModel:
     model: Any  # a transformers PreTrainedModel in eval mode
     tokenizer: Any
     source: ModelSource
-    info: dict = field(default_factory=dict)  # precision, backend, method, weight bytes, peak memory, ...
+    info: ModelInfo = field(default_factory=ModelInfo)  # precision, backend, method, weight bytes, peak
 
 
 def resolve_source(model: str) -> ModelSource:
@@ -72,13 +83,17 @@ def resolve_source(model: str) -> ModelSource:
     return ModelSource("hub", model)
 
 
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # what --device takes
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalkitError(f"--device {device} asked for, but torch sees no CUDA device (torch {torch.__version__})")
+        raise EvalkitError(f"--device {device} asked for, but torch sees no CUDA device "
+                           f"(torch {torch.__version__})")
     if device != "cpu" and not device.startswith("cuda"):
-        raise EvalkitError(f"unknown device {device!r}; valid: auto, cpu, cuda, cuda:N")
+        raise unknown("device", device, DEVICES)
     return device
 
 
@@ -91,7 +106,8 @@ def _require_hub(source: ModelSource) -> None:
 def _hub_hint(source: ModelSource) -> str:
     if source.kind != "hub":
         return ""
-    return " (the hub is unreachable from here? download the model and pass its local directory or .gguf file)"
+    return (" (the hub is unreachable from here? download the model and pass its local directory or .gguf "
+            "file)")
 
 
 def source_quantization(source: ModelSource) -> Prequantized | None:
@@ -116,7 +132,8 @@ def source_quantization(source: ModelSource) -> Prequantized | None:
     try:
         config, _ = PretrainedConfig.get_config_dict(source.location)
     except OSError as exc:
-        raise EvalkitError(f"could not read the config of {source.location!r}{_hub_hint(source)}: {exc}") from exc
+        raise EvalkitError(f"could not read the config of {source.location!r}{_hub_hint(source)}: "
+                           f"{exc}") from exc
     quant = config.get("quantization_config")
     if not quant:
         return None
@@ -236,7 +253,8 @@ class PeakMemory:
     cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated over the block, on CUDA devices
 
     def info(self) -> dict[str, Any]:
-        return {"peak_rss_bytes": self.rss_bytes, "peak_rss_scope": self.rss_scope, "peak_cuda_bytes": self.cuda_bytes}
+        return {"peak_rss_bytes": self.rss_bytes, "peak_rss_scope": self.rss_scope,
+                "peak_cuda_bytes": self.cuda_bytes}
 
 
 def _reset_rss_peak() -> bool:
@@ -325,7 +343,8 @@ def _load_dense(source: ModelSource, **kwargs: Any) -> Any:
     return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
 
 
-def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, placement: str | dict, **kwargs: Any) -> Any:
+def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, placement: str | dict,
+                            **kwargs: Any) -> Any:
     """bitsandbytes and pre-quantized checkpoints: transformers quantizes (or reads) weight by weight."""
     from transformers import AutoModelForCausalLM
 
@@ -339,7 +358,8 @@ def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, placement: str
         dense = _load_dense(source, dtype=kwargs["dtype"], trust_remote_code=kwargs["trust_remote_code"])
         dense.save_pretrained(staging)
         del dense
-        return _from_pretrained(AutoModelForCausalLM, ModelSource("local", staging), device_map=placement, **kwargs)
+        return _from_pretrained(AutoModelForCausalLM, ModelSource("local", staging), device_map=placement,
+                                **kwargs)
 
 
 def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remote_code: bool,
@@ -405,10 +425,11 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
     plan = check_precision(precision, quant_backend, target, source, trust_remote_code)
     if device_map is not None:
         if device_map not in DEVICE_MAPS:
-            raise EvalkitError(f"unknown device map {device_map!r}; valid: {', '.join(DEVICE_MAPS)}")
+            raise unknown("device map", device_map, DEVICE_MAPS)
         if plan.backend not in ("none", "bnb", "pre-quantized"):
-            raise EvalkitError(f"--device-map works with float precisions, bnb and pre-quantized checkpoints, "
-                               f"not with --quant-backend {plan.backend} (it quantizes after loading, on one device)")
+            raise EvalkitError(f"--device-map works with float precisions, bnb and pre-quantized "
+                               f"checkpoints, not with --quant-backend {plan.backend} (it quantizes after "
+                               f"loading, on one device)")
     native = native_variant(source)
     if native is not None and device_map is not None:
         raise EvalkitError(f"--device-map: {native.name} runs natively in evalkit, on one device; "
@@ -428,30 +449,32 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
         network.eval()
         load_seconds = time.perf_counter() - started
     quantized, floating = linear_layer_report(network)
-    info = {
-        **plan.info(),
-        "dtype": str(plan.compute_dtype).removeprefix("torch."),
-        "device": target,
-        "device_map": _placement(network) if device_map else None,
-        "source": source.kind,
-        "weights_format": _weights_format(source, network),
-        "quantized_layers": len(quantized),
-        "skipped_layers": floating if plan.bits else [],  # linear layers left in float by a quantizing backend
-        "weight_bytes": weight_bytes(network),
-        **peak.info(),
-        "load_seconds": round(load_seconds, 2),
-        "model_class": type(network).__name__,
-        "trust_remote_code": trust_remote_code,
-        # evalkit's own port (evalkit.models), or the module.class transformers built
-        "implementation": (native.implementation if native
-                           else f"{type(network).__module__}.{type(network).__name__}"),
-        "native_evidence": native.evidence if native else None,
-        "remote_code_executed": any(type(obj).__module__.startswith("transformers_modules")
-                                    for obj in (network, tokenizer)),
-        # NF4 layers the AVX512-BF16 CPU kernel cannot repack, kept on bitsandbytes' generic path
-        "nf4_generic_kernel_layers": fit_nf4_cpu_kernel(network) if (plan.backend, plan.bits) == ("bnb", 4) else [],
-    }
+    planned = plan.info()
     llm_int8 = any(type(module).__name__ == "Linear8bitLt" for module in network.modules())
-    if info["activation_quantization"] is None and llm_int8:  # built by a model's own quantize()
-        info["activation_quantization"] = LLM_INT8_ACTIVATIONS
+    if planned["activation_quantization"] is None and llm_int8:  # built by a model's own quantize()
+        planned["activation_quantization"] = LLM_INT8_ACTIVATIONS
+    info = ModelInfo(
+        **planned,
+        dtype=str(plan.compute_dtype).removeprefix("torch."),
+        device=target,
+        device_map=_placement(network) if device_map else None,
+        source=source.kind,
+        weights_format=_weights_format(source, network),
+        quantized_layers=len(quantized),
+        skipped_layers=floating if plan.bits else [],  # linear layers left in float by a quantizing backend
+        weight_bytes=weight_bytes(network),
+        **peak.info(),
+        load_seconds=round(load_seconds, 2),
+        model_class=type(network).__name__,
+        trust_remote_code=trust_remote_code,
+        # evalkit's own port (evalkit.models), or the module.class transformers built
+        implementation=(native.implementation if native
+                        else f"{type(network).__module__}.{type(network).__name__}"),
+        native_evidence=native.evidence if native else None,
+        remote_code_executed=any(type(obj).__module__.startswith("transformers_modules")
+                                 for obj in (network, tokenizer)),
+        # NF4 layers the AVX512-BF16 CPU kernel cannot repack, kept on bitsandbytes' generic path
+        nf4_generic_kernel_layers=(fit_nf4_cpu_kernel(network) if (plan.backend, plan.bits) == ("bnb", 4)
+                                   else []),
+    )
     return LoadedModel(network, tokenizer, source, info)

@@ -9,12 +9,11 @@ and int4 figures. A run may name its reference explicitly instead of relying on 
 """
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from evalkit.types import EvalkitError
+from evalkit.types import unknown
 
 FULL = "full"  # the precision class of an unquantized model
 FULL_PRECISIONS = ("fp32", "bf16", "fp16")  # in the order a quantization table picks its baseline
@@ -59,9 +58,7 @@ def check_names(names: Iterable[str], rows: Sequence[PublishedRow]) -> None:
     known = sorted({row.label for row in rows} | {row.model for row in rows}, key=str.lower)
     for name in names:
         if not any(row.named(name) for row in rows):
-            close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f"; did you mean {' or '.join(close)}?" if close else ""
-            raise EvalkitError(f"no published figures for {name!r}{hint} (valid: {', '.join(known)})")
+            raise unknown("published row", name, known)
 
 
 def named_rows(rows: Sequence[PublishedRow], benchmark: str, names: Iterable[str]) -> list[PublishedRow]:

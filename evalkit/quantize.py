@@ -31,12 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, unknown
 
-FLOAT_PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FLOAT_PRECISIONS: dict[str, torch.dtype] = {
+    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+}
 QUANT_BITS: dict[str, int] = {"int8": 8, "int4": 4}
 PRECISIONS: tuple[str, ...] = (*FLOAT_PRECISIONS, *QUANT_BITS)
 BACKENDS: tuple[str, ...] = ("none", "bnb", "torchao", "rtn", "model")
+QUANT_BACKENDS: tuple[str, ...] = tuple(b for b in BACKENDS if b != "none")  # what --quant-backend takes
+DEFAULT_QUANT_BACKEND = "bnb"  # int8/int4 without --quant-backend: LLM.int8 / NF4, on CPU and CUDA alike
 NF4_BLOCK = 64  # bitsandbytes' default 4-bit block size
 TORCHAO_INT4_GROUPS = (128, 64, 32)  # the group sizes torchao's CPU int4 kernel accepts, largest first
 METHODS: dict[tuple[str, int], str] = {
@@ -46,8 +50,8 @@ METHODS: dict[tuple[str, int], str] = {
     ("model", 8): "model.quantize(8)", ("model", 4): "model.quantize(4)",
 }
 LLM_INT8_THRESHOLD = 6.0  # bitsandbytes' default outlier threshold, kept
-LLM_INT8_ACTIVATIONS = (f"int8 per token, cast through fp16; input columns holding |x| > {LLM_INT8_THRESHOLD} "
-                        f"stay fp16 (LLM.int8 mixed decomposition)")
+LLM_INT8_ACTIVATIONS = (f"int8 per token, cast through fp16; input columns holding |x| > "
+                        f"{LLM_INT8_THRESHOLD} stay fp16 (LLM.int8 mixed decomposition)")
 
 
 @dataclass(frozen=True)
@@ -78,7 +82,8 @@ class QuantPlan:
         return {"precision": self.precision, "quant_backend": self.backend, "quant_bits": self.bits,
                 "quant_method": self.method, "group_size": self.group_size,
                 "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
-                "activation_quantization": LLM_INT8_ACTIVATIONS if (self.backend, self.bits) == ("bnb", 8) else None,
+                "activation_quantization": (LLM_INT8_ACTIVATIONS if (self.backend, self.bits) == ("bnb", 8)
+                                            else None),
                 "source_quantization": label,
                 "requantized_from": label if self.backend not in ("none", "pre-quantized") else None}
 
@@ -100,37 +105,38 @@ def plan_quantization(precision: str, backend: str | None, device: str, prequant
     `--quant-backend model` needs no `--trust-remote-code`.
     """
     if precision not in PRECISIONS:
-        raise EvalkitError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        raise unknown("precision", precision, PRECISIONS)
     if backend is not None and backend not in BACKENDS:
-        raise EvalkitError(f"unknown quant backend {backend!r}; valid: {', '.join(BACKENDS)}")
+        raise unknown("quant backend", backend, BACKENDS)
     on_cuda = device.startswith("cuda")
     if prequantized and prequantized.kind == "config":
         return _plan_prequantized(precision, backend, prequantized)
     if precision in FLOAT_PRECISIONS:
         if backend not in (None, "none"):
-            raise _error(precision, backend, f"{precision} is a float precision and {backend} would ignore it; "
-                         f"a quant backend applies to {' and '.join(QUANT_BITS)} only")
+            raise _error(precision, backend, f"{precision} is a float precision and {backend} would ignore "
+                         f"it; a quant backend applies to {' and '.join(QUANT_BITS)} only")
         return QuantPlan(precision, "none", None, "none", None, FLOAT_PRECISIONS[precision], prequantized)
-    bits, backend = QUANT_BITS[precision], backend or "bnb"
+    bits, backend = QUANT_BITS[precision], backend or DEFAULT_QUANT_BACKEND
     compute = torch.float16 if on_cuda else torch.float32
     group = None
     if backend == "none":
         raise _error(precision, backend, f"{precision} needs a quantization backend; valid: "
-                     f"{', '.join(b for b in BACKENDS if b != 'none')}")
+                     f"{', '.join(QUANT_BACKENDS)}")
     if backend == "bnb":
         _require("bitsandbytes", precision, backend)
         group = NF4_BLOCK if bits == 4 else None
     elif backend == "torchao":
         if bits == 4 and on_cuda:
-            raise _error(precision, backend, "torchao int4 is wired for CPU only (its prototype opaque-packed "
-                         "kernel); on CUDA use --quant-backend bnb (NF4) or rtn")
+            raise _error(precision, backend, "torchao int4 is wired for CPU only (its prototype "
+                         "opaque-packed kernel); on CUDA use --quant-backend bnb (NF4) or rtn")
         _require("torchao", precision, backend)
         if bits == 4:
             compute = torch.bfloat16  # the group size is fitted to the model's shapes on load
     elif backend == "model":
         if not (trust_remote_code or native_quantize):
-            raise _error(precision, backend, "calling the model's own quantize(bits) runs its repository code; "
-                         "pass --trust-remote-code, or use --quant-backend rtn (the same per-channel absmax method)")
+            raise _error(precision, backend, "calling the model's own quantize(bits) runs its repository "
+                         "code; pass --trust-remote-code, or use --quant-backend rtn (the same per-channel "
+                         "absmax method)")
         compute = torch.float16
     return QuantPlan(precision, backend, bits, METHODS[backend, bits], group, compute, prequantized)
 
@@ -144,7 +150,8 @@ def _plan_prequantized(precision: str, backend: str | None, source: Prequantized
         raise _error(precision, backend, f"the checkpoint is already quantized ({source.method}, "
                      f"{source.bits}-bit); pass --precision {wanted} to evaluate it as it comes")
     bits = QUANT_BITS.get(precision) or source.bits
-    return QuantPlan(precision, "pre-quantized", bits, source.method, source.group_size, torch.float16, source)
+    return QuantPlan(precision, "pre-quantized", bits, source.method, source.group_size, torch.float16,
+                     source)
 
 
 def bnb_config(plan: QuantPlan) -> Any:
@@ -154,8 +161,8 @@ def bnb_config(plan: QuantPlan) -> Any:
     if plan.bits == 8:
         _quiet_int8_cast_notice()
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=LLM_INT8_THRESHOLD)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=plan.compute_dtype,
-                              bnb_4bit_use_double_quant=False)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_compute_dtype=plan.compute_dtype, bnb_4bit_use_double_quant=False)
 
 
 BNB_CPU_PACK_ROWS = 32  # bitsandbytes' AVX512-BF16 NF4 kernel repacks weights in blocks of 32 output rows
@@ -218,7 +225,8 @@ def quantize_torchao(model: nn.Module, plan: QuantPlan) -> QuantPlan:
 
         widths = {m.in_features for m in targets.values()}
         # the largest group dividing every input width; layers it cannot divide stay float and are reported
-        group = next((g for g in TORCHAO_INT4_GROUPS if all(w % g == 0 for w in widths)), TORCHAO_INT4_GROUPS[-1])
+        group = next((g for g in TORCHAO_INT4_GROUPS if all(w % g == 0 for w in widths)),
+                     TORCHAO_INT4_GROUPS[-1])
         config, plan = PrototypeInt4WeightOnlyConfig(group_size=group), replace(plan, group_size=group)
     quantize_(model, config, filter_fn=lambda module, fqn: fqn in targets)
     return plan
@@ -257,7 +265,8 @@ def quantize_with_model_code(model: nn.Module, bits: int) -> nn.Module:
     method = getattr(model, "quantize", None)
     if not callable(method):
         raise EvalkitError(f"--quant-backend model: {type(model).__name__} has no quantize(bits) method; "
-                           f"use --quant-backend rtn (per-channel absmax, the method of Baichuan's quantize) or bnb")
+                           f"use --quant-backend rtn (per-channel absmax, the method of Baichuan's quantize) "
+                           f"or bnb")
     result = method(bits)
     return result if isinstance(result, nn.Module) else model
 
@@ -278,7 +287,8 @@ def unpack_int4(packed: torch.Tensor, width: int) -> torch.Tensor:
 
 
 class RTNLinear(nn.Module):
-    """A weight-only int8/int4 linear layer: int codes + one fp32 scale per output channel, dequantized per call.
+    """A weight-only int8/int4 linear layer: int codes + one fp32 scale per output channel, dequantized per
+    call.
 
     scale = absmax(row) / (2**(bits-1) - 1), computed in the weight's own dtype and then cast to fp32,
     and codes = round(w / scale) (half to even) in fp32: exactly Baichuan's QLinear. Its int4 codes fall

@@ -36,7 +36,18 @@ from typing import NamedTuple
 
 from filelock import FileLock, Timeout
 
-from evalkit.types import EvalkitError, Fallback, Metric, QuestionResult, RunConfig, RunResult, Scheme
+from evalkit.types import (
+    Environment,
+    EvalkitError,
+    Fallback,
+    Metric,
+    ModelInfo,
+    QuestionResult,
+    RunConfig,
+    RunResult,
+    Scheme,
+    Timings,
+)
 
 CONFIG_FILE = "config.json"
 QUESTIONS_FILE = "questions.jsonl"
@@ -169,6 +180,9 @@ def run_result_from_dict(data: dict) -> RunResult:
         "subjects": {k: Metric(**v) for k, v in data["subjects"].items()},
         "groups": {k: Metric(**v) for k, v in data["groups"].items()},
         "overall": Metric(**overall) if overall is not None else None,
+        "environment": Environment.from_dict(data.get("environment") or {}),
+        "timings": Timings.from_dict(data.get("timings") or {}),
+        "model_info": ModelInfo.from_dict(data.get("model_info") or {}),
         "fallbacks": tuple(Fallback(**f) for f in data.get("fallbacks", ())),  # absent before it was recorded
     })
 

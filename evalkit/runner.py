@@ -11,20 +11,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterable
-from importlib import metadata
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from evalkit.data import SubjectData
+from evalkit.machine import environment
 from evalkit.metrics import aggregate
 from evalkit.model import LoadedModel
 from evalkit.plan import FirstBatchEstimate, TokenPlan, describe_plan, describe_resume, token_plan
@@ -40,53 +37,22 @@ from evalkit.types import (
     RunResult,
     Scheme,
     Task,
+    Timings,
     token_ids_hash,
+    unknown,
 )
 
 log = logging.getLogger(__name__)
-PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")
 
 
 def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
     """The task's scheme named in the config, with the letter-token rule overridden if asked."""
     if config.scheme not in task.schemes:
-        raise EvalkitError(f"{task.name} has no scheme {config.scheme!r}; valid: {', '.join(task.schemes)}")
+        raise unknown(f"{task.name} scheme", config.scheme, task.schemes)
     scheme = task.schemes[config.scheme]
     if config.letter_rule and config.letter_rule != scheme.letter_rule:
         scheme = dataclasses.replace(scheme, letter_rule=config.letter_rule)
     return scheme
-
-
-def environment(loaded: LoadedModel, state: PartialState) -> dict:
-    """What a reader needs to reproduce the run: versions, device, threads, evalkit's commit."""
-    versions = {}
-    for package in PACKAGES:
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    device = loaded.info["device"]
-    return {
-        "packages": versions,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": device,
-        "device_name": (torch.cuda.get_device_name(device) if device.startswith("cuda")
-                        else platform.processor()),
-        "torch_threads": torch.get_num_threads(),
-        "processes": state.num_processes,
-        "git_commit": _git_commit(),
-    }
-
-
-def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() or None
 
 
 def _question_result(prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int],
@@ -297,7 +263,7 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData],
     scheme = resolve_scheme(task, config)
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
     scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine,
-                    progress=False, isolated=loaded.info.get("activation_quantization") is not None)
+                    progress=False, isolated=loaded.info.activation_quantization is not None)
     started = time.perf_counter()
     prepared, long_prompts = _prepare(loaded, scheme, data, config)
     _report_long_prompts(task, scheme, long_prompts, state.is_main_process)
@@ -364,13 +330,14 @@ class _Finished:
         result = RunResult(
             config=self.config, config_hash=self.config.config_hash(), scheme=self.scheme,
             letter_ids=self.letters.ids, letter_strings=self.letters.strings,
-            bos=_adds_bos(self.loaded, self.scheme), environment=environment(self.loaded, self.state),
+            bos=_adds_bos(self.loaded, self.scheme),
+            environment=environment(self.loaded.info.device or "cpu", self.state.num_processes),
             subjects=summary.subjects, groups=summary.groups, overall=summary.overall,
-            timings={"scoring_seconds": round(scoring_seconds, 2), "questions": len(results),
-                     "resumed_questions": len(done), "rescored_questions": run_dir.rescored,
-                     "questions_per_second": (round(scored / scoring_seconds, 3) if scoring_seconds > 0
-                                              else None),
-                     "load_seconds": self.loaded.info["load_seconds"]},
+            timings=Timings(scoring_seconds=round(scoring_seconds, 2), questions=len(results),
+                            resumed_questions=len(done), rescored_questions=run_dir.rescored,
+                            questions_per_second=(round(scored / scoring_seconds, 3) if scoring_seconds > 0
+                                                  else None),
+                            load_seconds=self.loaded.info.load_seconds),
             engine="+".join(sorted(engines)) or "none (all resumed)", model_info=self.loaded.info,
             limited=self.config.limit is not None, reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
             fallbacks=tuple(fallbacks), long_prompts=self.long_prompts)

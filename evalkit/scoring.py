@@ -25,14 +25,14 @@ import copy
 import inspect
 import logging
 from collections.abc import Collection, Iterator, Sequence
-from typing import Literal
+from typing import get_args
 
 import torch
 from tqdm import tqdm
 from transformers import Cache, DynamicCache
 
 from evalkit.batching import Batch, Group, prefix_groups, split_batches
-from evalkit.types import EvalkitError, Fallback, ReuseMode
+from evalkit.types import EngineChoice, EvalkitError, Fallback, ReuseMode, unknown
 
 LOG = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 4096  # a CPU forward is compute-bound: larger batches are not faster, only bigger
@@ -176,10 +176,10 @@ class Scorer:
     """
 
     def __init__(self, model, letter_ids: Sequence[int], *, batch_tokens: int | None = None,
-                 engine: Literal["auto", "prefix", "plain"] = "auto", progress: bool = True,
+                 engine: EngineChoice = "auto", progress: bool = True,
                  isolated: bool = False):
-        if engine not in ("auto", "prefix", "plain"):
-            raise EvalkitError(f"unknown engine {engine!r}; valid: auto, prefix, plain")
+        if engine not in get_args(EngineChoice):
+            raise unknown("engine", engine, get_args(EngineChoice))
         if len(letter_ids) != 4 or len(set(letter_ids)) != 4:
             raise EvalkitError(f"need four distinct letter ids, got {list(letter_ids)}")
         if batch_tokens is not None and batch_tokens < 1:

@@ -1,11 +1,13 @@
-"""Text to the token ids the scorer reads: the four letter ids (PROTOCOL §2) and prompts encoded under a BOS policy."""
+"""Text to the token ids the scorer reads: the four letter ids (PROTOCOL §2) and prompts encoded under a BOS
+policy."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 from evalkit.prompts import letter_continuation
-from evalkit.types import LETTERS, BosPolicy, EvalkitError, LetterRule, Scheme
+from evalkit.types import LETTERS, BosPolicy, EvalkitError, LetterRule, Scheme, unknown
 
 
 @dataclass(frozen=True)
@@ -25,8 +27,8 @@ def letter_tokens(tokenizer, rule: LetterRule, scheme: Scheme) -> LetterTokens:
     `standalone`: `encode(letter)` alone ("▁A" on SentencePiece), whatever the prompt.
     Anything but exactly one token per letter, or a shared id, is an error naming the tokenizer.
     """
-    if rule not in ("in_context", "standalone"):
-        raise EvalkitError(f"unknown letter rule {rule!r}; valid: in_context, standalone")
+    if rule not in get_args(LetterRule):
+        raise unknown("letter rule", rule, get_args(LetterRule))
     name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
     cue_text = scheme.answer_cue if rule == "in_context" else ""
     cue = tokenizer.encode(cue_text, add_special_tokens=False) if cue_text else []
@@ -35,18 +37,20 @@ def letter_tokens(tokenizer, rule: LetterRule, scheme: Scheme) -> LetterTokens:
         text = cue_text + letter_continuation(scheme, letter) if rule == "in_context" else letter
         full = tokenizer.encode(text, add_special_tokens=False)
         if full[: len(cue)] != cue or len(full) != len(cue) + 1:
-            raise EvalkitError(f"tokenizer {name}: letter {letter!r} is not exactly one token after {cue_text!r} "
-                               f"(rule {rule}): {text!r} -> {tokenizer.convert_ids_to_tokens(full)}")
+            raise EvalkitError(f"tokenizer {name}: letter {letter!r} is not exactly one token after "
+                               f"{cue_text!r} (rule {rule}): {text!r} -> "
+                               f"{tokenizer.convert_ids_to_tokens(full)}")
         ids.append(full[-1])
     strings = tuple(tokenizer.convert_ids_to_tokens(ids))
     if len(set(ids)) < 4:
-        raise EvalkitError(f"tokenizer {name}: letters A-D share token ids {ids} {list(strings)} (rule {rule})")
+        raise EvalkitError(f"tokenizer {name}: letters A-D share token ids {ids} {list(strings)} "
+                           f"(rule {rule})")
     return LetterTokens(ids=tuple(ids), strings=strings, rule=rule)
 
 
 def _special_tokens(bos: BosPolicy) -> bool:
-    if bos not in ("tokenizer_default", "never"):
-        raise EvalkitError(f"unknown BOS policy {bos!r}; valid: tokenizer_default, never")
+    if bos not in get_args(BosPolicy):
+        raise unknown("BOS policy", bos, get_args(BosPolicy))
     return bos == "tokenizer_default"
 
 

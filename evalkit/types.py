@@ -6,10 +6,12 @@ the tests, can build and compare records without torch.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Any, Literal
 
 LETTERS: tuple[str, str, str, str] = ("A", "B", "C", "D")
 
@@ -18,10 +20,30 @@ BosPolicy = Literal["tokenizer_default", "never"]
 ShotOrder = Literal["file", "shuffled_per_question"]
 LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
 Aggregation = Literal["micro", "macro"]
+EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
 
 
 class EvalkitError(Exception):
     """A problem with the user's input or environment: printed as one line `error: ...`, exit 2."""
+
+
+MAX_LISTED = 20  # options an "unknown" message lists (67 subjects would drown the line)
+
+
+def unknown(kind: str, name: object, valid: Iterable[object]) -> EvalkitError:
+    """The one "unknown X" error: `unknown <kind> 'name'; did you mean a or b? (valid: a, b, ...)`.
+
+    The closest names (difflib, case-insensitive) come first; at most MAX_LISTED options are listed,
+    in the caller's order, the rest counted. The caller raises it.
+    """
+    options = [str(option) for option in valid]
+    by_lower = {option.lower(): option for option in options}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=3)
+    hint = f"; did you mean {' or '.join(by_lower[c] for c in close)}?" if close else ""
+    listed = ", ".join(options[:MAX_LISTED])
+    if len(options) > MAX_LISTED:
+        listed += f", ... ({len(options) - MAX_LISTED} more)"
+    return EvalkitError(f"unknown {kind} {name!r}{hint} (valid: {listed})")
 
 
 @dataclass(frozen=True)
@@ -109,7 +131,7 @@ class Task:
         for subject in self.subjects:
             if subject.name == name:
                 return subject
-        raise EvalkitError(f"unknown {self.name} subject {name!r}; valid: {', '.join(s.name for s in self.subjects)}")
+        raise unknown(f"{self.name} subject", name, [s.name for s in self.subjects])
 
     def group_subjects(self, group: str) -> tuple[str, ...]:
         """Subjects in a category or extra group (a subject may be in several groups)."""
@@ -128,18 +150,19 @@ class QuestionResult:
     correct: bool | None  # None where gold is unknown
     shots_used: int
     prompt_tokens: int
-    prompt_hash: str | None = None  # token_ids_hash of the ids scored; None in records written before it existed
+    prompt_hash: str | None = None  # token_ids_hash of the ids scored; None in records from before it existed
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
 
     @staticmethod
-    def from_dict(row: dict) -> "QuestionResult":
+    def from_dict(row: dict) -> QuestionResult:
         return QuestionResult(**{**row, "logprobs": tuple(row["logprobs"])})
 
 
 def token_ids_hash(token_ids: Sequence[int]) -> str:
-    """A short fingerprint of a prompt as the model saw it (after BOS and truncation), to check prompts across runs."""
+    """A short fingerprint of a prompt as the model saw it (after BOS and truncation), to check prompts
+    across runs."""
     return hashlib.sha256(",".join(map(str, token_ids)).encode("ascii")).hexdigest()[:16]
 
 
@@ -166,7 +189,7 @@ class RunConfig:
     trust_remote_code: bool = False
     seed: int = 1234  # shot shuffles of schemes that shuffle
     batch_tokens: int | None = None  # None: sized for the device
-    engine: Literal["auto", "prefix", "plain"] = "auto"
+    engine: EngineChoice = "auto"
     output_dir: str = "results"
     progress: bool = True
 
@@ -201,6 +224,105 @@ class Fallback:
     diff: float | None = None  # "disagreement": the largest |log-prob difference| from plain forwards
 
 
+def _known_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    """The keys of `data` that are fields of `cls`: records written by other versions still load."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """How the model was loaded (`LoadedModel.info`, run.json `model_info`): precision and quantization,
+    placement, memory, implementation. Filled by evalkit.model.load_model; every field has a default so
+    that run.json files written before a field existed still load (None: not recorded)."""
+
+    # ---- the quantization plan (evalkit.quantize.QuantPlan.info) ----
+    precision: str | None = None  # "fp32" | "bf16" | "fp16" | "int8" | "int4"
+    quant_backend: str | None = None  # "none", a --quant-backend, or "pre-quantized"
+    quant_bits: int | None = None  # 8 or 4; None at a float precision
+    quant_method: str | None = None  # "LLM.int8", "NF4", "rtn-absmax-per-channel", "Q4_1", ... or "none"
+    group_size: int | None = None  # None: one scale per output channel (or no quantization)
+    compute_dtype: str | None = None  # the dtype matmuls run in, e.g. "float16"
+    activation_quantization: str | None = None  # how activations are quantized (LLM.int8), None: they are not
+    source_quantization: str | None = None  # the checkpoint's own quantization, e.g. "gguf Q4_1"
+    requantized_from: str | None = None  # that quantization, where evalkit quantized its dequantized floats
+    # ---- the loaded network ----
+    dtype: str | None = None  # the compute dtype as loaded, e.g. "float32"
+    device: str | None = None  # the resolved device, e.g. "cpu", "cuda:0"
+    device_map: dict[str, int] | None = None  # --device-map: modules per device; None on one device
+    source: str | None = None  # "hub" | "local" | "gguf" (evalkit.model.ModelSource.kind)
+    weights_format: str | None = None  # "transformers", or how a GGUF file's blocks are held
+    quantized_layers: int | None = None  # linear layers holding quantized weights
+    skipped_layers: list[str] = field(default_factory=list)  # linear layers a quantizing backend left float
+    weight_bytes: int | None = None  # real tensor bytes of the weights, quantized storage included
+    # ---- the load (evalkit.model.PeakMemory.info) ----
+    peak_rss_bytes: int | None = None  # host peak resident set size while loading
+    peak_rss_scope: str | None = None  # "block": reset at the load's start; "process": since it began
+    peak_cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated while loading; None off CUDA
+    load_seconds: float | None = None
+    # ---- the implementation ----
+    model_class: str | None = None  # the network's class name, e.g. "LlamaForCausalLM"
+    trust_remote_code: bool | None = None  # as passed
+    implementation: str | None = None  # evalkit's native port, or the module.class transformers built
+    native_evidence: str | None = None  # why a native port was chosen (config.json fields); None: not native
+    remote_code_executed: bool | None = None  # whether any class came from the repository's own code
+    # NF4 layers the AVX512-BF16 CPU kernel cannot repack, left on bitsandbytes' generic path
+    nf4_generic_kernel_layers: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a run.json this version does not know
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> ModelInfo:
+        """Tolerant: missing keys take the defaults; keys this version does not know are kept in `extra`."""
+        known = _known_fields(ModelInfo, data)
+        extra = {**data.get("extra", {}), **{k: v for k, v in data.items() if k not in known}}
+        return ModelInfo(**{**known, "extra": extra})
+
+
+@dataclass(frozen=True)
+class Timings:
+    """run.json `timings`: how long the run took and how much of it was resumed."""
+
+    scoring_seconds: float = 0.0  # tokenization to the last batch, the slowest process's under accelerate
+    questions: int = 0  # questions in the finished run
+    resumed_questions: int = 0  # taken from an earlier, interrupted run's questions.jsonl
+    rescored_questions: int = 0  # resumed ones scored again: their prompt or gold answer had changed
+    questions_per_second: float | None = None  # questions scored (not resumed) / scoring_seconds
+    load_seconds: float | None = None  # the model's load (shared by every task of a sweep)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Timings:
+        """Tolerant: keys missing from older run.json files take the defaults, unknown keys are left out."""
+        return Timings(**_known_fields(Timings, data))
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What a reader needs to reproduce figures: versions, device, threads, evalkit's commit.
+
+    One record for run.json (`environment`) and the bench report; evalkit.machine.environment() fills it.
+    """
+
+    packages: dict[str, str | None] = field(default_factory=dict)  # distribution -> version, None: absent
+    python: str | None = None
+    platform: str | None = None  # platform.platform()
+    device: str | None = None  # as resolved: "cpu", "cuda", "cuda:1"
+    device_name: str | None = None  # the GPU's name, or the CPU's model name
+    cpu_count: int | None = None  # logical CPUs of the machine
+    torch_threads: int | None = None  # torch.get_num_threads() when recorded
+    processes: int = 1  # accelerate processes sharing the run
+    git_commit: str | None = None  # evalkit's checkout, None outside a git checkout
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> Environment:
+        """Tolerant, as Timings.from_dict; bench reports before this record kept `torch`/`transformers`
+        versions at the top level: they go into `packages`."""
+        packages = dict(data.get("packages") or {})
+        for name in ("torch", "transformers"):
+            if isinstance(data.get(name), str):
+                packages.setdefault(name, data[name])
+        return Environment(**{**_known_fields(Environment, data), "packages": packages})
+
+
 @dataclass(frozen=True)
 class RunResult:
     """run.json: written last; its presence means the run finished."""
@@ -211,13 +333,13 @@ class RunResult:
     letter_ids: tuple[int, int, int, int]
     letter_strings: tuple[str, str, str, str]
     bos: bool  # whether prompts began with a BOS token
-    environment: dict  # package versions, device, git commit, threads
+    environment: Environment  # package versions, device, git commit, threads
     subjects: dict[str, Metric]
     groups: dict[str, Metric]  # categories and extra groups
     overall: Metric | None  # None where no answers are known (C-Eval test)
-    timings: dict[str, float]
+    timings: Timings
     engine: str  # "prefix" or "plain": how questions were scored
-    model_info: dict = field(default_factory=dict)  # precision, backend, weight bytes, ...
+    model_info: ModelInfo = field(default_factory=ModelInfo)  # precision, backend, weight bytes, ...
     limited: bool = False  # --limit was used: a smoke run, flagged in reports
     reuse_mode: str | None = None  # ReuseMode(s) joined by "+"; None in runs written before it was recorded
     fallbacks: tuple[Fallback, ...] = ()  # every reuse mode the engine's probe gave up, with its reason

@@ -4,11 +4,10 @@ Adding a benchmark = one module + its data + one line in TASKS + tests.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
-from evalkit.types import EvalkitError, Subject, Task
+from evalkit.types import Subject, Task, unknown
 
 DATA_DIR = Path(__file__).parent / "data"
 CHOICES = "\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n"  # the choice block every scheme here shares
@@ -17,7 +16,8 @@ CHOICES = "\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n"  # the choice block every scheme 
 def load_task_file(benchmark: str) -> tuple[dict, tuple[Subject, ...]]:
     """The converted data file of a benchmark (tasks/data/<benchmark>.json) and its subjects."""
     data = json.loads((DATA_DIR / f"{benchmark}.json").read_text(encoding="utf-8"))
-    subjects = tuple(Subject(s["name"], s["name_en"], s["name_zh"], tuple(s["categories"])) for s in data["subjects"])
+    subjects = tuple(Subject(s["name"], s["name_en"], s["name_zh"], tuple(s["categories"]))
+                     for s in data["subjects"])
     return data, subjects
 
 
@@ -33,6 +33,4 @@ def get_task(name: str) -> Task:
     """The registered task called `name`; unknown names get a did-you-mean error."""
     if name in TASKS:
         return TASKS[name]
-    close = difflib.get_close_matches(name.lower(), list(TASKS), n=1)
-    hint = f"; did you mean {close[0]}?" if close else ""
-    raise EvalkitError(f"unknown task {name!r}{hint} (valid: {', '.join(sorted(TASKS))})")
+    raise unknown("task", name, sorted(TASKS))

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from evalkit.published import FULL, FULL_PRECISIONS, PublishedRow, name_key, precision_class
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, unknown
 from tasks import TASKS
 
 REFERENCE_DIR = Path(__file__).parent / "references"
@@ -59,7 +59,7 @@ class ReferenceTable:
         for row in self.rows:
             if row.label == label:
                 return row
-        raise EvalkitError(f"{self.source}: no row {label!r}; valid: {', '.join(r.label for r in self.rows)}")
+        raise unknown(f"{self.source} row", label, [r.label for r in self.rows])
 
 
 def _fail(where: str, why: str) -> EvalkitError:
@@ -87,13 +87,14 @@ def _row(where: str, raw: dict, columns: list[str], kind: str) -> ReferenceRow:
     _check_keys(where, raw, ROW_KEYS, ROW_OPTIONAL)
     if len(raw["values"]) != len(columns):
         raise _fail(where, f"{len(raw['values'])} values for {len(columns)} columns {columns}")
-    values = dict(zip(columns, raw["values"]))
+    values = dict(zip(columns, raw["values"], strict=False))
     if kind in ("accuracy", "quantization"):
-        bad = {c: v for c, v in values.items() if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 100)}
+        bad = {c: v for c, v in values.items()
+               if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 100)}
         if bad:
             raise _fail(where, f"accuracies must be numbers in [0, 100] or null, found {bad}")
     if kind == "quantization" and raw.get("precision") not in QUANT_PRECISIONS:
-        raise _fail(where, f"precision {raw.get('precision')!r}; valid: {', '.join(QUANT_PRECISIONS)}")
+        raise _fail(where, str(unknown("precision", raw.get("precision"), QUANT_PRECISIONS)))
     if kind == "memory" and not (raw.get("precisions") and set(raw["precisions"]) <= set(PRECISIONS)):
         raise _fail(where, f"precisions {raw.get('precisions')!r}; valid: a list of {', '.join(PRECISIONS)}")
     return ReferenceRow(label=raw["label"], model=raw.get("model", raw["label"]), values=values,
@@ -105,7 +106,7 @@ def _table(path: Path, file: str, raw: dict) -> ReferenceTable:
     where = f"{path}: table {raw.get('name', '?')!r}"
     _check_keys(where, raw, TABLE_KEYS, TABLE_OPTIONAL)
     if raw["kind"] not in KINDS:
-        raise _fail(where, f"kind {raw['kind']!r}; valid: {', '.join(KINDS)}")
+        raise _fail(where, str(unknown("kind", raw["kind"], KINDS)))
     for i, column in enumerate(raw["columns"]):
         _check_keys(f"{where} column {i}", column, {"published", "ours"}, set())
     columns = tuple((c["published"], c["ours"]) for c in raw["columns"])
@@ -145,7 +146,8 @@ def _merge(rows: list[PublishedRow], new: PublishedRow) -> None:
         same = all(getattr(old, f) == getattr(new, f) for f in ("benchmark", "precision"))
         same = same and name_key(old.model) == name_key(new.model)
         agree = all(old.scores[c] == new.scores[c] for c in old.scores.keys() & new.scores.keys())
-        settings = all(a is None or b is None or a == b for a, b in ((old.split, new.split), (old.scheme, new.scheme)))
+        settings = all(a is None or b is None or a == b
+                       for a, b in ((old.split, new.split), (old.scheme, new.scheme)))
         if same and agree and settings:
             rows[i] = dataclasses.replace(
                 old, scores={**new.scores, **old.scores}, sources=old.sources + new.sources,
@@ -177,11 +179,13 @@ def published_quantization(directory: Path = REFERENCE_DIR) -> tuple[PublishedRo
     for table in (t for t in tables if t.kind == "quantization"):
         memory = [t for t in tables if t.kind == "memory" and t.file == table.file]
         for row in table.rows:
-            mem = [(m, r) for m in memory for r in m.rows if row.precision in map(precision_class, r.precisions)]
+            mem = [(m, r) for m in memory for r in m.rows
+                   if row.precision in map(precision_class, r.precisions)]
             for benchmark, value in row.values.items():
                 out.append(PublishedRow(
                     label=row.label, model=row.model, benchmark=benchmark, scores={"Average": float(value)},
-                    sources=tuple(dict.fromkeys([table.source, *(m.source for m, _ in mem)])), precision=row.precision,
+                    sources=tuple(dict.fromkeys([table.source, *(m.source for m, _ in mem)])),
+                    precision=row.precision,
                     scheme=table.info.get("scheme"),
                     notes=tuple(n for n in (row.note, *(m.info.get("note", "") for m, _ in mem)) if n),
                     memory_gb=float(mem[0][1].values["gpu_memory_gb"]) if mem else None))

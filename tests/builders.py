@@ -10,7 +10,16 @@ from collections.abc import Collection, Sequence
 
 from evalkit.metrics import aggregate
 from evalkit.results import SavedRun
-from evalkit.types import QuestionResult, RunConfig, RunResult, Subject, Task
+from evalkit.types import (
+    Environment,
+    ModelInfo,
+    QuestionResult,
+    RunConfig,
+    RunResult,
+    Subject,
+    Task,
+    Timings,
+)
 from tasks import get_task
 
 LOGPROBS = (-1.0, -2.0, -3.0, -4.0)
@@ -29,7 +38,8 @@ def answers(task: str, subject: str, right: int | Collection[int], total: int, *
     """`total` questions of `subject` predicting "A"; those in `right` (a count: the first ones, or a set of
     indices) answered "A", the others `wrong`; with gold None they are unlabeled (C-Eval test)."""
     chosen = set(range(right)) if isinstance(right, int) else set(right)
-    return [question(i, task=task, subject=subject, split=split, gold=gold, pred="A" if i in chosen else wrong)
+    return [question(i, task=task, subject=subject, split=split, gold=gold,
+                     pred="A" if i in chosen else wrong)
             for i in range(total)]
 
 
@@ -40,9 +50,10 @@ def run_result(config: RunConfig, questions: Sequence[QuestionResult], **fields:
     summary = aggregate(task, scheme.aggregation, questions)
     values = {"config": config, "config_hash": config.config_hash(), "scheme": scheme,
               "letter_ids": (29909, 29933, 29907, 29928), "letter_strings": ("A", "B", "C", "D"), "bos": True,
-              "environment": {"packages": {"torch": "2.13"}}, "subjects": summary.subjects, "groups": summary.groups,
-              "overall": summary.overall, "timings": {"scoring_seconds": 1.5}, "engine": "prefix",
-              "model_info": {"precision": config.precision}, "limited": config.limit is not None}
+              "environment": Environment(packages={"torch": "2.13"}), "subjects": summary.subjects,
+              "groups": summary.groups,
+              "overall": summary.overall, "timings": Timings(scoring_seconds=1.5), "engine": "prefix",
+              "model_info": ModelInfo(precision=config.precision), "limited": config.limit is not None}
     return RunResult(**{**values, **fields})
 
 
@@ -55,6 +66,7 @@ def small_task() -> Task:
     """Task "t": s1 and s2 in category X (s2 also in the extra group Hard), s3 in Y."""
     subjects = (Subject("s1", "S1", "", ("X",)), Subject("s2", "S2", "", ("X", "Hard")),
                 Subject("s3", "S3", "", ("Y",)))
-    return Task(name="t", title="T", subjects=subjects, eval_split="test", shot_split="dev", splits=("dev", "test"),
+    return Task(name="t", title="T", subjects=subjects, eval_split="test", shot_split="dev",
+                splits=("dev", "test"),
                 local_path="{split}/{subject}.csv", csv_header=None, hub_id="", hub_splits={},
                 categories=("X", "Y"), extra_groups=("Hard",))

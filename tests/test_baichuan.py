@@ -75,9 +75,9 @@ def test_load_model_runs_the_native_implementation(name: str) -> None:
     # the flag changes nothing: the remote code is never run
     loaded = load_model(str(_checkpoint(name)), "fp32", "cpu", trust_remote_code=True)
     implementation, model_class = EXPECTED[name]
-    assert loaded.info["implementation"] == f"evalkit.models.baichuan: {implementation}"
-    assert loaded.info["model_class"] == model_class
-    assert loaded.info["remote_code_executed"] is False
+    assert loaded.info.implementation == f"evalkit.models.baichuan: {implementation}"
+    assert loaded.info.model_class == model_class
+    assert loaded.info.remote_code_executed is False
     assert type(loaded.model).__module__ == "evalkit.models.baichuan"
     assert loaded.model.config._attn_implementation in ("sdpa", "eager")  # what the Scorer packs for
     assert loaded.tokenizer.name_or_path == str(_checkpoint(name))
@@ -345,8 +345,8 @@ def _llama_by_hand(directory: Path):
 
 def test_baichuan2_7b_loads_as_llama_with_a_normalised_head(baichuan2_7b_dir: Path) -> None:
     loaded = load_model(str(baichuan2_7b_dir), "fp32", "cpu")
-    assert loaded.info["implementation"] == "evalkit.models.baichuan: Baichuan2-7B (RoPE, W_pack, NormHead)"
-    assert loaded.info["native_evidence"].endswith("head from config")
+    assert loaded.info.implementation == "evalkit.models.baichuan: Baichuan2-7B (RoPE, W_pack, NormHead)"
+    assert loaded.info.native_evidence.endswith("head from config")
     state = _baichuan2_7b_state(baichuan2_7b_dir)
     expected = _llama_by_hand(baichuan2_7b_dir)
     ids = _ids(loaded, _prompts()[2]["text"])
@@ -406,9 +406,9 @@ def _quantizer_math(weight: torch.Tensor, bits: int) -> tuple[torch.Tensor, torc
 def test_model_backend_is_the_checkpoints_quantize_natively(bits: int) -> None:
     path = _checkpoint("baichuan-13b-tiny")
     loaded = load_model(str(path), f"int{bits}", "cpu", quant_backend="model")  # no --trust-remote-code
-    assert loaded.info["quant_method"] == f"model.quantize({bits})"
-    assert loaded.info["remote_code_executed"] is False
-    assert loaded.info["quantized_layers"] == 5 * 2 and loaded.info["skipped_layers"] == ["lm_head"]
+    assert loaded.info.quant_method == f"model.quantize({bits})"
+    assert loaded.info.remote_code_executed is False
+    assert loaded.info.quantized_layers == 5 * 2 and loaded.info.skipped_layers == ["lm_head"]
     raw = torch.load(path / "pytorch_model.bin", weights_only=True)
     for name, module in loaded.model.named_modules():
         if type(module).__name__ != "BaichuanQLinear":
@@ -428,7 +428,7 @@ def test_model_backend_is_the_checkpoints_quantize_natively(bits: int) -> None:
 
 def test_rtn_backend_runs_on_the_native_models() -> None:
     loaded = load_model(str(_checkpoint("baichuan2-13b-tiny")), "int8", "cpu", quant_backend="rtn")
-    assert loaded.info["quantized_layers"] == 10 and loaded.info["skipped_layers"] == ["lm_head"]
+    assert loaded.info.quantized_layers == 10 and loaded.info.skipped_layers == ["lm_head"]
     assert torch.isfinite(_logits(loaded.model, _ids(loaded, _prompts()[1]["text"]))[-1]).all()
 
 
@@ -452,9 +452,9 @@ def test_bnb_on_a_native_model_equals_transformers_bnb(
     native = load_model(str(baichuan2_7b_dir), f"int{bits}", "cpu")  # bnb: the default backend
     as_llama = load_model(str(tmp_path), f"int{bits}", "cpu")
     method = "LLM.int8" if bits == 8 else "NF4"
-    assert native.info["quant_method"] == as_llama.info["quant_method"] == method
-    assert native.info["quantized_layers"] == as_llama.info["quantized_layers"] == 14
-    assert native.info["activation_quantization"] == as_llama.info["activation_quantization"]
+    assert native.info.quant_method == as_llama.info.quant_method == method
+    assert native.info.quantized_layers == as_llama.info.quantized_layers == 14
+    assert native.info.activation_quantization == as_llama.info.activation_quantization
     ids = _ids(native, _prompts()[5]["text"])
     assert torch.equal(_logits(native.model, ids)[-1], _logits(as_llama.model, ids)[-1])
 
@@ -466,13 +466,13 @@ def test_model_backend_on_baichuan2_is_its_bitsandbytes_quantize(bits: int) -> N
     bnb = pytest.importorskip("bitsandbytes")
     path = str(_checkpoint("baichuan2-13b-tiny"))
     loaded = load_model(path, f"int{bits}", "cpu", quant_backend="model")
-    assert loaded.info["quant_method"] == f"model.quantize({bits})"
-    assert loaded.info["compute_dtype"] == "float16"
-    assert loaded.info["quantized_layers"] == 10 and loaded.info["skipped_layers"] == ["lm_head"]
+    assert loaded.info.quant_method == f"model.quantize({bits})"
+    assert loaded.info.compute_dtype == "float16"
+    assert loaded.info.quantized_layers == 10 and loaded.info.skipped_layers == ["lm_head"]
     layer = loaded.model.model.layers[1].self_attn.W_pack
     if bits == 8:
         assert isinstance(layer, bnb.nn.Linear8bitLt) and layer.state.threshold == 6.0
-        assert loaded.info["activation_quantization"] is not None  # the Scorer isolates prompts for it
+        assert loaded.info.activation_quantization is not None  # the Scorer isolates prompts for it
     else:
         assert isinstance(layer, bnb.nn.Linear4bit) and layer.weight.quant_state.nested  # double quant
         assert layer.weight.quant_type == "nf4" and layer.compute_dtype == torch.float16

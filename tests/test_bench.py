@@ -46,8 +46,9 @@ def test_eos_is_suppressed_and_exactly_n_tokens_are_made(eos_loving: LoadedModel
     inputs = prompt_ids(eos_loving.tokenizer, 7, 2)
     eos = eos_loving.tokenizer.eos_token_id
     with torch.inference_mode():
-        plain = eos_loving.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,
-                                          max_new_tokens=9, pad_token_id=eos_loving.tokenizer.pad_token_id)
+        plain = eos_loving.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs),
+                                          do_sample=False, max_new_tokens=9,
+                                          pad_token_id=eos_loving.tokenizer.pad_token_id)
     assert plain.shape[1] - 7 < 9 and (plain[:, 7:] == eos).any()  # the model, left alone, stops at once
     out = generate_exactly(eos_loving, inputs, 9)
     assert out.shape == (2, 7 + 9)
@@ -84,11 +85,12 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         row = bench_loaded(eos_loving, batch, SMALL)
         N, P = SMALL.new_tokens, SMALL.prompt_tokens
         assert (row.batch_size, row.mode, row.compiled, row.threads) == (batch, "eager", False, 1)
-        for first, total, decode in zip(row.ttft_s.values, row.generate_s.values, row.decode_s.values):
+        for first, total, decode in zip(row.ttft_s.values, row.generate_s.values, row.decode_s.values,
+                                        strict=True):
             assert 0 < first and 0 < total and decode == pytest.approx(total - first)
         assert row.e2e_tok_s.values == pytest.approx(tuple(batch * N / t for t in row.generate_s.values))
         assert row.prefill_tok_s.values == pytest.approx(tuple(batch * P / t for t in row.ttft_s.values))
-        # decode tok/s from the repeats whose T_N exceeded T_1; none on a machine busy enough: then a note says so
+        # decode tok/s from the repeats whose T_N exceeded T_1; none on a machine busy enough: a note says so
         resolved = tuple(batch * (N - 1) / d for d in row.decode_s.values if d > 0)
         if not resolved:
             assert row.decode_tok_s is None and row.achieved_fraction is None
@@ -97,7 +99,8 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         assert row.decode_tok_s.values == pytest.approx(resolved)
         assert row.decode_tok_s.min <= row.decode_tok_s.median <= row.decode_tok_s.max
         assert row.kv_bytes_per_token == kv_expected
-        assert row.weight_read_bytes == row.weight_bytes - embed.numel() * 4  # untied: embedding read by row only
+        # untied: the embedding is read by row only
+        assert row.weight_read_bytes == row.weight_bytes - embed.numel() * 4
         assert row.bytes_per_step == int(row.weight_read_bytes + batch * kv_expected * (P + N / 2))
         probe = row.bandwidth  # two probes (before and after the repeats) of 8 MiB, 5 copies each
         assert probe.buffer_bytes == SMALL.probe_bytes and len(probe.values_gb_s) == 10
@@ -118,13 +121,14 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     import dataclasses
 
     from evalkit.bench.run import BenchReport, _notes
+    from evalkit.types import Environment
 
     row = bench_loaded(eos_loving, 1, SMALL)
     noisy = dataclasses.replace(row, decode_tok_s=None, achieved_fraction=None)
     noisy = dataclasses.replace(noisy, notes=_notes(noisy, SMALL))
     assert any("timer noise swamps decode" in note and "--new-tokens" in note for note in noisy.notes)
     report = BenchReport("2026-01-01T00:00:00+00:00", "eager", dataclasses.asdict(SMALL),
-                         {"device": "cpu", "device_name": "cpu"}, (noisy,))
+                         Environment(device="cpu", device_name="cpu"), (noisy,))
     table = format_table(report)
     assert table.count("n/a") == 2 and "timer noise" in table
     json_path, _, png_path = write_outputs(report, tmp_path)
@@ -173,7 +177,8 @@ def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Pat
     assert lines[0].split("|")[1].strip() == "Model" and f"× {tiny_spm_model_dir}" in lines[0]
     assert len(lines) == 1 + 4 and all(line.rstrip(" |").endswith(" 1.00") for line in lines[1:3])
     paths = write_outputs(report, tmp_path / "bench")
-    assert [p.suffix for p in paths] == [".json", ".md", ".png"] and all(p.parent == tmp_path / "bench" for p in paths)
+    assert [p.suffix for p in paths] == [".json", ".md", ".png"]
+    assert all(p.parent == tmp_path / "bench" for p in paths)
     saved = json.loads(paths[0].read_text(encoding="utf-8"))
     assert saved["mode"] == "eager" and saved["settings"]["new_tokens"] == 24 and len(saved["rows"]) == 4
     assert saved["rows"][0]["e2e_tok_s"]["values"] == list(report.rows[0].e2e_tok_s.values)
@@ -183,23 +188,27 @@ def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Pat
 
 
 def test_compiled_mode_uses_a_static_cache_and_reports_compilation(tiny_bpe_model_dir: Path) -> None:
-    # the "eager" dynamo backend traces the real decode graph without inductor's C++ build (seconds, not minutes)
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", compile_backend="eager",
-                             threads=1, probe_bytes=2**20)
+    # the "eager" dynamo backend traces the real decode graph without inductor's C++ build (seconds, not
+    # minutes)
+    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled",
+                             compile_backend="eager", threads=1, probe_bytes=2**20)
     loaded = load_model(str(tiny_bpe_model_dir), "fp32", "cpu")
     row = bench_loaded(loaded, 1, settings)
     assert row.mode == "compiled" and row.compiled
     assert any("compilation + warmup" in note for note in row.notes)
-    assert row.bytes_per_step == int(row.weight_read_bytes + row.kv_bytes_per_token * (5 + 24))  # whole static cache
+    # the whole static cache is read per step
+    assert row.bytes_per_step == int(row.weight_read_bytes + row.kv_bytes_per_token * (5 + 24))
 
 
 def test_a_broken_compiler_fails_clearly(tiny_bpe_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a machine without a C++ toolchain gets: one EvalkitError line, never eager figures labelled compiled."""
+    """What a machine without a C++ toolchain gets: one EvalkitError line, never eager figures labelled
+    compiled."""
     import torch._inductor.config as inductor_config
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached graph would need no compiler
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", threads=1, probe_bytes=2**20)
+    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", threads=1,
+                             probe_bytes=2**20)
     loaded = load_model(str(tiny_bpe_model_dir), "fp32", "cpu")
     expected = r"torch.compile \(inductor\) failed on cpu: InvalidCxxCompiler.*--mode eager"
     with pytest.raises(EvalkitError, match=expected):

@@ -120,7 +120,7 @@ def test_unknown_subject_and_split(ceval_dir):
     with pytest.raises(EvalkitError,
                        match=r"unknown ceval subject 'laww'; did you mean law\b.*valid: accountant"):
         load_task_data(get_task("ceval"), ceval_dir, subjects=["laww"])
-    with pytest.raises(EvalkitError, match=r"cmmlu has no split 'val' \(valid: dev, test\)"):
+    with pytest.raises(EvalkitError, match=r"unknown cmmlu split 'val' \(valid: dev, test\)"):
         load_task_data(get_task("cmmlu"), ceval_dir, split="val")
     with pytest.raises(EvalkitError,
                        match=r"no cmmlu folder in the data dir .*cmmlu/\{split\}/\{subject\}\.csv"):

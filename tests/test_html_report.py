@@ -17,7 +17,7 @@ from builders import answers, saved_run
 from evalkit.published import PublishedRow
 from evalkit.report.html import category_figure, write_html
 from evalkit.report.tables import ReportRun, build_tables
-from evalkit.types import RunConfig
+from evalkit.types import ModelInfo, RunConfig
 from tasks import get_task
 
 CEVAL = get_task("ceval")
@@ -40,7 +40,7 @@ def runs(precisions: tuple[str, ...] = ("fp16", "int8")) -> list[ReportRun]:
                      + answers("ceval", "advanced_mathematics", set(range(lost, 20)), 40, split="val"))
         config = RunConfig(model="baichuan-inc/Baichuan-13B-Base", task="ceval", precision=precision,
                            quant_backend="bnb" if precision == "int8" else None)
-        saved = saved_run(config, questions, model_info={"weight_bytes": 2**30, "peak_cuda_bytes": 2**31})
+        saved = saved_run(config, questions, model_info=ModelInfo(weight_bytes=2**30, peak_cuda_bytes=2**31))
         out.append(ReportRun(saved.result, CEVAL, None, saved.questions))
     return out
 

@@ -50,7 +50,7 @@ def test_labeled_and_unlabeled_mixed_is_an_error():
 
 
 def test_unknown_subject_is_an_error_naming_the_valid_ones():
-    with pytest.raises(EvalkitError, match="unknown t subject 'nope'; valid: s1, s2, s3"):
+    with pytest.raises(EvalkitError, match=r"unknown t subject 'nope' \(valid: s1, s2, s3\)"):
         aggregate(small_task(), "micro", answers("t", "nope", 1, 1))
 
 

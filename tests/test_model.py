@@ -7,14 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.model import (FLOAT_PRECISIONS, ModelSource, check_precision, load_model, measure_peak_memory,
-                           resolve_device, resolve_source, weight_bytes)
+from evalkit.model import (
+    FLOAT_PRECISIONS,
+    ModelSource,
+    check_precision,
+    load_model,
+    measure_peak_memory,
+    resolve_device,
+    resolve_source,
+    weight_bytes,
+)
 from evalkit.types import EvalkitError
 
 torch.set_num_threads(1)
 
 
-def test_resolve_source_classifies_gguf_directories_and_hub_ids(tiny_spm_model_dir: Path, tmp_path: Path) -> None:
+def test_resolve_source_classifies_gguf_directories_and_hub_ids(tiny_spm_model_dir: Path,
+                                                                tmp_path: Path) -> None:
     gguf = tmp_path / "m.Q4_1.gguf"
     gguf.write_bytes(b"")
     assert resolve_source(str(gguf)) == ModelSource("gguf", str(tmp_path), "m.Q4_1.gguf")
@@ -43,13 +52,14 @@ def test_resolve_device_names_the_valid_options() -> None:
 def test_float_precisions_load_in_their_dtype_on_cpu(tiny_spm_model_dir: Path, precision: str) -> None:
     loaded = load_model(str(tiny_spm_model_dir), precision, "cpu")
     dtype = FLOAT_PRECISIONS[precision]
-    assert {p.dtype for p in loaded.model.parameters()} == {dtype}  # fp16 on CPU is allowed (slow) and recorded
+    # fp16 on CPU is allowed (slow) and recorded
+    assert {p.dtype for p in loaded.model.parameters()} == {dtype}
     info = loaded.info
-    assert (info["precision"], info["dtype"], info["device"]) == (precision, str(dtype).removeprefix("torch."), "cpu")
-    assert (info["quant_backend"], info["quant_bits"], info["skipped_layers"]) == ("none", None, [])
+    assert (info.precision, info.dtype, info.device) == (precision, str(dtype).removeprefix("torch."), "cpu")
+    assert (info.quant_backend, info.quant_bits, info.skipped_layers) == ("none", None, [])
     params = sum(p.numel() for p in loaded.model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in loaded.model.buffers())
-    assert info["weight_bytes"] == params * dtype.itemsize + buffers
+    assert info.weight_bytes == params * dtype.itemsize + buffers
     ids = loaded.tokenizer("Answer: A", return_tensors="pt").input_ids
     with torch.no_grad():
         assert torch.isfinite(loaded.model(ids).logits).all()
@@ -60,13 +70,15 @@ def test_weight_bytes_counts_tied_and_attribute_tensors_once() -> None:
     holder = torch.nn.Module()
     holder.a, holder.b = layer, torch.nn.Linear(8, 4, bias=False)
     holder.b.weight = layer.weight  # tied: one storage
-    holder.codes = torch.zeros(4, 8, dtype=torch.int8)  # a plain attribute, as Baichuan's QLinear keeps its weight
+    # a plain attribute, as Baichuan's QLinear keeps its weight
+    holder.codes = torch.zeros(4, 8, dtype=torch.int8)
     assert weight_bytes(holder) == 4 * 8 * 4 + 4 * 8
 
 
 def test_check_precision_accepts_a_path_and_refuses_before_loading(tiny_spm_model_dir: Path) -> None:
     plan = check_precision("int8", "rtn", "cpu", str(tiny_spm_model_dir))
-    assert (plan.backend, plan.bits, plan.method, plan.group_size) == ("rtn", 8, "rtn-absmax-per-channel", None)
+    assert (plan.backend, plan.bits, plan.method, plan.group_size) == ("rtn", 8, "rtn-absmax-per-channel",
+                                                                        None)
     assert check_precision("int4", None, "cpu", str(tiny_spm_model_dir)).backend == "bnb"
     with pytest.raises(EvalkitError, match="--precision fp16 with --quant-backend torchao"):
         check_precision("fp16", "torchao", "cpu", str(tiny_spm_model_dir))
@@ -97,10 +109,10 @@ def test_missing_weights_are_an_evalkit_error(tiny_spm_model_dir: Path, tmp_path
 def test_smollm_gguf_loads_as_it_comes_and_is_labelled(smollm_gguf: Path) -> None:
     loaded = load_model(str(smollm_gguf), "fp32", "cpu")
     info = loaded.info
-    assert info["source_quantization"] == "gguf Q4_1" and info["requantized_from"] is None
+    assert info.source_quantization == "gguf Q4_1" and info.requantized_from is None
     q_proj = loaded.model.model.layers[0].self_attn.q_proj.weight
     unpacked = q_proj.is_floating_point() and q_proj.shape == (576, 576)
     expected = "dequantized on load" if unpacked else "packed GGUF blocks"
-    assert info["weights_format"] == f"gguf SmolLM2-135M-Instruct.Q4_1.gguf ({expected})"
-    assert info["weight_bytes"] == weight_bytes(loaded.model) > 100_000_000
-    assert info["peak_rss_bytes"] >= info["weight_bytes"] // 2
+    assert info.weights_format == f"gguf SmolLM2-135M-Instruct.Q4_1.gguf ({expected})"
+    assert info.weight_bytes == weight_bytes(loaded.model) > 100_000_000
+    assert info.peak_rss_bytes >= info.weight_bytes // 2

@@ -12,7 +12,7 @@ from evalkit.published import PublishedRow
 from evalkit.report.quantization import build_quant_table, quant_frame, quant_markdown, show_precision
 from evalkit.report.tables import ReportRun
 from evalkit.results import SavedRun
-from evalkit.types import EvalkitError, QuestionResult, RunConfig
+from evalkit.types import EvalkitError, ModelInfo, QuestionResult, RunConfig, Timings
 from tasks import get_task
 from tasks.references import published_quantization
 
@@ -32,7 +32,7 @@ def run(precision: str, task: str = "mmlu", questions: list[QuestionResult] | No
         questions = answers(task, subject, RIGHT[precision], 100, split=get_task(task).eval_split)
     cfg = RunConfig(model=model, task=task, precision=precision, quant_backend=backend, **config)
     weights = int({"fp32": 4, "bf16": 2, "int8": 1, "int4": 0.5}[precision] * GIB)
-    saved = saved_run(cfg, questions, model_info={"weight_bytes": weights, **(info or {})})
+    saved = saved_run(cfg, questions, model_info=ModelInfo(weight_bytes=weights, **(info or {})))
     return ReportRun(saved.result, get_task(task), None, saved.questions)
 
 
@@ -111,7 +111,7 @@ def test_memory_columns_prefer_cuda_peaks_and_say_which():
 def test_run_time_sums_the_benchmarks_and_marks_resumed_rows():
     def timed(precision: str, task: str, timings: dict) -> ReportRun:
         report_run = run(precision, task)
-        return report_run._replace(result=dataclasses.replace(report_run.result, timings=timings))
+        return report_run._replace(result=dataclasses.replace(report_run.result, timings=Timings(**timings)))
 
     table = build_quant_table([timed("fp32", "mmlu", {"scoring_seconds": 60.0, "load_seconds": 12.4}),
                                timed("fp32", "ceval", {"scoring_seconds": 120.0, "load_seconds": 12.4}),

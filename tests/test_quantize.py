@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -21,10 +22,12 @@ torch.set_num_threads(1)
 
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
-CPU_BACKENDS = [pytest.param("bnb", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")),
-                pytest.param("torchao", marks=pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed "
-                                                                 "(optional: pip install torchao)")),
-                "rtn"]
+CPU_BACKENDS = [
+    pytest.param("bnb", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")),
+    pytest.param("torchao", marks=pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed "
+                                                     "(optional: pip install torchao)")),
+    "rtn",
+]
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down
 _loaded: dict[tuple, object] = {}
 
@@ -45,7 +48,8 @@ def _load(model_dir: Path, precision: str, backend: str | None = None):
 
 @pytest.fixture(scope="module")
 def aligned_model_dir(tiny_spm_model_dir: Path, tmp_path_factory) -> Path:
-    """The tiny SentencePiece model's tokenizer on a llama whose widths (64, 128) torchao's int4 groups divide."""
+    """The tiny SentencePiece model's tokenizer on a llama whose widths (64, 128) torchao's int4 groups
+    divide."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     out = tmp_path_factory.mktemp("aligned")
@@ -54,9 +58,10 @@ def aligned_model_dir(tiny_spm_model_dir: Path, tmp_path_factory) -> Path:
             shutil.copy(path, out / path.name)
     source = LlamaConfig.from_pretrained(tiny_spm_model_dir)
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=source.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=source.bos_token_id,
-                         eos_token_id=source.eos_token_id, pad_token_id=source.pad_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(vocab_size=source.vocab_size, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         bos_token_id=source.bos_token_id, eos_token_id=source.eos_token_id,
+                         pad_token_id=source.pad_token_id, tie_word_embeddings=False)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
 
@@ -131,13 +136,13 @@ def test_linear_weights_are_really_stored_low_bit(tiny_spm_model_dir: Path, alig
     dense_bytes = sum(weight_bytes(dense.model.get_submodule(n)) for n in names)
     quant_bytes = sum(weight_bytes(quant.model.get_submodule(n)) for n in names)
     assert dense_bytes == 4 * sum(o * i for o, i in shapes)
-    low, high = _bytes_bounds(shapes, bits, quant.info["group_size"])
+    low, high = _bytes_bounds(shapes, bits, quant.info.group_size)
     assert low <= quant_bytes <= high, (quant_bytes, low, high)
     if backend == "rtn":  # exact: codes + one fp32 scale per output row
         assert quant_bytes == sum(o * (i * bits // 8 + 4) for o, i in shapes)
-    assert quant.info["weight_bytes"] == weight_bytes(quant.model) < dense.info["weight_bytes"]
-    assert quant.info["quantized_layers"] == len(names)
-    assert quant.info["skipped_layers"] == ["lm_head"]
+    assert quant.info.weight_bytes == weight_bytes(quant.model) < dense.info.weight_bytes
+    assert quant.info.quantized_layers == len(names)
+    assert quant.info.skipped_layers == ["lm_head"]
 
 
 # Tolerances on the full-vocabulary log-probs at the last position, relative to the fp32 spread
@@ -164,13 +169,14 @@ def test_logprobs_stay_close_to_fp32(tiny_spm_model_dir: Path, aligned_model_dir
 
 def test_info_records_method_group_and_compute_dtype(tiny_spm_model_dir: Path) -> None:
     rtn = _load(tiny_spm_model_dir, "int4", "rtn").info
-    assert (rtn["quant_method"], rtn["group_size"], rtn["compute_dtype"]) == ("rtn-absmax-per-channel", None, "float32")
+    assert (rtn.quant_method, rtn.group_size, rtn.compute_dtype) == ("rtn-absmax-per-channel", None,
+                                                                      "float32")
     if HAS_BNB:
         nf4 = _load(tiny_spm_model_dir, "int4").info  # bnb is the default backend
-        assert (nf4["quant_backend"], nf4["quant_method"], nf4["group_size"]) == ("bnb", "NF4", 64)
-        assert _load(tiny_spm_model_dir, "int8").info["quant_method"] == "LLM.int8"
+        assert (nf4.quant_backend, nf4.quant_method, nf4.group_size) == ("bnb", "NF4", 64)
+        assert _load(tiny_spm_model_dir, "int8").info.quant_method == "LLM.int8"
     for info in (rtn, _load(tiny_spm_model_dir, "fp32").info):
-        assert info["peak_rss_bytes"] > 0 and info["load_seconds"] >= 0 and info["source_quantization"] is None
+        assert info.peak_rss_bytes > 0 and info.load_seconds >= 0 and info.source_quantization is None
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
@@ -180,17 +186,17 @@ def test_llm_int8_records_its_activation_quantization_and_logs_no_per_call_notic
     with caplog.at_level(logging.INFO):
         _last_logprobs(loaded)  # fp32 activations: bitsandbytes would log a cast notice for every layer
     assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
-    assert loaded.info["activation_quantization"].startswith("int8 per token")
-    assert _load(tiny_spm_model_dir, "int8", "rtn").info["activation_quantization"] is None
+    assert loaded.info.activation_quantization.startswith("int8 per token")
+    assert _load(tiny_spm_model_dir, "int8", "rtn").info.activation_quantization is None
 
 
 @pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed (optional: pip install torchao)")
 def test_torchao_int4_reports_the_layers_its_groups_cannot_divide(tiny_spm_model_dir: Path) -> None:
     info = _load(tiny_spm_model_dir, "int4", "torchao").info
     # widths 48 (hidden) are not divisible by 32, the smallest group torchao accepts: only down_proj (96) is
-    assert info["group_size"] == 32 and info["quantized_layers"] == 2
-    assert "model.layers.0.self_attn.q_proj" in info["skipped_layers"] and "lm_head" in info["skipped_layers"]
-    assert not any(name.endswith("down_proj") for name in info["skipped_layers"])
+    assert info.group_size == 32 and info.quantized_layers == 2
+    assert "model.layers.0.self_attn.q_proj" in info.skipped_layers and "lm_head" in info.skipped_layers
+    assert not any(name.endswith("down_proj") for name in info.skipped_layers)
 
 
 REMOTE_CODE = '''
@@ -232,11 +238,12 @@ def remote_code_model_dir(tiny_spm_model_dir: Path, tmp_path_factory) -> Path:
 
 
 def test_model_backend_calls_the_checkpoints_own_quantize(remote_code_model_dir: Path) -> None:
-    loaded = load_model(str(remote_code_model_dir), "int8", "cpu", trust_remote_code=True, quant_backend="model")
+    loaded = load_model(str(remote_code_model_dir), "int8", "cpu", trust_remote_code=True,
+                        quant_backend="model")
     info = loaded.info
-    assert (info["quant_method"], info["compute_dtype"]) == ("model.quantize(8)", "float16")
-    assert info["quantized_layers"] == 3 * loaded.model.config.num_hidden_layers
-    assert "model.layers.0.self_attn.q_proj" in info["skipped_layers"]  # its quantize() leaves attention float
+    assert (info.quant_method, info.compute_dtype) == ("model.quantize(8)", "float16")
+    assert info.quantized_layers == 3 * loaded.model.config.num_hidden_layers
+    assert "model.layers.0.self_attn.q_proj" in info.skipped_layers  # its quantize() leaves attention float
     mlp = loaded.model.model.layers[0].mlp.gate_proj
     assert weight_bytes(mlp) == mlp.weight.numel() + 4 * mlp.weight.shape[0]  # plain int8 attribute counted
     assert torch.isfinite(_last_logprobs(loaded)).all()
@@ -262,16 +269,18 @@ def config_only_dir(tiny_spm_model_dir: Path, tmp_path: Path) -> Path:
     ("fp16", "bnb", "fp16 is a float precision and bnb would ignore it"),
     ("bf16", "rtn", "bf16 is a float precision and rtn would ignore it"),
     ("int8", "model", "pass --trust-remote-code"),
-    ("int3", None, "unknown precision 'int3'; valid: fp32, bf16, fp16, int8, int4"),
-    ("int8", "gptq", "unknown quant backend 'gptq'; valid: none, bnb, torchao, rtn, model"),
+    ("int3", None,
+     "unknown precision 'int3'; did you mean int8 or int4? (valid: fp32, bf16, fp16, int8, int4)"),
+    ("int8", "gptq", "unknown quant backend 'gptq' (valid: none, bnb, torchao, rtn, model)"),
 ])
 def test_bad_combinations_fail_before_any_model_is_loaded(config_only_dir: Path, precision: str,
                                                           backend: str | None, message: str) -> None:
-    with pytest.raises(EvalkitError, match=message.replace("(", r"\(")):
+    with pytest.raises(EvalkitError, match=re.escape(message)):
         load_model(str(config_only_dir), precision, "cpu", quant_backend=backend)
 
 
-def test_torchao_int4_is_refused_on_cuda_and_a_missing_package_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_torchao_int4_is_refused_on_cuda_and_a_missing_package_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(EvalkitError, match="CPU only"):
         plan_quantization("int4", "torchao", "cuda:0", None, False)
     real_find_spec = importlib.util.find_spec
@@ -302,7 +311,8 @@ def test_prequantized_checkpoints_are_not_requantized(config_only_dir: Path, pre
 
 def _mmlu_prompt(shared_data: Path) -> str:
     """A 4-shot MMLU prompt in the official layout (hendrycks/test), built here from the real dev file."""
-    rows = list(csv.reader((shared_data / "mmlu" / "dev" / "high_school_geography_dev.csv").open(encoding="utf-8")))
+    path = shared_data / "mmlu" / "dev" / "high_school_geography_dev.csv"
+    rows = list(csv.reader(path.open(encoding="utf-8")))
 
     def example(row: list[str], answer: bool) -> str:
         text = f"{row[0]}\nA. {row[1]}\nB. {row[2]}\nC. {row[3]}\nD. {row[4]}\nAnswer:"
@@ -333,7 +343,8 @@ SMOLLM_LETTERS = {"int8": 0.25, "int4": 2.0}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("precision", "backend"), [("int8", None), ("int4", None), ("int8", "rtn"), ("int4", "rtn")])
+@pytest.mark.parametrize(("precision", "backend"),
+                         [("int8", None), ("int4", None), ("int8", "rtn"), ("int4", "rtn")])
 def test_smollm_quantized_logprobs_stay_near_fp32(smollm_gguf: Path, shared_data: Path,
                                                   precision: str, backend: str | None) -> None:
     prompt = _mmlu_prompt(shared_data)
@@ -345,9 +356,9 @@ def test_smollm_quantized_logprobs_stay_near_fp32(smollm_gguf: Path, shared_data
     assert 0 < kl <= SMOLLM_KL[precision], kl
     assert letters <= SMOLLM_LETTERS[precision], letters
     info = loaded.info
-    assert info["source_quantization"] == info["requantized_from"] == "gguf Q4_1"
-    assert info["skipped_layers"] == ["lm_head"] and info["quantized_layers"] == 7 * 30
-    assert info["weight_bytes"] < dense.info["weight_bytes"] / 2
+    assert info.source_quantization == info.requantized_from == "gguf Q4_1"
+    assert info.skipped_layers == ["lm_head"] and info.quantized_layers == 7 * 30
+    assert info.weight_bytes < dense.info.weight_bytes / 2
 
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
@@ -358,10 +369,11 @@ def test_nf4_takes_every_shape_on_cpu(tiny_spm_model_dir: Path, aligned_model_di
 
     for model_dir in (tiny_spm_model_dir, aligned_model_dir):
         loaded = _load(model_dir, "int4", "bnb")
-        linears = {name: module for name, module in loaded.model.named_modules() if hasattr(module, "quant_state")
+        linears = {name: module for name, module in loaded.model.named_modules()
+                   if hasattr(module, "quant_state")
                    or hasattr(getattr(module, "weight", None), "quant_state")}
         misfit = sorted(name for name, module in linears.items()
                         if module.out_features % 32 or module.in_features % 64)
-        assert sorted(loaded.info["nf4_generic_kernel_layers"]) == (misfit if has_avx512bf16() else [])
+        assert sorted(loaded.info.nf4_generic_kernel_layers) == (misfit if has_avx512bf16() else [])
         assert torch.isfinite(_last_logprobs(loaded)).all()
-    assert not _load(aligned_model_dir, "int4", "bnb").info["nf4_generic_kernel_layers"]
+    assert not _load(aligned_model_dir, "int4", "bnb").info.nf4_generic_kernel_layers

@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED
+
 from evalkit.published import check_names, matching, name_key
 from evalkit.types import EvalkitError
 from tasks import get_task
@@ -67,7 +67,8 @@ def gap(key: tuple[str, str, str], values: dict, weights: dict[str, int] | None 
 def test_category_weights_are_the_protocol_s():
     assert WEIGHTS["ceval"] == {"STEM": 20, "Social Sciences": 10, "Humanities": 11, "Others": 11}
     assert WEIGHTS["cmmlu"] == {"STEM": 17, "Social Sciences": 22, "Humanities": 13, "Others": 15}
-    assert len(ROWS) == 9 + 9 + 9 + 15 + 7  # 13B README C-Eval, MMLU, CMMLU; 7B card C-Eval, MMLU (2 rows lack them)
+    # 13B README C-Eval, MMLU, CMMLU; 7B card C-Eval, MMLU (2 rows lack them)
+    assert len(ROWS) == 9 + 9 + 9 + 15 + 7
 
 
 @pytest.mark.parametrize("key, values", ROWS, ids=["/".join(k) for k, _ in ROWS])
@@ -80,13 +81,15 @@ def test_average_is_the_weighted_mean_of_the_categories(key, values):
 
 def test_the_protocol_s_worked_examples():
     base = {(k[0], k[1]): v for k, v in ROWS if k[2] == "Baichuan-13B-Base"}
-    assert weighted(base["Baichuan-13B-README.md", "ceval"], WEIGHTS["ceval"]) == pytest.approx(52.39, abs=0.005)
-    assert weighted(base["Baichuan-13B-README.md", "cmmlu"], WEIGHTS["cmmlu"]) == pytest.approx(55.28, abs=0.005)
-    assert weighted(base["Baichuan-13B-README.md", "mmlu"], WEIGHTS["mmlu"]) == pytest.approx(51.67, abs=0.005)
+    readme = "Baichuan-13B-README.md"
+    assert weighted(base[readme, "ceval"], WEIGHTS["ceval"]) == pytest.approx(52.39, abs=0.005)
+    assert weighted(base[readme, "cmmlu"], WEIGHTS["cmmlu"]) == pytest.approx(55.28, abs=0.005)
+    assert weighted(base[readme, "mmlu"], WEIGHTS["mmlu"]) == pytest.approx(51.67, abs=0.005)
 
 
 @pytest.mark.parametrize("task_name, alternative, min_misses", [
-    ("mmlu", {"STEM": 18, "Social Sciences": 12, "Humanities": 13, "Others": 14}, 16),  # macro: subject counts
+    # macro: subject counts
+    ("mmlu", {"STEM": 18, "Social Sciences": 12, "Humanities": 13, "Others": 14}, 16),
     ("ceval", CEVAL_TEST_QUESTIONS, 15),  # micro over the test questions
     ("cmmlu", CMMLU_TEST_QUESTIONS, 5),
 ])
@@ -99,12 +102,14 @@ def test_the_other_aggregation_misses_even_the_rounding_bound(task_name, alterna
 
 def test_documents_agree_where_they_publish_the_same_model_except_ziya():
     readme = {(t.name, r.label): r.values for t in TABLES if t.file.endswith("13B-README.md") for r in t.rows}
-    card = {(t.name, r.label): r.values for t in TABLES if t.file.endswith("7B-model-card.md") for r in t.rows}
+    card = {(t.name, r.label): r.values
+            for t in TABLES if t.file.endswith("7B-model-card.md") for r in t.rows}
     for key in [("ceval", "Baichuan-7B"), ("mmlu", "Baichuan-7B"), ("ceval", "moss-moon-003-base (16B)"),
                 ("mmlu", "moss-moon-003-base (16B)")]:
         assert {c: v for c, v in card[key].items() if c in readme[key]} == readme[key]
     # the one model that differs: the card's C-Eval Ziya row is not the README's (both kept, both shown)
-    ziya_readme, ziya_card = readme["ceval", "Ziya-LLaMA-13B-Pretrain"], card["ceval", "Ziya-LLaMA-13B-pretrain"]
+    ziya_readme = readme["ceval", "Ziya-LLaMA-13B-Pretrain"]
+    ziya_card = card["ceval", "Ziya-LLaMA-13B-pretrain"]
     assert (ziya_readme["Average"], ziya_card["Average"]) == (30.0, 30.2)
     details = {k: v for k, v in readme["model_details", "Baichuan-7B"].items() if k in card["model_details",
                                                                                               "Baichuan-7B"]}
@@ -122,7 +127,8 @@ def test_quantization_memory_and_speed_tables_are_consistent():
     assert params * 2 / 2**30 < memory["bf16 / fp16"] < params * 2 / 1e9
     assert memory["int8"] > params / 2**30 and memory["int4"] > params / 2 / 2**30
     speed = {r.label: r.values["tokens_per_second"] for r in readme["throughput"].rows}
-    assert speed["Baichuan-13B"] / speed["LLaMA-13B"] == pytest.approx(1.309, abs=0.001)  # the text says +31.6%
+    # the text says +31.6%
+    assert speed["Baichuan-13B"] / speed["LLaMA-13B"] == pytest.approx(1.309, abs=0.001)
 
 
 def test_published_rows_merge_agreeing_documents_and_keep_disagreeing_ones():
@@ -152,28 +158,34 @@ def test_runs_match_by_name_and_precision_class():
     assert [r.scores for r in matching(rows, "mmlu", "Baichuan-13B-Base", "int4")] == [{"Average": 46.0}]
     assert [r.label for r in matching(rows, "ceval", "llama-7b", "fp32")] == ["LLaMA-7B-hf"]
     assert matching(rows, "cmmlu", "Baichuan-13B-Base", "int2") == []
-    with pytest.raises(EvalkitError, match="no published figures for 'Vicuna-31B'; did you mean Vicuna-13B"):
+    with pytest.raises(EvalkitError, match="unknown published row 'Vicuna-31B'; did you mean Vicuna-13B"):
         check_names(["LLaMA-13B", "Vicuna-31B"], rows)
 
 
 def write_reference(tmp_path: Path, **table_changes) -> Path:
-    table = {"name": "ceval", "kind": "accuracy", "benchmark": "ceval", "section": "S", "label_column": "Model",
+    table = {"name": "ceval", "kind": "accuracy", "benchmark": "ceval", "section": "S",
+             "label_column": "Model",
              "columns": [{"published": "STEM", "ours": "STEM"}, {"published": "Avg", "ours": "Average"}],
              "rows": [{"label": "M", "values": [40.0, 41.0]}], **table_changes}
-    (tmp_path / "doc.json").write_text(json.dumps({"source": {"file": "doc.md"}, "tables": [table]}), encoding="utf-8")
+    document = {"source": {"file": "doc.md"}, "tables": [table]}
+    (tmp_path / "doc.json").write_text(json.dumps(document), encoding="utf-8")
     return tmp_path
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"columns": [{"published": "Sci", "ours": "Science"}]}, r"columns \['Science'\] are not ours; valid: .*'STEM'"),
+    ({"columns": [{"published": "Sci", "ours": "Science"}]},
+     r"columns \['Science'\] are not ours; valid: .*'STEM'"),
     ({"rows": [{"label": "M", "values": [40.0]}]}, r"row 0 \(M\): 1 values for 2 columns"),
-    ({"rows": [{"label": "M", "values": [40.0, 410]}]}, r"row 0 \(M\): accuracies must be numbers in \[0, 100\]"),
-    ({"kind": "accurcy"}, "kind 'accurcy'; valid: accuracy, quantization"),
+    ({"rows": [{"label": "M", "values": [40.0, 410]}]},
+     r"row 0 \(M\): accuracies must be numbers in \[0, 100\]"),
+    ({"kind": "accurcy"}, r"unknown kind 'accurcy'; did you mean accuracy\? \(valid: accuracy, quantization"),
     ({"sectoin": "S"}, r"unknown keys \['sectoin'\]"),
     ({"kind": "quantization", "columns": [{"published": "C-Eval", "ours": "ceval"}],
-      "rows": [{"label": "M", "values": [50.0], "precision": "int3"}]}, "precision 'int3'; valid: full, int8, int4"),
+      "rows": [{"label": "M", "values": [50.0], "precision": "int3"}]},
+     r"unknown precision 'int3'.*\(valid: full, int8, int4\)"),
     ({"kind": "memory", "columns": [{"published": "GB", "ours": "gpu_memory_gb"}],
-      "rows": [{"label": "M", "values": [9.7], "precisions": ["q4"]}]}, r"precisions \['q4'\]; valid: a list of fp32"),
+      "rows": [{"label": "M", "values": [9.7], "precisions": ["q4"]}]},
+     r"precisions \['q4'\]; valid: a list of fp32"),
     ({"columns": [{"published": "STEM"}]}, r"column 0: missing keys \['ours'\]"),
 ])
 def test_bad_reference_files_are_errors_naming_file_table_and_row(tmp_path, changes, message):
@@ -239,7 +251,8 @@ def test_every_table_of_both_documents_is_transcribed_number_for_number(referenc
         transcribed = set()
         for heading, rows in markdown_tables(reference_dir / Path(file).name):
             header = [clean(c) for c in rows[0]]
-            [table] = [t for t in ours if t.section.split(" > ")[-1] == heading and t.label_column == header[0]]
+            [table] = [t for t in ours
+                       if t.section.split(" > ")[-1] == heading and t.label_column == header[0]]
             transcribed.add(table.name)
             if table.info.get("transposed"):  # one hyperparameter per row
                 published = {clean(r[0]): number(r[1]) for r in rows[1:]}
@@ -247,7 +260,7 @@ def test_every_table_of_both_documents_is_transcribed_number_for_number(referenc
                 continue
             assert header[1:] == [p for p, _ in table.columns], (file, heading)
             assert [clean(r[0]) for r in rows[1:]] == [r.label for r in table.rows], (file, heading)
-            for cells, row in zip(rows[1:], table.rows):
+            for cells, row in zip(rows[1:], table.rows, strict=False):
                 assert [number(c) for c in cells[1:]] == list(row.values.values()), (file, heading, row.label)
         assert transcribed == {t.name for t in ours}, file
 
@@ -261,7 +274,8 @@ def test_the_question_counts_behind_the_weights(shared_data):
         for category in CATEGORIES:
             total = 0
             for subject in get_task(task).group_subjects(category):
-                with open(shared_data / task / pattern.format(subject=subject), newline="", encoding="utf-8") as f:
+                path = shared_data / task / pattern.format(subject=subject)
+                with open(path, newline="", encoding="utf-8") as f:
                     total += sum(1 for _ in csv.reader(f)) - header
             out[category] = total
         return out

@@ -216,10 +216,10 @@ def test_notes_name_sources_and_flag_scheme_split_and_the_ci():
 def test_a_run_names_its_reference_and_bad_names_are_errors():
     run = ReportRun(saved(MIXED, model="/tmp/tiny-model"), CEVAL, reference="LLaMA-13B")
     assert build_tables([run], PUBLISHED)["ceval"].links == {"tiny-model fp16": ("LLaMA-13B (published)",)}
-    with pytest.raises(EvalkitError, match="no published figures for 'LLaMA-31B'; did you mean LLaMA-13B"):
+    with pytest.raises(EvalkitError, match="unknown published row 'LLaMA-31B'; did you mean LLaMA-13B"):
         build_tables([run._replace(reference="LLaMA-31B")], PUBLISHED)
     with pytest.raises(EvalkitError,
-                       match="no published figures for 'Vicuna'.*valid: Baichuan-13B-Base, LLaMA-13B"):
+                       match="unknown published row 'Vicuna'.*valid: Baichuan-13B-Base, LLaMA-13B"):
         to_markdown([run], PUBLISHED, extra=["Vicuna"])
 
 

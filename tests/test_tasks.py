@@ -1,12 +1,15 @@
 """tasks/: the registry, each benchmark's layout and subjects, and the schemes as data (PROTOCOL §1-2)."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import string
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
 from evalkit.prompts import render_header
-from evalkit.types import EvalkitError
+from evalkit.types import LETTERS, EvalkitError, Scheme
 from tasks import DATA_DIR, TASKS, get_task
 from tasks.convert_categories import convert
 
@@ -14,7 +17,8 @@ from tasks.convert_categories import convert
 def test_registry_and_did_you_mean():
     assert sorted(TASKS) == ["ceval", "cmmlu", "mmlu"]
     assert get_task("cmmlu").title == "CMMLU"
-    with pytest.raises(EvalkitError, match=r"unknown task 'cevl'; did you mean ceval\? \(valid: ceval, cmmlu, mmlu\)"):
+    with pytest.raises(EvalkitError,
+                       match=r"unknown task 'cevl'; did you mean ceval\? \(valid: ceval, cmmlu, mmlu\)"):
         get_task("cevl")
     with pytest.raises(EvalkitError, match=r"unknown task 'gsm8k' \(valid: ceval, cmmlu, mmlu\)"):
         get_task("gsm8k")
@@ -38,43 +42,76 @@ def test_anatomy_is_in_others_for_mmlu_and_stem_for_cmmlu():
     assert "STEM" in get_task("cmmlu").subject("anatomy").categories
 
 
-@pytest.mark.parametrize("name, eval_split, splits, path, labeled", [
-    ("mmlu", "test", ("dev", "val", "test"), "test/anatomy_test.csv", ("dev", "val", "test")),
-    ("ceval", "val", ("dev", "val", "test"), "val/law_val.csv", ("dev", "val")),
-    ("cmmlu", "test", ("dev", "test"), "test/anatomy.csv", ("dev", "test")),
-])
-def test_layouts(name, eval_split, splits, path, labeled):
+def _fields(template: str) -> set[str]:
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field is not None}
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_subject_belongs_to_the_task_groups(name):
     task = get_task(name)
-    subject = "law" if name == "ceval" else "anatomy"
-    assert (task.eval_split, task.shot_split, task.splits, task.labeled_splits) == (eval_split, "dev", splits, labeled)
-    assert task.local_path.format(split=eval_split, subject=subject) == path
-    assert set(task.hub_splits) == set(task.splits)
+    groups = task.categories + task.extra_groups
+    assert len(set(groups)) == len(groups)
+    for subject in task.subjects:
+        assert subject.categories and set(subject.categories) <= set(groups), subject.name
+        assert subject.name_en
+        assert task.subject(subject.name) is subject
+    assert all(task.group_subjects(group) for group in groups)  # no empty column in the report
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_splits_are_consistent_with_the_local_layout(name):
+    task = get_task(name)
+    assert {task.eval_split, task.shot_split} <= set(task.splits)
+    assert task.shot_split in task.labeled_splits and set(task.labeled_splits) <= set(task.splits)
+    assert set(task.hub_splits) == set(task.splits) and set(task.split_headers) <= set(task.splits)
+    assert _fields(task.local_path) == {"split", "subject"}
+    paths = {task.local_path.format(split=split, subject=subject.name)
+             for split in task.splits for subject in task.subjects}
+    assert len(paths) == len(task.splits) * len(task.subjects)  # one file per split and subject
+    for split in task.splits:  # the split is a folder (where `list --data-dir` counts its rows)
+        assert task.local_path.format(split=split, subject="x").startswith(f"{split}/")
+
+
+# the fields the Scheme docstring documents
+SCHEME_FIELDS = {"subject_spaced", "subject_en", "subject_zh", "question", *LETTERS, "letter"}
+TEMPLATES = ("header", "example", "shot_answer", "header_joiner", "shot_joiner", "query_joiner")
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
 def test_schemes_are_consistent_data(name):
     task = get_task(name)
-    assert list(task.schemes) == ["official", "baichuan", "lm-eval"]
-    for scheme in task.schemes.values():
-        assert scheme.example.endswith(scheme.answer_cue) and "{letter}" in scheme.shot_answer
-        assert scheme.source
+    assert list(task.schemes) == list(get_task("mmlu").schemes)  # every task offers the same schemes
+    literal_fields = {f.name: get_args(hint) for f in dataclasses.fields(Scheme)
+                      if get_origin(hint := get_type_hints(Scheme)[f.name]) is Literal}
+    for key, scheme in task.schemes.items():
+        assert scheme.name == key and scheme.source
+        for template in TEMPLATES:  # every template uses only the documented fields
+            assert _fields(getattr(scheme, template)) <= SCHEME_FIELDS, (key, template)
+        assert _fields(scheme.shot_answer) == {"letter"} and "letter" not in _fields(scheme.example)
+        assert set(LETTERS) | {"question"} <= _fields(scheme.example)
+        assert scheme.example.endswith(scheme.answer_cue)
+        for field_name, values in literal_fields.items():
+            assert getattr(scheme, field_name) in values, (key, field_name)
         assert set(scheme.subject_names) <= {s.name for s in task.subjects}
         for subject in task.subjects:  # every template renders for every subject
             header = render_header(scheme, subject)
-            assert (subject.name.split("_")[-1] in header) if name == "mmlu" else (subject.name_zh[:2] in header)
-    official, baichuan, lm_eval = task.schemes.values()
-    assert (official.letter_rule, baichuan.letter_rule, lm_eval.letter_rule) == ("in_context", "standalone", "in_context")
-    assert official.aggregation == baichuan.aggregation == ("micro" if name == "mmlu" else "macro")
-    assert lm_eval.aggregation == "micro" and lm_eval.length_policy == "left_truncate" and lm_eval.strip_text
-    assert official.bos == "tokenizer_default" and lm_eval.bos == "never"
+            named = subject.name.split("_")[-1] if name == "mmlu" else subject.name_zh[:2]
+            assert named in header
+    official, baichuan, lm_eval = (task.schemes[k] for k in ("official", "baichuan", "lm-eval"))
+    # what decides the scores beyond the prompt bytes (PROTOCOL §2): letter ids, BOS, the averaging
+    assert (official.letter_rule, baichuan.letter_rule, lm_eval.letter_rule) == ("in_context", "standalone",
+                                                                                 "in_context")
+    assert baichuan.aggregation == official.aggregation  # Baichuan's scripts average as the benchmark does
+    assert (lm_eval.aggregation, lm_eval.bos, lm_eval.length_policy) == ("micro", "never", "left_truncate")
+    assert official.bos == "tokenizer_default"
     assert baichuan.bos == ("tokenizer_default" if name == "cmmlu" else "never")
-    assert official.length_policy == {"mmlu": "drop_last", "ceval": "none", "cmmlu": "drop_longest"}[name]
 
 
 def test_baichuan_ceval_name_table_differs_in_one_subject():
     scheme = get_task("ceval").schemes["baichuan"]
     assert scheme.subject_names == {"mao_zedong_thought": "毛泽东思想和中国特色社会主义理论概论"}
-    assert get_task("ceval").subject("mao_zedong_thought").name_zh == "毛泽东思想和中国特色社会主义理论体系概论"
+    official_name = get_task("ceval").subject("mao_zedong_thought").name_zh
+    assert official_name == "毛泽东思想和中国特色社会主义理论体系概论"
     assert scheme.shot_order == "shuffled_per_question"
 
 

@@ -1,11 +1,11 @@
 """The machine under a generation benchmark: device-synchronised timing, the memory-bandwidth probe
-behind the decode bound, how busy the machine was during the repeats, and the software/hardware record.
+behind the decode bound and how busy the machine was during the repeats (the software/hardware record is
+evalkit.machine.environment, shared with run.json).
 
 Nothing here loads or runs a model (the figures' definitions are in evalkit.bench.run).
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
@@ -94,18 +94,3 @@ class LoadMeter:
         cpus = psutil.cpu_count()
         others = max(0.0, system / 100 * cpus - mine / 100)
         return MachineLoad(self.load_start, psutil.getloadavg()[0], system, mine, round(others, 2), cpus)
-
-
-def environment(device: str) -> dict:
-    """Versions and device name recorded with a report (figures are only comparable on the same stack)."""
-    import platform
-
-    import transformers
-
-    cpuinfo = Path("/proc/cpuinfo")
-    names = re.findall(r"model name\s*:\s*(.+)", cpuinfo.read_text()) if cpuinfo.exists() else []
-    cpu = names[0] if names else platform.processor() or platform.machine()
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else cpu
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "device": device, "device_name": name,
-            "cpu_count": os.cpu_count()}

@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 from evalkit.bench.run import MIB, BenchReport, BenchRow
+from evalkit.types import RunConfig
+
+OUTPUT_DIR = f"{RunConfig.output_dir}/bench"  # bench --output-dir: beside the evaluation runs
 
 HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "prefill tok/s", "decode tok/s",
            "GB/s", "bound tok/s", "achieved", "peak MiB", "weights MiB", "threads", "others busy")
@@ -32,8 +35,8 @@ def format_table(report: BenchReport) -> str:
         base = first.setdefault((r.precision, r.quant_backend, r.batch_size), r.e2e_tok_s.median)
         table.append(_table_row(r) + ([f"{r.e2e_tok_s.median / base:.2f}"] if len(models) > 1 else []))
     headers = list(HEADERS) + ([f"× {models[0]}"] if len(models) > 1 else [])
-    on_cuda = env["device"].startswith("cuda")
-    title = (f"Throughput ({report.mode}) on {env['device_name']}: {s['new_tokens']} new tokens after "
+    on_cuda = (env.device or "").startswith("cuda")
+    title = (f"Throughput ({report.mode}) on {env.device_name}: {s['new_tokens']} new tokens after "
              f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
              f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
              f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "

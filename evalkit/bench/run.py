@@ -23,7 +23,6 @@ evalkit.bench.model, and tables, plot and files evalkit.bench.report.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import logging
 import statistics
 import time
@@ -33,7 +32,7 @@ from datetime import datetime, timezone
 
 import torch
 
-from evalkit.bench.machine import BandwidthProbe, LoadMeter, MachineLoad, environment, probe_bandwidth, timed
+from evalkit.bench.machine import BandwidthProbe, LoadMeter, MachineLoad, probe_bandwidth, timed
 from evalkit.bench.model import (
     check_exact,
     generate_exactly,
@@ -42,6 +41,7 @@ from evalkit.bench.model import (
     prompt_ids,
     weight_read_bytes,
 )
+from evalkit.machine import environment, free_memory
 from evalkit.model import (
     LoadedModel,
     check_precision,
@@ -50,7 +50,7 @@ from evalkit.model import (
     resolve_device,
     resolve_source,
 )
-from evalkit.types import EvalkitError
+from evalkit.types import Environment, EvalkitError, ModelInfo, unknown
 
 log = logging.getLogger(__name__)
 MODES = ("eager", "compiled")
@@ -112,7 +112,7 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise EvalkitError(f"unknown bench mode {self.mode!r}; valid: {', '.join(MODES)}")
+            raise unknown("bench mode", self.mode, MODES)
         compiled = self.mode == "compiled"
         least = {"new_tokens": (2, " (decode tok/s is (N − 1) / (T_N − T_1))"), "prompt_tokens": (1, ""),
                  "repeats": (1, ""), "threads": (1, ""),
@@ -159,7 +159,7 @@ class BenchRow:
     warmup_s: float  # includes compilation in compiled mode
     device: str
     dtype: str
-    model_info: dict = field(default_factory=dict)  # load_model's record: backend, method, source, load peak
+    model_info: ModelInfo = field(default_factory=ModelInfo)  # load_model's record: backend, method, peak
     notes: tuple[str, ...] = ()
 
     @property
@@ -176,7 +176,7 @@ class BenchReport:
     created: str  # UTC, ISO 8601
     mode: str
     settings: dict
-    environment: dict
+    environment: Environment
     rows: tuple[BenchRow, ...]
 
 
@@ -253,21 +253,21 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) 
     resolved = [B * (N - 1) / (total - first) for first, total in pairs if total > first]
     decode_tok_s = Stat.of(resolved) if resolved else None
     row = BenchRow(
-        model=loaded.source.label, precision=loaded.info["precision"],
-        quant_backend=loaded.info.get("quant_backend"),
+        model=loaded.source.label, precision=loaded.info.precision,
+        quant_backend=loaded.info.quant_backend,
         mode=settings.mode, compiled=settings.mode == "compiled" and hasattr(loaded.model, "_compiled_call"),
         batch_size=B, prompt_tokens=P, new_tokens=N, generate_s=Stat.of([t for _, t in pairs]),
         ttft_s=Stat.of([f for f, _ in pairs]), decode_s=Stat.of([t - f for f, t in pairs]),
         e2e_tok_s=Stat.of([B * N / t for _, t in pairs]),
         prefill_tok_s=Stat.of([B * P / f for f, _ in pairs]),
-        decode_tok_s=decode_tok_s, weight_bytes=loaded.info["weight_bytes"],
+        decode_tok_s=decode_tok_s, weight_bytes=loaded.info.weight_bytes,
         weight_read_bytes=read, kv_bytes_per_token=kv, bandwidth=bandwidth, bytes_per_step=step_bytes,
         bound_tok_s=bound, achieved_fraction=decode_tok_s.median / bound if decode_tok_s else None,
         cache_resident=None if bandwidth.llc_bytes is None else step_bytes <= bandwidth.llc_bytes,
         peak_rss_bytes=peak.rss_bytes, peak_rss_scope=peak.rss_scope, peak_cuda_bytes=peak.cuda_bytes,
         threads=torch.get_num_threads(), load=load, warmup_s=warmup_s, device=device,
-        dtype=loaded.info["dtype"],
-        model_info=dict(loaded.info))
+        dtype=loaded.info.dtype,
+        model_info=loaded.info)
     return dataclasses.replace(row, notes=_notes(row, settings))
 
 
@@ -280,9 +280,7 @@ def _bench_variant(model: str, precision: str, settings: BenchSettings, device: 
         log.info("%s %s batch %d (%s): %.2f tok/s end-to-end, %s decode", row.model, row.precision_label,
                  row.batch_size, row.mode, row.e2e_tok_s.median, decode)
     del loaded
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
+    free_memory()
     return rows
 
 

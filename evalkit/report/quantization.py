@@ -89,18 +89,18 @@ def _settings(run: ReportRun) -> tuple:
 
 def _memory(runs: Sequence[ReportRun]) -> tuple[int | None, int | None, str]:
     infos = [run.result.model_info for run in runs]
-    weights = [i["weight_bytes"] for i in infos if i.get("weight_bytes")]
-    cuda = [i["peak_cuda_bytes"] for i in infos if i.get("peak_cuda_bytes")]
-    rss = [i["peak_rss_bytes"] for i in infos if i.get("peak_rss_bytes")]
+    weights = [i.weight_bytes for i in infos if i.weight_bytes]
+    cuda = [i.peak_cuda_bytes for i in infos if i.peak_cuda_bytes]
+    rss = [i.peak_rss_bytes for i in infos if i.peak_rss_bytes]
     peak, kind = (max(cuda), "CUDA") if cuda else (max(rss), "RSS") if rss else (None, "")
     return max(weights) if weights else None, peak, kind
 
 
 def _times(runs: Sequence[ReportRun]) -> tuple[float, float | None, bool]:
     timings = [run.result.timings for run in runs]
-    loads = [t["load_seconds"] for t in timings if t.get("load_seconds") is not None]
-    return (sum(t.get("scoring_seconds", 0.0) for t in timings), max(loads) if loads else None,
-            any(t.get("resumed_questions") for t in timings))
+    loads = [t.load_seconds for t in timings if t.load_seconds is not None]
+    return (sum(t.scoring_seconds for t in timings), max(loads) if loads else None,
+            any(t.resumed_questions for t in timings))
 
 
 def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, ReportRun]]]:
@@ -269,6 +269,11 @@ def quant_markdown(table: QuantTable) -> str:
         text += (f"\n### Letter distributions against full precision\n\n{markdown_table(divergence)}\n"
                  f"- {DIVERGENCE_NOTE}\n")
     return text
+
+
+# report --precision-table -> show_precision's `asked`
+PRECISION_TABLE: dict[str, bool | None] = {"auto": None, "always": True, "never": False}
+PRECISION_TABLE_DEFAULT = "auto"  # shown where a model has runs at several precisions
 
 
 def show_precision(table: QuantTable, asked: bool | None) -> bool:
