@@ -11,6 +11,7 @@ Each command's --help shows its flags, their defaults and two examples. Installe
 the same program is the `evalkit` command. Exit status: 0 on success, 1 when a compare gate fails,
 2 on a user error (one line `error: ...`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ def _comma_list(text: str) -> list[str]:
 
 def _int_at_least(low: int) -> typing.Callable[[str], int]:
     """An argparse type: an integer >= low (the flag's range, checked before anything loads)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -64,8 +66,9 @@ def _model_match(text: str) -> tuple[str, str]:
     """report --match MODEL=NAME."""
     model, sep, name = text.partition("=")
     if not sep or not model.strip() or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected MODEL=NAME (a run's short model name = a published row), "
-                                         f"got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected MODEL=NAME (a run's short model name = a published row), got {text!r}"
+        )
     return model.strip(), name.strip()
 
 
@@ -76,11 +79,23 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
 
     tasks = [get_task(name) for name in args.tasks]
     config = RunConfig(
-        model=args.model, task="", data_dir=args.data_dir, split=args.split, scheme=args.scheme,
-        letter_rule=args.letter_token, shots=args.shots, limit=args.limit, quant_backend=args.quant_backend,
-        device=args.device, trust_remote_code=args.trust_remote_code, seed=args.seed,
-        batch_tokens=args.batch_tokens, engine=args.engine, output_dir=args.output_dir,
-        progress=not args.no_progress)
+        model=args.model,
+        task="",
+        data_dir=args.data_dir,
+        split=args.split,
+        scheme=args.scheme,
+        letter_rule=args.letter_token,
+        shots=args.shots,
+        limit=args.limit,
+        quant_backend=args.quant_backend,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        seed=args.seed,
+        batch_tokens=args.batch_tokens,
+        engine=args.engine,
+        output_dir=args.output_dir,
+        progress=not args.no_progress,
+    )
     return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
 
 
@@ -129,9 +144,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     published = () if args.no_published else published_rows()
     quant_published = () if args.no_published else published_quantization()
     matches = dict(args.match)
-    runs = [ReportRun(saved.result, get_task(saved.result.config.task), path, saved.questions,
-                      matches.get(short_model_name(saved.result.config.model)))
-            for path, saved in _saved_runs(args.paths).items()]
+    runs = [
+        ReportRun(
+            saved.result,
+            get_task(saved.result.config.task),
+            path,
+            saved.questions,
+            matches.get(short_model_name(saved.result.config.model)),
+        )
+        for path, saved in _saved_runs(args.paths).items()
+    ]
     print(to_markdown(runs, published, args.reference))
     quant = PRECISION_TABLE[args.precision_table]
     table = build_quant_table(runs, quant_published)
@@ -166,11 +188,19 @@ def cmd_bench(args: argparse.Namespace) -> int:
     fitting = device_defaults(resolve_device(args.device))  # what was not given, fitted to the device
     precisions = args.precision or [fitting.precision]
     new_tokens = fitting.new_tokens if args.new_tokens is None else args.new_tokens
-    settings = BenchSettings(new_tokens=new_tokens, prompt_tokens=args.prompt_tokens,
-                             batch_sizes=tuple(args.batch_sizes), repeats=args.repeats, warmup=args.warmup,
-                             mode=args.mode, device=args.device, quant_backend=args.quant_backend,
-                             trust_remote_code=args.trust_remote_code, threads=args.threads,
-                             compile_backend=args.compile_backend)
+    settings = BenchSettings(
+        new_tokens=new_tokens,
+        prompt_tokens=args.prompt_tokens,
+        batch_sizes=tuple(args.batch_sizes),
+        repeats=args.repeats,
+        warmup=args.warmup,
+        mode=args.mode,
+        device=args.device,
+        quant_backend=args.quant_backend,
+        trust_remote_code=args.trust_remote_code,
+        threads=args.threads,
+        compile_backend=args.compile_backend,
+    )
     report = run_bench(args.model, precisions, settings)
     print(format_table(report))
     for path in write_outputs(report, args.output_dir):
@@ -184,8 +214,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     for name in args.tasks:
         task = get_task(name)
-        counts = ({split: count_rows(task, args.data_dir, split) for split in task.splits}
-                  if args.data_dir else {})
+        counts = (
+            {split: count_rows(task, args.data_dir, split) for split in task.splits} if args.data_dir else {}
+        )
         print(task_listing(task, counts))
     return 0
 
@@ -218,13 +249,24 @@ def _examples(prog: str, *commands: str) -> str:
     return "examples:\n" + "\n".join(f"  {prog} {command}" for command in commands)
 
 
-def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
-                examples: Sequence[str], prog: str) -> argparse.ArgumentParser:
+def _subcommand(
+    sub: argparse._SubParsersAction,
+    name: str,
+    summary: str,
+    description: str,
+    examples: Sequence[str],
+    prog: str,
+) -> argparse.ArgumentParser:
     """A subcommand with its one-line summary, its description (wrapped here, so that the examples keep
     their lines) and two examples, shown in its --help."""
     wrapped = textwrap.fill(" ".join(description.split()), DESCRIPTION_WIDTH)
-    return sub.add_parser(name, help=summary, description=wrapped, epilog=_examples(prog, *examples),
-                          formatter_class=HelpFormatter)
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=wrapped,
+        epilog=_examples(prog, *examples),
+        formatter_class=HelpFormatter,
+    )
 
 
 def _literal_choices(cls: type, field_name: str) -> tuple[str, ...]:
@@ -242,49 +284,95 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
     parser.add_argument("--tasks", type=_comma_list, default=",".join(TASKS), help="comma list of tasks")
-    parser.add_argument("--data-dir", help="local copy of the benchmarks in their official layouts "
-                        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets")
-    parser.add_argument("--split", help=f"split to score (default: each task's own: {own_splits}; "
-                        "ceval test writes the leaderboard submission JSON)")
-    parser.add_argument("--subjects", type=_comma_list,
-                        help="comma list of subjects ('law' or 'ceval/law'; default: all)")
-    parser.add_argument("--scheme", default=DEFAULTS.scheme,
-                        choices=sorted({s for t in TASKS.values() for s in t.schemes}),
-                        help="prompt/scoring scheme: official (the benchmarks' own code), baichuan "
-                             "(Baichuan's evaluation scripts), lm-eval (lm-evaluation-harness)")
-    parser.add_argument("--letter-token", choices=_literal_choices(RunConfig, "letter_rule"),
-                        help="override the scheme's rule for the A/B/C/D token ids")
-    parser.add_argument("--shots", type=_int_at_least(0), default=DEFAULTS.shots,
-                        help="few-shot examples per prompt (every subject needs that many shot rows)")
-    parser.add_argument("--limit", type=_int_at_least(1),
-                        help="score only the first N questions of each subject (smoke runs)")
+    parser.add_argument(
+        "--data-dir",
+        help="local copy of the benchmarks in their official layouts "
+        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets",
+    )
+    parser.add_argument(
+        "--split",
+        help=f"split to score (default: each task's own: {own_splits}; "
+        "ceval test writes the leaderboard submission JSON)",
+    )
+    parser.add_argument(
+        "--subjects", type=_comma_list, help="comma list of subjects ('law' or 'ceval/law'; default: all)"
+    )
+    parser.add_argument(
+        "--scheme",
+        default=DEFAULTS.scheme,
+        choices=sorted({s for t in TASKS.values() for s in t.schemes}),
+        help="prompt/scoring scheme: official (the benchmarks' own code), baichuan "
+        "(Baichuan's evaluation scripts), lm-eval (lm-evaluation-harness)",
+    )
+    parser.add_argument(
+        "--letter-token",
+        choices=_literal_choices(RunConfig, "letter_rule"),
+        help="override the scheme's rule for the A/B/C/D token ids",
+    )
+    parser.add_argument(
+        "--shots",
+        type=_int_at_least(0),
+        default=DEFAULTS.shots,
+        help="few-shot examples per prompt (every subject needs that many shot rows)",
+    )
+    parser.add_argument(
+        "--limit", type=_int_at_least(1), help="score only the first N questions of each subject (smoke runs)"
+    )
     if sweep:  # full precision, then every quantized one
-        parser.add_argument("--precision", type=_comma_list,
-                            default=",".join((DEFAULTS.precision, *QUANT_BITS)),
-                            help=f"comma list of precisions from {', '.join(PRECISIONS)}")
+        parser.add_argument(
+            "--precision",
+            type=_comma_list,
+            default=",".join((DEFAULTS.precision, *QUANT_BITS)),
+            help=f"comma list of precisions from {', '.join(PRECISIONS)}",
+        )
     else:
-        parser.add_argument("--precision", "--dtype", dest="precision", default=DEFAULTS.precision,
-                            choices=PRECISIONS, metavar="PRECISION", help=f"one of {', '.join(PRECISIONS)}")
-    parser.add_argument("--quant-backend", choices=QUANT_BACKENDS,
-                        help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND}, i.e. LLM.int8 / NF4): "
-                             "torchao (weight-only), "
-                             "rtn (per-channel absmax round-to-nearest, Baichuan's quantize()), model (the "
-                             "model's own quantize(bits), needs --trust-remote-code)")
+        parser.add_argument(
+            "--precision",
+            "--dtype",
+            dest="precision",
+            default=DEFAULTS.precision,
+            choices=PRECISIONS,
+            metavar="PRECISION",
+            help=f"one of {', '.join(PRECISIONS)}",
+        )
+    parser.add_argument(
+        "--quant-backend",
+        choices=QUANT_BACKENDS,
+        help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND}, i.e. LLM.int8 / NF4): "
+        "torchao (weight-only), "
+        "rtn (per-channel absmax round-to-nearest, Baichuan's quantize()), model (the "
+        "model's own quantize(bits), needs --trust-remote-code)",
+    )
     parser.add_argument("--device", default=DEFAULTS.device, help=f"one of {', '.join(DEVICES)}")
-    parser.add_argument("--device-map", choices=DEVICE_MAPS,
-                        help="spread one model over all visible GPUs (transformers/accelerate) instead of "
-                             "one device; for models too large for one GPU (not under accelerate launch)")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the model repository's own Python code (needed by e.g. Baichuan)")
-    parser.add_argument("--batch-tokens", type=_int_at_least(1),
-                        help="token budget per batch (default: sized for the device); lower it after an "
-                             "out-of-memory error")
-    parser.add_argument("--engine", choices=_literal_choices(RunConfig, "engine"), default=DEFAULTS.engine,
-                        help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
-                             "prompts; auto: prefix where it saves enough")
+    parser.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        help="spread one model over all visible GPUs (transformers/accelerate) instead of "
+        "one device; for models too large for one GPU (not under accelerate launch)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model repository's own Python code (needed by e.g. Baichuan)",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=_int_at_least(1),
+        help="token budget per batch (default: sized for the device); lower it after an out-of-memory error",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=_literal_choices(RunConfig, "engine"),
+        default=DEFAULTS.engine,
+        help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
+        "prompts; auto: prefix where it saves enough",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
-    parser.add_argument("--threads", type=_int_at_least(1),
-                        help="torch CPU threads (default: torch's own; recorded in run.json)")
+    parser.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        help="torch CPU threads (default: torch's own; recorded in run.json)",
+    )
     parser.add_argument("--output-dir", default=DEFAULTS.output_dir, help="where run directories go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -298,45 +386,78 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     bench = BenchSettings()
     kinds = DEVICE_DEFAULTS.items()
     fitting = ", ".join(f"{d.precision} and {d.new_tokens} on {kind.upper()}" for kind, d in kinds)
-    by_device = {field: ", ".join(f"{getattr(d, field)} on {kind.upper()}" for kind, d in kinds)
-                 for field in ("precision", "new_tokens")}
+    by_device = {
+        field: ", ".join(f"{getattr(d, field)} on {kind.upper()}" for kind, d in kinds)
+        for field in ("precision", "new_tokens")
+    }
     p = _subcommand(
-        sub, "bench", "generation tokens/s per model and precision, against the memory-bandwidth bound",
+        sub,
+        "bench",
+        "generation tokens/s per model and precision, against the memory-bandwidth bound",
         "Greedy generation of exactly --new-tokens tokens (EOS suppressed), timed between device "
         "synchronisations, model load and tokenization excluded: end-to-end tok/s (Baichuan's figure), "
         "time to first token, prefill and decode tok/s (medians over repeats, with spread), peak memory, "
         "and the decode bound from a measured memory bandwidth. Precision and length default to what fits "
         f"the device ({fitting}).",
-        ["bench --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --precision fp32,int8",
-         "bench --model /models/Baichuan-13B-Base --trust-remote-code --device cuda --batch-sizes 1,8"], prog)
-    p.add_argument("--model", action="append", required=True,
-                   help="hub id, checkpoint directory or .gguf file; repeat for several models (ratios are "
-                        "to the first)")
-    p.add_argument("--precision", type=_comma_list,
-                   help=f"comma list from {', '.join(PRECISIONS)} (default: {by_device['precision']})")
-    p.add_argument("--quant-backend", choices=QUANT_BACKENDS,
-                   help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND})")
-    p.add_argument("--new-tokens", type=_int_at_least(1),
-                   help=f"tokens generated per row (default: {by_device['new_tokens']})")
-    p.add_argument("--prompt-tokens", type=_int_at_least(1), default=bench.prompt_tokens,
-                   help="prompt length in tokens")
-    p.add_argument("--batch-sizes", type=_int_list_at_least(1),
-                   default=",".join(map(str, bench.batch_sizes)),
-                   help="comma list of batch sizes; Baichuan's figure is at 1")
-    p.add_argument("--repeats", type=_int_at_least(1), default=bench.repeats,
-                   help="timed repeats; figures are medians")
-    p.add_argument("--warmup", type=_int_at_least(0), default=bench.warmup,
-                   help="untimed runs first (compiled mode needs >= 1)")
-    p.add_argument("--mode", choices=MODES, default=bench.mode,
-                   help="eager, or compiled: static KV cache + torch.compile (reported separately)")
-    p.add_argument("--compile-backend", default=bench.compile_backend,
-                   help="torch.compile backend for --mode compiled")
+        [
+            "bench --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --precision fp32,int8",
+            "bench --model /models/Baichuan-13B-Base --trust-remote-code --device cuda --batch-sizes 1,8",
+        ],
+        prog,
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        help="hub id, checkpoint directory or .gguf file; repeat for several models (ratios are "
+        "to the first)",
+    )
+    p.add_argument(
+        "--precision",
+        type=_comma_list,
+        help=f"comma list from {', '.join(PRECISIONS)} (default: {by_device['precision']})",
+    )
+    p.add_argument(
+        "--quant-backend", choices=QUANT_BACKENDS, help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND})"
+    )
+    p.add_argument(
+        "--new-tokens",
+        type=_int_at_least(1),
+        help=f"tokens generated per row (default: {by_device['new_tokens']})",
+    )
+    p.add_argument(
+        "--prompt-tokens", type=_int_at_least(1), default=bench.prompt_tokens, help="prompt length in tokens"
+    )
+    p.add_argument(
+        "--batch-sizes",
+        type=_int_list_at_least(1),
+        default=",".join(map(str, bench.batch_sizes)),
+        help="comma list of batch sizes; Baichuan's figure is at 1",
+    )
+    p.add_argument(
+        "--repeats", type=_int_at_least(1), default=bench.repeats, help="timed repeats; figures are medians"
+    )
+    p.add_argument(
+        "--warmup",
+        type=_int_at_least(0),
+        default=bench.warmup,
+        help="untimed runs first (compiled mode needs >= 1)",
+    )
+    p.add_argument(
+        "--mode",
+        choices=MODES,
+        default=bench.mode,
+        help="eager, or compiled: static KV cache + torch.compile (reported separately)",
+    )
+    p.add_argument(
+        "--compile-backend", default=bench.compile_backend, help="torch.compile backend for --mode compiled"
+    )
     p.add_argument("--device", default=bench.device, help=f"one of {', '.join(DEVICES)}")
-    p.add_argument("--threads", type=_int_at_least(1),
-                   help="torch CPU threads (default: torch's own; recorded per row)")
+    p.add_argument(
+        "--threads", type=_int_at_least(1), help="torch CPU threads (default: torch's own; recorded per row)"
+    )
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
-    p.add_argument("--output-dir", default=OUTPUT_DIR,
-                   help="JSON, markdown table and PNG plot go here")
+    p.add_argument("--output-dir", default=OUTPUT_DIR, help="JSON, markdown table and PNG plot go here")
     p.set_defaults(func=cmd_bench)
 
 
@@ -344,32 +465,56 @@ def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     from evalkit.report.quantization import PRECISION_TABLE, PRECISION_TABLE_DEFAULT
 
     p = _subcommand(
-        sub, "report", "tables from saved run directories",
+        sub,
+        "report",
+        "tables from saved run directories",
         "The Baichuan README's tables from finished runs (run.json): per benchmark, categories and Average "
         "with 95% intervals, rows model x precision, published figures beside the measured ones; the "
         "quantization table where a model has runs at several precisions; optionally CSV and an HTML page.",
-        ["report results/",
-         "report results/ --reference LLaMA-13B --html report/index.html --csv report/all.csv"], prog)
+        [
+            "report results/",
+            "report results/ --reference LLaMA-13B --html report/index.html --csv report/all.csv",
+        ],
+        prog,
+    )
     p.add_argument("paths", nargs="+", help="run directories, or folders to search for them")
     p.add_argument("--csv", help="also write the tables as CSV to this file")
-    p.add_argument("--html", help="also write one self-contained HTML page (tables, plots) to this file; "
-                   "the plots are saved beside it as PNG")
-    p.add_argument("--reference", type=_comma_list, default=[],
-                   help="published rows to add to the tables, e.g. LLaMA-13B,Baichuan-13B-Base "
-                        "(default: none)")
-    p.add_argument("--match", action="append", default=[], metavar="MODEL=NAME", type=_model_match,
-                   help="compare runs of MODEL (its short name) with the published row NAME "
-                        "(otherwise matched by name automatically); repeatable")
+    p.add_argument(
+        "--html",
+        help="also write one self-contained HTML page (tables, plots) to this file; "
+        "the plots are saved beside it as PNG",
+    )
+    p.add_argument(
+        "--reference",
+        type=_comma_list,
+        default=[],
+        help="published rows to add to the tables, e.g. LLaMA-13B,Baichuan-13B-Base (default: none)",
+    )
+    p.add_argument(
+        "--match",
+        action="append",
+        default=[],
+        metavar="MODEL=NAME",
+        type=_model_match,
+        help="compare runs of MODEL (its short name) with the published row NAME "
+        "(otherwise matched by name automatically); repeatable",
+    )
     p.add_argument("--no-published", action="store_true", help="leave published figures out")
-    p.add_argument("--precision-table", choices=list(PRECISION_TABLE), default=PRECISION_TABLE_DEFAULT,
-                   help="the quantization table (rows model x precision, delta to full precision with "
-                        "its 95%% CI); auto: when a model has runs at several precisions")
+    p.add_argument(
+        "--precision-table",
+        choices=list(PRECISION_TABLE),
+        default=PRECISION_TABLE_DEFAULT,
+        help="the quantization table (rows model x precision, delta to full precision with "
+        "its 95%% CI); auto: when a model has runs at several precisions",
+    )
     p.set_defaults(func=cmd_report)
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     p = _subcommand(
-        sub, "compare", "paired per-question comparison of two runs; the CI gate",
+        sub,
+        "compare",
+        "paired per-question comparison of two runs; the CI gate",
         "Compare run(s) B against A on the questions both scored: a summary per benchmark and the gate's "
         "verdict first, then accuracy deltas per category and per subject that changed, with "
         "paired-bootstrap 95% intervals, McNemar's exact p-value and the questions that flipped; beside "
@@ -378,61 +523,95 @@ def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         "the saved questions, and the smallest drop the question count could detect. Gates on each "
         "benchmark's Average (the gates for quantized releases): --max-drop, --max-kl, --min-agreement; "
         "the exit status is 1 when any gate fails, else 0.",
-        ["compare results/fp16 results/int4 --max-drop 1.0 --max-kl 0.05 --min-agreement 0.95",
-         "compare results/fp32 results/int4-rtn --allow-subset --all-subjects"], prog)
+        [
+            "compare results/fp16 results/int4 --max-drop 1.0 --max-kl 0.05 --min-agreement 0.95",
+            "compare results/fp32 results/int4-rtn --allow-subset --all-subjects",
+        ],
+        prog,
+    )
     p.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
     p.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
-    p.add_argument("--max-drop", type=float, help="accuracy points B may lose against A per benchmark "
-                   "(default: no gate)")
-    p.add_argument("--max-kl", type=float, metavar="NATS",
-                   help="the largest mean KL(P_A||P_B) over the four letters B may reach per benchmark, in "
-                        "nats (default: no gate)")
-    p.add_argument("--min-agreement", type=float, metavar="FRACTION",
-                   help="the smallest share of questions whose top letter B must keep from A per benchmark, "
-                        "e.g. 0.95 (default: no gate)")
-    p.add_argument("--allow-subset", action="store_true",
-                   help="compare only the questions both runs scored instead of refusing different sets")
-    p.add_argument("--all-subjects", action="store_true",
-                   help="list every subject, not only those whose accuracy changed or whose questions "
-                        "flipped")
+    p.add_argument(
+        "--max-drop", type=float, help="accuracy points B may lose against A per benchmark (default: no gate)"
+    )
+    p.add_argument(
+        "--max-kl",
+        type=float,
+        metavar="NATS",
+        help="the largest mean KL(P_A||P_B) over the four letters B may reach per benchmark, in "
+        "nats (default: no gate)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        metavar="FRACTION",
+        help="the smallest share of questions whose top letter B must keep from A per benchmark, "
+        "e.g. 0.95 (default: no gate)",
+    )
+    p.add_argument(
+        "--allow-subset",
+        action="store_true",
+        help="compare only the questions both runs scored instead of refusing different sets",
+    )
+    p.add_argument(
+        "--all-subjects",
+        action="store_true",
+        help="list every subject, not only those whose accuracy changed or whose questions flipped",
+    )
     p.set_defaults(func=cmd_compare)
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     prog = prog or _prog()
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.replace("python run_eval.py", prog),
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.replace("python run_eval.py", prog), formatter_class=HelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p_eval = _subcommand(
-        sub, "eval", "score a model on the tasks",
+        sub,
+        "eval",
+        "score a model on the tasks",
         "Score one model at one precision on 5-shot C-Eval, MMLU and CMMLU (or --tasks): questions.jsonl "
         "is written as questions are scored, run.json last; rerunning the same command resumes. Prints the "
         "plan (questions, prompt tokens) and a time estimate on stderr, the tables on stdout.",
-        ["eval --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
-         "--limit 10",
-         "eval --model /models/Baichuan-13B-Base --trust-remote-code --precision bf16 "
-         "--tasks ceval,cmmlu"], prog)
+        [
+            "eval --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
+            "--limit 10",
+            "eval --model /models/Baichuan-13B-Base --trust-remote-code --precision bf16 --tasks ceval,cmmlu",
+        ],
+        prog,
+    )
     _add_eval_flags(p_eval)
     p_eval.set_defaults(func=cmd_eval)
     p_sweep = _subcommand(
-        sub, "sweep", "one model at several precisions: each loaded once, every task run on it",
+        sub,
+        "sweep",
+        "one model at several precisions: each loaded once, every task run on it",
         "Run eval at each --precision in turn: the model is loaded once per precision, every task is run "
         "on it, and it is freed before the next. Prints the tables and the quantization table (delta to "
         "full precision with paired 95% intervals).",
-        ["sweep --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
-         "--limit 10",
-         "sweep --model /models/Baichuan-13B-Base --trust-remote-code --precision fp16,int8,int4 "
-         "--quant-backend rtn"], prog)
+        [
+            "sweep --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
+            "--limit 10",
+            "sweep --model /models/Baichuan-13B-Base --trust-remote-code --precision fp16,int8,int4 "
+            "--quant-backend rtn",
+        ],
+        prog,
+    )
     _add_eval_flags(p_sweep, sweep=True)
     p_sweep.set_defaults(func=cmd_sweep)
     _add_report_parser(sub, prog)
     _add_compare_parser(sub, prog)
     _add_bench_parser(sub, prog)
     p_list = _subcommand(
-        sub, "list", "tasks, subjects, categories and row counts",
+        sub,
+        "list",
+        "tasks, subjects, categories and row counts",
         "Each task's subjects with their Chinese names and categories, its scored and shot splits and "
         "schemes; with --data-dir, the rows of every split in that local copy (validated like a run).",
-        ["list", "list --tasks ceval --data-dir ../shared/data"], prog)
+        ["list", "list --tasks ceval --data-dir ../shared/data"],
+        prog,
+    )
     p_list.add_argument("--tasks", type=_comma_list, default=",".join(TASKS), help="comma list of tasks")
     p_list.add_argument("--data-dir", help="count rows of each split in this local copy")
     p_list.set_defaults(func=cmd_list)
@@ -449,8 +628,14 @@ def third_party_warnings_once() -> Iterator[None]:
     """
     shown: set[tuple[type[Warning], str]] = set()
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: typing.TextIO | None = None, line: str | None = None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: typing.TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if (category, str(message)) in shown:
             return
         shown.add((category, str(message)))

@@ -18,6 +18,7 @@ B's and C's prediction agreement with A and their max |log-prob difference|, pea
 thread count. Targets: B/A >= 5, B/C >= 3, 100% agreement. Timings are wall clock; the CPU-time
 ratios beside them are steadier on a shared machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,25 +51,36 @@ Scores = list[list[float]]
 def reference(model, seqs: list[list[int]], letters: tuple[int, ...]) -> Scores:
     """A: one forward per prompt, full logits, fp32 log-softmax over the four letters at the last token."""
     with torch.inference_mode():
-        return [torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(letters)].float(), -1).tolist()
-                for s in seqs]
+        return [
+            torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(letters)].float(), -1).tolist()
+            for s in seqs
+        ]
 
 
 def llama_macs(config, seqs: list[list[int]], groups: list[tuple[int, list[int]]]) -> tuple[int, int]:
     """Multiply-accumulates of A (every prompt whole, logits everywhere) and of an ideal B (groups'
     prefixes once, suffixes attending to them, logits at last tokens) for a llama-style decoder."""
     hidden, inter = config.hidden_size, config.intermediate_size
-    kv = hidden // config.num_attention_heads * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    kv = (
+        hidden
+        // config.num_attention_heads
+        * (getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+    )
     per_token = hidden * (2 * hidden + 2 * kv) + 3 * hidden * inter  # q, o, k, v projections; gated MLP
 
     def run(start: int, stop: int, logits: int) -> int:
         """Positions start..stop-1 given the cache of 0..start-1; QK and AV cost hidden MACs per key."""
         attention = hidden * (stop * (stop + 1) - start * (start + 1))
-        return config.num_hidden_layers * ((stop - start) * per_token + attention) + logits * config.vocab_size * hidden
+        return (
+            config.num_hidden_layers * ((stop - start) * per_token + attention)
+            + logits * config.vocab_size * hidden
+        )
 
     a = sum(run(0, len(s), len(s)) for s in seqs)
     grouped = {i for _, members in groups for i in members}
-    b = sum(run(0, prefix, 0) + sum(run(prefix, len(seqs[i]), 1) for i in members) for prefix, members in groups)
+    b = sum(
+        run(0, prefix, 0) + sum(run(prefix, len(seqs[i]), 1) for i in members) for prefix, members in groups
+    )
     return a, b + sum(run(0, len(s), 1) for i, s in enumerate(seqs) if i not in grouped)
 
 
@@ -97,21 +109,36 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
         engine = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="prefix", progress=False)
         plain = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="plain", progress=False)
         subjects = [s.name for s in task.subjects][: args.subjects_per_task]
-        for k, data in enumerate(load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject)):
+        for k, data in enumerate(
+            load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject)
+        ):
             prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
             seqs = encode_prompts(tokenizer, [p.text for p in prompts], scheme.bos)
-            runs = {"A": functools.partial(reference, model, seqs, letters),
-                    "C": functools.partial(engine_scores, plain, seqs), "B": functools.partial(engine_scores, engine, seqs)}
-            order = "ACB"[k % 3:] + "ACB"[: k % 3]
+            runs = {
+                "A": functools.partial(reference, model, seqs, letters),
+                "C": functools.partial(engine_scores, plain, seqs),
+                "B": functools.partial(engine_scores, engine, seqs),
+            }
+            order = "ACB"[k % 3 :] + "ACB"[: k % 3]
             groups = prefix_groups(seqs)
             shared = sum((len(members) - 1) * prefix for prefix, members in groups)
-            record = {"task": name, "subject": data.subject.name, "n": len(seqs), "tokens": sum(map(len, seqs)),
-                      "shared": shared, "macs": llama_macs(model.config, seqs, groups),
-                      **{key: timed(runs[key]) for key in order}}
+            record = {
+                "task": name,
+                "subject": data.subject.name,
+                "n": len(seqs),
+                "tokens": sum(map(len, seqs)),
+                "shared": shared,
+                "macs": llama_macs(model.config, seqs, groups),
+                **{key: timed(runs[key]) for key in order},
+            }
             record["engine"] = f"{engine.engine_used} ({engine.mode})"  # e.g. "prefix (packed)"
             records.append(record)
-            print(f"{name}/{data.subject.name}: {len(seqs)} q, A {record['A'][1]:.1f}s C {record['C'][1]:.1f}s "
-                  f"B {record['B'][1]:.1f}s ({record['engine']})", file=sys.stderr, flush=True)
+            print(
+                f"{name}/{data.subject.name}: {len(seqs)} q, A {record['A'][1]:.1f}s C {record['C'][1]:.1f}s "
+                f"B {record['B'][1]:.1f}s ({record['engine']})",
+                file=sys.stderr,
+                flush=True,
+            )
     return records
 
 
@@ -121,17 +148,25 @@ def summary(label: str, records: list[dict]) -> dict:
     wall = {key: sum(r[key][1] for r in records) for key in "ACB"}
     cpu = {key: sum(r[key][2] for r in records) for key in "ACB"}
     pairs = {key: [(got, ref) for r in records for got, ref in zip(r[key][0], r["A"][0])] for key in "CB"}
-    return {"set": label, "subjects": len(records), "questions": n,
-            "A/B tokens": round(tokens / (tokens - sum(r["shared"] for r in records)), 2),
-            "A/B MACs": round(sum(r["macs"][0] for r in records) / sum(r["macs"][1] for r in records), 2),
-            **{f"{key} q/s": round(n / wall[key], 2) for key in "ACB"},
-            "B/A median": round(statistics.median(r["A"][1] / r["B"][1] for r in records), 2),
-            "B/A overall": round(wall["A"] / wall["B"], 2),
-            "B/C median": round(statistics.median(r["C"][1] / r["B"][1] for r in records), 2),
-            "B/C overall": round(wall["C"] / wall["B"], 2),
-            "B/A cpu": round(cpu["A"] / cpu["B"], 2), "B/C cpu": round(cpu["C"] / cpu["B"], 2),
-            **{f"{key} agree": f"{sum(pred(got) == pred(ref) for got, ref in pairs[key])}/{n}" for key in "BC"},
-            **{f"{key} max|d|": max(abs(x - y) for got, ref in pairs[key] for x, y in zip(got, ref)) for key in "BC"}}
+    return {
+        "set": label,
+        "subjects": len(records),
+        "questions": n,
+        "A/B tokens": round(tokens / (tokens - sum(r["shared"] for r in records)), 2),
+        "A/B MACs": round(sum(r["macs"][0] for r in records) / sum(r["macs"][1] for r in records), 2),
+        **{f"{key} q/s": round(n / wall[key], 2) for key in "ACB"},
+        "B/A median": round(statistics.median(r["A"][1] / r["B"][1] for r in records), 2),
+        "B/A overall": round(wall["A"] / wall["B"], 2),
+        "B/C median": round(statistics.median(r["C"][1] / r["B"][1] for r in records), 2),
+        "B/C overall": round(wall["C"] / wall["B"], 2),
+        "B/A cpu": round(cpu["A"] / cpu["B"], 2),
+        "B/C cpu": round(cpu["C"] / cpu["B"], 2),
+        **{f"{key} agree": f"{sum(pred(got) == pred(ref) for got, ref in pairs[key])}/{n}" for key in "BC"},
+        **{
+            f"{key} max|d|": max(abs(x - y) for got, ref in pairs[key] for x, y in zip(got, ref))
+            for key in "BC"
+        },
+    }
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -140,14 +175,21 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--model", default=str(SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"),
-                        help="model file or directory, loaded by evalkit at fp32 on CPU")
+    parser.add_argument(
+        "--model",
+        default=str(SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"),
+        help="model file or directory, loaded by evalkit at fp32 on CPU",
+    )
     parser.add_argument("--data-dir", default=str(SHARED / "data"), help="the official benchmark files")
     parser.add_argument("--tasks", default="mmlu,ceval,cmmlu", help="comma list, official scheme")
     parser.add_argument("--per-subject", type=int, default=10, help="first N questions of each subject")
-    parser.add_argument("--subjects-per-task", type=int, default=None, help="first N subjects of each task; omitted: all")
+    parser.add_argument(
+        "--subjects-per-task", type=int, default=None, help="first N subjects of each task; omitted: all"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads, fixed for all three")
-    parser.add_argument("--batch-tokens", type=int, default=None, help="Scorer token budget; omitted: sized for the device")
+    parser.add_argument(
+        "--batch-tokens", type=int, default=None, help="Scorer token budget; omitted: sized for the device"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, "fp32", "cpu")
@@ -156,12 +198,21 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(summary("all", records))
     print(tabulate(rows, headers="keys", floatfmt=".3g"))
     engines = sorted({r["engine"] for r in records})
-    print(f"\nmodel {args.model}, fp32, CPU, torch threads {torch.get_num_threads()}, engine used: {', '.join(engines)}, "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    print(
+        f"\nmodel {args.model}, fp32, CPU, torch threads {torch.get_num_threads()}, "
+        f"engine used: {', '.join(engines)}, "
+        f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
+    )
     overall = rows[-1]
-    met = overall["B/A overall"] >= 5 and overall["B/C overall"] >= 3 and overall["B agree"] == f"{overall['questions']}/{overall['questions']}"
-    print(f"targets (B/A >= 5, B/C >= 3, 100% agreement): {'met' if met else 'NOT met'}; "
-          f"B ran at {overall['B/A overall'] / overall['A/B MACs']:.0%} of A's speed per MAC")
+    met = (
+        overall["B/A overall"] >= 5
+        and overall["B/C overall"] >= 3
+        and overall["B agree"] == f"{overall['questions']}/{overall['questions']}"
+    )
+    print(
+        f"targets (B/A >= 5, B/C >= 3, 100% agreement): {'met' if met else 'NOT met'}; "
+        f"B ran at {overall['B/A overall'] / overall['A/B MACs']:.0%} of A's speed per MAC"
+    )
     return 0
 
 

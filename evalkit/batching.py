@@ -1,6 +1,7 @@
 """The scoring plan, arithmetic on token ids alone: which prompts share a prefix worth running once
 (`prefix_groups`), and greedy batches within a token budget (`split_batches`). No torch.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -47,7 +48,7 @@ def prefix_groups(seqs: Sequence[Sequence[int]]) -> list[Group]:
     stack: list[list] = [[0, 0, 0, []]]
 
     def close(node: list, last: int) -> list:
-        members = order[node[1]: last + 1]
+        members = order[node[1] : last + 1]
         prefix = min(node[0], min(len(seqs[i]) for i in members) - 1)
         taken = {i for _, group in node[3] for i in group}
         left = [i for i in members if i not in taken]

@@ -11,6 +11,7 @@ judge quantized models on each benchmark's Average: `max_drop` (accuracy points 
 `max_kl` (nats of mean KL it may reach) and `min_agreement` (the share of top letters it must keep);
 any failing gate fails the comparison, and the CLI exits 1. evalkit.report.compare writes it out.
 """
+
 from __future__ import annotations
 
 import math
@@ -106,8 +107,9 @@ class Comparison:
         return not self.failed
 
 
-def check_thresholds(max_drop: float | None = None, max_kl: float | None = None,
-                     min_agreement: float | None = None) -> None:
+def check_thresholds(
+    max_drop: float | None = None, max_kl: float | None = None, min_agreement: float | None = None
+) -> None:
     """Refuse a gate that cannot judge: NaN or infinite (NaN compares false and would pass anything),
     negative, or an agreement outside [0, 1]."""
     for flag, value in (("--max-drop", max_drop), ("--max-kl", max_kl), ("--min-agreement", min_agreement)):
@@ -133,8 +135,10 @@ def _check_comparable(task: Task, a: SavedRun, b: SavedRun) -> None:
     settings = {
         "task": (ca.task, cb.task),
         "scheme": (ca.scheme, cb.scheme),
-        "letter rule": (ca.letter_rule or a.result.scheme.letter_rule,
-                        cb.letter_rule or b.result.scheme.letter_rule),
+        "letter rule": (
+            ca.letter_rule or a.result.scheme.letter_rule,
+            cb.letter_rule or b.result.scheme.letter_rule,
+        ),
         "shots": (ca.shots, cb.shots),
         "split": (ca.split or task.eval_split, cb.split or task.eval_split),
     }
@@ -142,15 +146,20 @@ def _check_comparable(task: Task, a: SavedRun, b: SavedRun) -> None:
         settings["shot shuffle seed"] = (ca.seed, cb.seed)
     for name, (va, vb) in settings.items():
         if va != vb:
-            raise EvalkitError(f"cannot compare: {name} differs (A: {va!r}, B: {vb!r}); a paired comparison "
-                               "needs the same prompts on the same questions")
+            raise EvalkitError(
+                f"cannot compare: {name} differs (A: {va!r}, B: {vb!r}); a paired comparison "
+                "needs the same prompts on the same questions"
+            )
     if a.result.scheme != b.result.scheme:
-        raise EvalkitError(f"cannot compare: scheme {ca.scheme!r} was recorded with different contents in A "
-                           "and B (made by different evalkit versions?)")
+        raise EvalkitError(
+            f"cannot compare: scheme {ca.scheme!r} was recorded with different contents in A "
+            "and B (made by different evalkit versions?)"
+        )
     for side, run in (("A", a), ("B", b)):
         if run.result.overall is None:
-            raise EvalkitError(f"cannot compare: run {side} ({task.name} {ca.split or task.eval_split}) has "
-                               "no gold answers")
+            raise EvalkitError(
+                f"cannot compare: run {side} ({task.name} {ca.split or task.eval_split}) has no gold answers"
+            )
 
 
 def _shared_ids(a: SavedRun, b: SavedRun, allow_subset: bool) -> tuple[list[str], int, int]:
@@ -161,25 +170,38 @@ def _shared_ids(a: SavedRun, b: SavedRun, allow_subset: bool) -> tuple[list[str]
     if (only_a or only_b) and not allow_subset:
         examples_a = [i for i in ids_a if i not in ids_b][:SAMPLE_IDS]
         examples_b = sorted(ids_b - set(ids_a))[:SAMPLE_IDS]
-        raise EvalkitError(f"cannot compare: the question sets differ ({only_a} only in A, e.g. "
-                           f"{examples_a}; {only_b} only in B, e.g. {examples_b}); pass --allow-subset to "
-                           f"compare the {len(shared)} questions both scored")
+        raise EvalkitError(
+            f"cannot compare: the question sets differ ({only_a} only in A, e.g. "
+            f"{examples_a}; {only_b} only in B, e.g. {examples_b}); pass --allow-subset to "
+            f"compare the {len(shared)} questions both scored"
+        )
     if not shared:
         raise EvalkitError("cannot compare: the runs share no question")
     return shared, only_a, only_b
 
 
-def _delta(xa: Mapping[str, np.ndarray], xb: Mapping[str, np.ndarray], pq: Mapping[str, PerQuestion],
-           aggregation: Aggregation, n_boot: int, seed: int) -> Delta:
+def _delta(
+    xa: Mapping[str, np.ndarray],
+    xb: Mapping[str, np.ndarray],
+    pq: Mapping[str, PerQuestion],
+    aggregation: Aggregation,
+    n_boot: int,
+    seed: int,
+) -> Delta:
     ma, mb = combine(xa, aggregation), combine(xb, aggregation)
     diffs = {s: xb[s] - xa[s] for s in xa}
     right_to_wrong = int(sum((d < 0).sum() for d in diffs.values()))
     wrong_to_right = int(sum((d > 0).sum() for d in diffs.values()))
-    return Delta(a=ma, b=mb, delta=mb.accuracy - ma.accuracy,
-                 ci=bootstrap_ci(diffs, aggregation, n_boot=n_boot, seed=seed),
-                 right_to_wrong=right_to_wrong, wrong_to_right=wrong_to_right,
-                 p_value=mcnemar_p(right_to_wrong, wrong_to_right),
-                 divergence=divergence(pq, aggregation, n_boot=n_boot, seed=seed))
+    return Delta(
+        a=ma,
+        b=mb,
+        delta=mb.accuracy - ma.accuracy,
+        ci=bootstrap_ci(diffs, aggregation, n_boot=n_boot, seed=seed),
+        right_to_wrong=right_to_wrong,
+        wrong_to_right=wrong_to_right,
+        p_value=mcnemar_p(right_to_wrong, wrong_to_right),
+        divergence=divergence(pq, aggregation, n_boot=n_boot, seed=seed),
+    )
 
 
 def _ids_by_subject(ids: Sequence[str], questions: Mapping[str, QuestionResult]) -> dict[str, list[str]]:
@@ -189,8 +211,9 @@ def _ids_by_subject(ids: Sequence[str], questions: Mapping[str, QuestionResult])
     return grouped
 
 
-def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = False, n_boot: int = 2000,
-                 seed: int = 0) -> BenchmarkComparison:
+def compare_pair(
+    task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = False, n_boot: int = 2000, seed: int = 0
+) -> BenchmarkComparison:
     """B against A on one benchmark, question by question."""
     _check_comparable(task, a, b)
     shared, only_a, only_b = _shared_ids(a, b, allow_subset)
@@ -201,8 +224,10 @@ def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = F
     for qid in shared:
         qa, qb = by_id_a[qid], by_id_b[qid]
         if qa.gold != qb.gold or qa.subject != qb.subject:
-            raise EvalkitError(f"cannot compare: question {qid} differs between the runs (A: {qa.subject} "
-                               f"gold {qa.gold}, B: {qb.subject} gold {qb.gold}); the data changed")
+            raise EvalkitError(
+                f"cannot compare: question {qid} differs between the runs (A: {qa.subject} "
+                f"gold {qa.gold}, B: {qb.subject} gold {qb.gold}); the data changed"
+            )
         xa.setdefault(qa.subject, []).append(float(qa.correct))
         xb.setdefault(qa.subject, []).append(float(qb.correct))
         if qa.correct != qb.correct:
@@ -210,21 +235,36 @@ def compare_pair(task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = F
     order = [s.name for s in task.subjects if s.name in xa]
     va = {s: np.asarray(xa[s]) for s in order}
     vb = {s: np.asarray(xb[s]) for s in order}
-    pq = {s: per_question([by_id_a[i] for i in ids], [by_id_b[i] for i in ids])
-          for s, ids in _ids_by_subject(shared, by_id_a).items()}
+    pq = {
+        s: per_question([by_id_a[i] for i in ids], [by_id_b[i] for i in ids])
+        for s, ids in _ids_by_subject(shared, by_id_a).items()
+    }
     aggregation = a.result.scheme.aggregation
     groups = {}
     for group in task.categories + task.extra_groups:
         members = group_members(task, group, order)
         if members:
-            groups[group] = _delta({s: va[s] for s in members}, {s: vb[s] for s in members},
-                                   {s: pq[s] for s in members}, aggregation, n_boot, seed)
+            groups[group] = _delta(
+                {s: va[s] for s in members},
+                {s: vb[s] for s in members},
+                {s: pq[s] for s in members},
+                aggregation,
+                n_boot,
+                seed,
+            )
     return BenchmarkComparison(
-        task=task.name, title=task.title, label_a=run_label(a.result, task.eval_split),
-        label_b=run_label(b.result, task.eval_split), aggregation=aggregation,
+        task=task.name,
+        title=task.title,
+        label_a=run_label(a.result, task.eval_split),
+        label_b=run_label(b.result, task.eval_split),
+        aggregation=aggregation,
         subjects={s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed) for s in order},
-        groups=groups, overall=_delta(va, vb, pq, aggregation, n_boot, seed),
-        flips=tuple(flips), only_a=only_a, only_b=only_b)
+        groups=groups,
+        overall=_delta(va, vb, pq, aggregation, n_boot, seed),
+        flips=tuple(flips),
+        only_a=only_a,
+        only_b=only_b,
+    )
 
 
 def pair_by_task(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun]) -> list[tuple[SavedRun, SavedRun]]:
@@ -234,18 +274,30 @@ def pair_by_task(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun]) -> list
         tasks = [r.result.config.task for r in runs]
         repeated = sorted({t for t in tasks if tasks.count(t) > 1})
         if repeated:
-            raise EvalkitError(f"cannot compare: side {side} has several runs of {', '.join(repeated)}; "
-                               "give one each")
+            raise EvalkitError(
+                f"cannot compare: side {side} has several runs of {', '.join(repeated)}; give one each"
+            )
         sides[side] = {r.result.config.task: r for r in runs}
     if sides["A"].keys() != sides["B"].keys():
-        raise EvalkitError(f"cannot compare: A has tasks {sorted(sides['A'])}, B has {sorted(sides['B'])}; "
-                           "give the same tasks on both sides")
+        raise EvalkitError(
+            f"cannot compare: A has tasks {sorted(sides['A'])}, B has {sorted(sides['B'])}; "
+            "give the same tasks on both sides"
+        )
     return [(sides["A"][t], sides["B"][t]) for t in sides["A"]]
 
 
-def compare(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun], task_for: Callable[[str], Task], *,
-            max_drop: float | None = None, max_kl: float | None = None, min_agreement: float | None = None,
-            allow_subset: bool = False, n_boot: int = 2000, seed: int = 0) -> Comparison:
+def compare(
+    runs_a: Sequence[SavedRun],
+    runs_b: Sequence[SavedRun],
+    task_for: Callable[[str], Task],
+    *,
+    max_drop: float | None = None,
+    max_kl: float | None = None,
+    min_agreement: float | None = None,
+    allow_subset: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Comparison:
     """Compare B with A on every task they share, and gate each benchmark's Average: its accuracy drop
     (points), its mean KL (nats) and its top-letter agreement (fraction). A value equal to a threshold
     passes; the tolerance absorbs float noise."""
@@ -257,15 +309,23 @@ def compare(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun], task_for: Ca
     gates = []
     if max_drop is not None:
         drops = {name: -100 * c.overall.delta for name, c in benchmarks.items()}
-        gates.append(Gate("max drop", max_drop, "points",
-                          {n: v for n, v in drops.items() if v > max_drop + 1e-9}))
+        gates.append(
+            Gate("max drop", max_drop, "points", {n: v for n, v in drops.items() if v > max_drop + 1e-9})
+        )
     if max_kl is not None:
         kls = {name: c.overall.divergence.kl_mean.value for name, c in benchmarks.items()}
-        gates.append(Gate("max KL", max_kl, "nats",
-                          {n: v for n, v in kls.items() if not v <= max_kl + 1e-12}))  # NaN/inf KL fails
+        gates.append(
+            Gate("max KL", max_kl, "nats", {n: v for n, v in kls.items() if not v <= max_kl + 1e-12})
+        )  # NaN/inf KL fails
     if min_agreement is not None:
         agreements = {name: c.overall.divergence.agreement.value for name, c in benchmarks.items()}
-        gates.append(Gate("min agreement", min_agreement, "fraction",
-                          {n: v for n, v in agreements.items() if v < min_agreement - 1e-12}))
+        gates.append(
+            Gate(
+                "min agreement",
+                min_agreement,
+                "fraction",
+                {n: v for n, v in agreements.items() if v < min_agreement - 1e-12},
+            )
+        )
     failed = tuple(name for name in benchmarks if any(name in gate.failed for gate in gates))
     return Comparison(benchmarks=benchmarks, max_drop=max_drop, failed=failed, gates=tuple(gates))

@@ -13,6 +13,7 @@ Question ids are "<task>/<subject>/<split>/<row index>", the row index counting 
 file (or hub) order. Where a layout has an id column (C-Eval "id", CMMLU's unnamed first column) it
 must equal that index: the C-Eval submission file is keyed by these ids.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -41,9 +42,14 @@ class SubjectData:
     files: tuple[tuple[str, str], ...] = ()  # (path under the data dir, sha256 prefix) of each file read
 
 
-def load_task_data(task: Task, data_dir: str | Path | None, split: str | None = None,
-                   subjects: Sequence[str] | None = None, limit: int | None = None,
-                   n_shots: int | None = None) -> list[SubjectData]:
+def load_task_data(
+    task: Task,
+    data_dir: str | Path | None,
+    split: str | None = None,
+    subjects: Sequence[str] | None = None,
+    limit: int | None = None,
+    n_shots: int | None = None,
+) -> list[SubjectData]:
     """Questions and shots of the selected subjects (task order); data_dir None reads the hub. With
     `n_shots`, every subject must have that many shot rows (checked here, before any model loads)."""
     split = split or task.eval_split
@@ -58,9 +64,11 @@ def load_task_data(task: Task, data_dir: str | Path | None, split: str | None = 
         questions = _load(task, data_dir, subject.name, split)
         shots = _load(task, data_dir, subject.name, task.shot_split)
         if n_shots is not None and len(shots) < n_shots:
-            raise EvalkitError(f"{_where(task, data_dir, subject.name, task.shot_split)}: {len(shots)} "
-                               f"{task.shot_split} rows for subject {subject.name!r}, fewer than --shots "
-                               f"{n_shots}; lower --shots or add rows to the file")
+            raise EvalkitError(
+                f"{_where(task, data_dir, subject.name, task.shot_split)}: {len(shots)} "
+                f"{task.shot_split} rows for subject {subject.name!r}, fewer than --shots "
+                f"{n_shots}; lower --shots or add rows to the file"
+            )
         files: tuple[tuple[str, str], ...] = ()
         if data_dir is not None:
             paths = [_csv_path(task, Path(data_dir), subject.name, s) for s in (split, task.shot_split)]
@@ -85,8 +93,9 @@ def _where(task: Task, data_dir: str | Path | None, subject: str, split: str) ->
     return f"hub {task.hub_id} config {subject!r} split {task.hub_splits[split]!r}"
 
 
-def count_rows(task: Task, data_dir: str | Path | None, split: str,
-               subjects: Sequence[str] | None = None) -> dict[str, int]:
+def count_rows(
+    task: Task, data_dir: str | Path | None, split: str, subjects: Sequence[str] | None = None
+) -> dict[str, int]:
     """Data rows per subject of one split (for the `list` subcommand), validated like a load."""
     _check_source(task, data_dir, split)
     return {s.name: len(_load(task, data_dir, s.name, split)) for s in select_subjects(task, subjects)}
@@ -108,8 +117,10 @@ def _check_source(task: Task, data_dir: str | Path | None, split: str) -> None:
     if split not in task.splits:
         raise unknown(f"{task.name} split", split, task.splits)
     if data_dir is not None and not (Path(data_dir) / task.name).is_dir():
-        raise EvalkitError(f"no {task.name} folder in the data dir {data_dir} (expected "
-                           f"{Path(data_dir) / task.name / task.local_path})")
+        raise EvalkitError(
+            f"no {task.name} folder in the data dir {data_dir} (expected "
+            f"{Path(data_dir) / task.name / task.local_path})"
+        )
 
 
 def _load(task: Task, data_dir: str | Path | None, subject: str, split: str) -> list[Question]:
@@ -137,8 +148,9 @@ def _load_csv(task: Task, data_dir: Path, subject: str, split: str) -> list[Ques
     for i, (line, row) in enumerate(rows):
         where = f"{path}: row at line {line}"
         if len(row) != len(columns):
-            raise EvalkitError(f"{where} has {len(row)} columns, expected {len(columns)} "
-                               f"({','.join(columns)})")
+            raise EvalkitError(
+                f"{where} has {len(row)} columns, expected {len(columns)} ({','.join(columns)})"
+            )
         questions.append(_question(task, subject, split, i, dict(zip(columns, row, strict=True)), where))
     return questions
 
@@ -150,14 +162,16 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
         raw = path.read_bytes()
     except OSError as exc:
         raise EvalkitError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    body = raw[len(codecs.BOM_UTF8):] if raw.startswith(codecs.BOM_UTF8) else raw
+    body = raw[len(codecs.BOM_UTF8) :] if raw.startswith(codecs.BOM_UTF8) else raw
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = body[: exc.start].count(b"\n") + 1
         column = exc.start - body.rfind(b"\n", 0, exc.start)
-        raise EvalkitError(f"{path}: line {line} is not UTF-8 (byte {body[exc.start]:#04x} at byte column "
-                           f"{column}); save the file as UTF-8") from exc
+        raise EvalkitError(
+            f"{path}: line {line} is not UTF-8 (byte {body[exc.start]:#04x} at byte column "
+            f"{column}); save the file as UTF-8"
+        ) from exc
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     rows, end = [], 0  # fields may span lines
     try:
@@ -165,9 +179,11 @@ def _read_rows(path: Path) -> list[tuple[int, list[str]]]:
             rows.append((end + 1, row))
             end = reader.line_num
     except csv.Error as exc:
-        raise EvalkitError(f"{path}: the record starting at line {end + 1} is not valid CSV ({exc}, by line "
-                           f"{reader.line_num}); a stray or unclosed quote? quote the field whole and double "
-                           'any " inside it') from exc
+        raise EvalkitError(
+            f"{path}: the record starting at line {end + 1} is not valid CSV ({exc}, by line "
+            f"{reader.line_num}); a stray or unclosed quote? quote the field whole and double "
+            'any " inside it'
+        ) from exc
     return rows
 
 
@@ -175,21 +191,25 @@ def _load_hub(task: Task, subject: str, split: str) -> list[Question]:
     import datasets  # deferred: importing datasets is slow and local runs never need it
 
     hub_split = task.hub_splits[split]
-    remedy = (f"pass --data-dir with the official {task.title} CSV files "
-              f"(<data-dir>/{task.name}/{task.local_path})")
+    remedy = (
+        f"pass --data-dir with the official {task.title} CSV files (<data-dir>/{task.name}/{task.local_path})"
+    )
     require_hub_dataset(task.hub_id, remedy)  # one quick check, not every file's retries
     try:
         rows = datasets.load_dataset(task.hub_id, subject, split=hub_split)
     except (OSError, RuntimeError) as exc:  # ConnectionError/offline, not found, unsupported script
         reason = " ".join(str(exc).split())  # the libraries' messages span lines; the error is one
-        raise EvalkitError(f"could not load {task.hub_id} config {subject!r} split {hub_split!r} from the "
-                           f"Hugging Face hub ({reason}); {remedy}") from exc
+        raise EvalkitError(
+            f"could not load {task.hub_id} config {subject!r} split {hub_split!r} from the "
+            f"Hugging Face hub ({reason}); {remedy}"
+        ) from exc
     where = f"hub {task.hub_id} config {subject!r} split {hub_split!r}"
     return [question_from_hub_row(task, subject, split, i, row, where) for i, row in enumerate(rows)]
 
 
-def question_from_hub_row(task: Task, subject: str, split: str, index: int, row: dict,
-                          where: str = "hub") -> Question:
+def question_from_hub_row(
+    task: Task, subject: str, split: str, index: int, row: dict, where: str = "hub"
+) -> Question:
     """One hub row as a Question: C-Eval/CMMLU rows carry A..D fields, cais/mmlu a `choices` list
     and an int answer; the key case differs per dataset (`question` vs `Question`)."""
     fields = {key.lower(): value for key, value in row.items()}
@@ -208,14 +228,21 @@ def _question(task: Task, subject: str, split: str, index: int, fields: dict, wh
         raise EvalkitError(f"{where}: missing or non-text field(s) {', '.join(missing)}")
     row_id = fields.get(task.id_column.lower()) if task.id_column is not None else None
     if row_id is not None and str(row_id) != str(index):
-        raise EvalkitError(f"{where}: id {row_id!r} should be {index}, the question's index (data rows "
-                           "counted from 0 after any header): evalkit keys questions and the C-Eval "
-                           "submission by it")
+        raise EvalkitError(
+            f"{where}: id {row_id!r} should be {index}, the question's index (data rows "
+            "counted from 0 after any header): evalkit keys questions and the C-Eval "
+            "submission by it"
+        )
     answer = fields.get("answer")
     if split in task.labeled_splits:
         if answer not in LETTERS:
             raise EvalkitError(f"{where}: answer {answer!r} is not one of {', '.join(LETTERS)}")
     else:
         answer = None
-    return Question(id=f"{task.name}/{subject}/{split}/{index}", subject=subject, text=fields["question"],
-                    choices=(fields["a"], fields["b"], fields["c"], fields["d"]), answer=answer)
+    return Question(
+        id=f"{task.name}/{subject}/{split}/{index}",
+        subject=subject,
+        text=fields["question"],
+        choices=(fields["a"], fields["b"], fields["c"], fields["d"]),
+        answer=answer,
+    )

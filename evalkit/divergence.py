@@ -14,6 +14,7 @@ subjects, the same draw for every figure (the pair is one row, so A and B are dr
 These move with every question while accuracy moves only on a flip, so they separate two
 precisions with far less noise than an accuracy delta does.
 """
+
 from __future__ import annotations
 
 import math
@@ -100,13 +101,24 @@ def _statistics(parts: Sequence[PerQuestion], aggregation: Aggregation) -> np.nd
     """(5, ...) kl mean, kl p95, kl p99, agreement, gold shift of per-subject arrays (..., n_s)."""
     pooled = np.concatenate([p.kl for p in parts], axis=-1)
     quantiles = np.quantile(pooled, [q / 100 for q in PERCENTILES], axis=-1)
-    return np.stack([_mean([p.kl for p in parts], aggregation), *quantiles,
-                     _mean([p.agree for p in parts], aggregation),
-                     _mean([p.gold_shift for p in parts], aggregation)])
+    return np.stack(
+        [
+            _mean([p.kl for p in parts], aggregation),
+            *quantiles,
+            _mean([p.agree for p in parts], aggregation),
+            _mean([p.gold_shift for p in parts], aggregation),
+        ]
+    )
 
 
-def divergence(by_subject: Mapping[str, PerQuestion], aggregation: Aggregation, *, n_boot: int = 2000,
-               seed: int = 0, level: float = 0.95) -> Divergence:
+def divergence(
+    by_subject: Mapping[str, PerQuestion],
+    aggregation: Aggregation,
+    *,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Divergence:
     """The figures over several subjects with their paired bootstrap intervals (questions resampled
     within each subject; percentiles of the pooled resample)."""
     names = sorted(name for name, p in by_subject.items() if len(p.kl))  # fixed order: seeded
@@ -127,11 +139,19 @@ def divergence(by_subject: Mapping[str, PerQuestion], aggregation: Aggregation, 
     tail = (1 - level) / 2
     with np.errstate(invalid="ignore"):  # an inf KL makes its interval inf, not an error
         bounds = np.quantile(boot, [tail, 1 - tail], axis=1)  # (2, 5)
-    estimates = [Estimate(float(point[i]), Interval(float(bounds[0, i]), float(bounds[1, i]), level))
-                 for i in range(len(point))]
-    return Divergence(n=sum(len(p.kl) for p in parts), kl_mean=estimates[0], kl_p95=estimates[1],
-                      kl_p99=estimates[2], agreement=estimates[3], gold_shift=estimates[4],
-                      kl=tuple(float(x) for p in parts for x in p.kl))
+    estimates = [
+        Estimate(float(point[i]), Interval(float(bounds[0, i]), float(bounds[1, i]), level))
+        for i in range(len(point))
+    ]
+    return Divergence(
+        n=sum(len(p.kl) for p in parts),
+        kl_mean=estimates[0],
+        kl_p95=estimates[1],
+        kl_p99=estimates[2],
+        agreement=estimates[3],
+        gold_shift=estimates[4],
+        kl=tuple(float(x) for p in parts for x in p.kl),
+    )
 
 
 def detectable_drop(n: int, discordant: int, alpha: float = ALPHA) -> float | None:
@@ -148,20 +168,27 @@ def detectable_drop(n: int, discordant: int, alpha: float = ALPHA) -> float | No
 
 
 def format_estimate(estimate: Estimate, scale: float = 1.0, spec: str = ".3g") -> str:
-    """"0.0123 [0.0101, 0.0150]": the value and its interval, each times `scale`."""
+    """ "0.0123 [0.0101, 0.0150]": the value and its interval, each times `scale`."""
     low, high = scale * estimate.ci.low, scale * estimate.ci.high
     return f"{scale * estimate.value:{spec}} [{low:{spec}}, {high:{spec}}]"
 
 
 def divergence_columns(d: Divergence) -> dict[str, str]:
     """One table row: KL (nats) mean and percentiles, agreement and gold shift (%), each with its CI."""
-    return {"KL mean (nats)": format_estimate(d.kl_mean), "KL p95": format_estimate(d.kl_p95),
-            "KL p99": format_estimate(d.kl_p99), "agreement %": format_estimate(d.agreement, 100, ".1f"),
-            "abs Δp(gold) %": format_estimate(d.gold_shift, 100, ".2f"), "n": str(d.n)}
+    return {
+        "KL mean (nats)": format_estimate(d.kl_mean),
+        "KL p95": format_estimate(d.kl_p95),
+        "KL p99": format_estimate(d.kl_p99),
+        "agreement %": format_estimate(d.agreement, 100, ".1f"),
+        "abs Δp(gold) %": format_estimate(d.gold_shift, 100, ".2f"),
+        "n": str(d.n),
+    }
 
 
 def divergence_cell(d: Divergence) -> str:
     """The figures in one cell: "KL 0.012 [0.010, 0.015], p95 0.05, p99 0.21; agree 97.1% [...]; ..."."""
-    return (f"KL {format_estimate(d.kl_mean)}, p95 {d.kl_p95.value:.3g}, p99 {d.kl_p99.value:.3g}; "
-            f"agree {format_estimate(d.agreement, 100, '.1f')}%; "
-            f"abs Δp(gold) {100 * d.gold_shift.value:.2f}%")
+    return (
+        f"KL {format_estimate(d.kl_mean)}, p95 {d.kl_p95.value:.3g}, p99 {d.kl_p99.value:.3g}; "
+        f"agree {format_estimate(d.agreement, 100, '.1f')}%; "
+        f"abs Δp(gold) {100 * d.gold_shift.value:.2f}%"
+    )

@@ -6,6 +6,7 @@ huggingface_hub's own HTTP client (so proxies and HF_ENDPOINT apply), and either
 EvalkitError naming the local alternative, or — when the model is in the local hub cache — switches
 the libraries to offline mode so that they read the cache at once. No torch here: data.py uses it.
 """
+
 from __future__ import annotations
 
 import functools
@@ -27,7 +28,7 @@ def _offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE or getattr(datasets_config, "HF_HUB_OFFLINE", False))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def unreachable_reason(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """Why `endpoint` cannot be reached (the transport error), or None when it answers at all."""
     from huggingface_hub import get_session
@@ -62,20 +63,28 @@ def require_hub_model(repo_id: str) -> None:
     cached = isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
     if _offline():
         if not cached:
-            raise EvalkitError(f"HF_HUB_OFFLINE is set and {repo_id!r} is not in the local hub cache; "
-                               "pass its local directory or .gguf file as --model")
+            raise EvalkitError(
+                f"HF_HUB_OFFLINE is set and {repo_id!r} is not in the local hub cache; "
+                "pass its local directory or .gguf file as --model"
+            )
         return
     reason = unreachable_reason(constants.ENDPOINT)
     if reason is None:
         return
     if cached:
-        log.warning("the Hugging Face hub (%s) is unreachable (%s): using the cached copy of %s",
-                    constants.ENDPOINT, reason, repo_id)
+        log.warning(
+            "the Hugging Face hub (%s) is unreachable (%s): using the cached copy of %s",
+            constants.ENDPOINT,
+            reason,
+            repo_id,
+        )
         _go_offline()
         return
-    raise EvalkitError(f"cannot reach the Hugging Face hub ({constants.ENDPOINT}: {reason}) to download "
-                       f"{repo_id!r}, and it is not in the local hub cache; download it elsewhere and pass "
-                       "its local directory or .gguf file as --model")
+    raise EvalkitError(
+        f"cannot reach the Hugging Face hub ({constants.ENDPOINT}: {reason}) to download "
+        f"{repo_id!r}, and it is not in the local hub cache; download it elsewhere and pass "
+        "its local directory or .gguf file as --model"
+    )
 
 
 def require_hub_dataset(hub_id: str, remedy: str) -> None:
@@ -86,5 +95,7 @@ def require_hub_dataset(hub_id: str, remedy: str) -> None:
         return
     reason = unreachable_reason(constants.ENDPOINT)
     if reason is not None:
-        raise EvalkitError(f"cannot reach the Hugging Face hub ({constants.ENDPOINT}: {reason}) to load "
-                           f"{hub_id}; {remedy} (or set HF_HUB_OFFLINE=1 to read a cached copy)")
+        raise EvalkitError(
+            f"cannot reach the Hugging Face hub ({constants.ENDPOINT}: {reason}) to load "
+            f"{hub_id}; {remedy} (or set HF_HUB_OFFLINE=1 to read a cached copy)"
+        )

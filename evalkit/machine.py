@@ -3,6 +3,7 @@
 
 torch and accelerate are imported where they are used: `machine` is imported by the CLI's dispatch.
 """
+
 from __future__ import annotations
 
 import gc
@@ -21,6 +22,7 @@ PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "dat
 
 
 # ---- processes (accelerate launch) ----
+
 
 def process_device(device: str) -> str:
     """This process's device; under `accelerate launch` each process takes its own (gloo on CPU, nccl on
@@ -55,6 +57,7 @@ def is_main_process() -> bool:
 
 # ---- memory ----
 
+
 def free_memory() -> None:
     """Return a dropped model's memory before the next loads: the caller deletes its last reference first.
 
@@ -70,6 +73,7 @@ def free_memory() -> None:
 
 # ---- the environment record ----
 
+
 def environment(device: str, processes: int = 1) -> Environment:
     """Versions, device, threads and evalkit's commit, recorded beside figures (comparable on one stack)."""
     import torch
@@ -81,9 +85,17 @@ def environment(device: str, processes: int = 1) -> Environment:
         except metadata.PackageNotFoundError:
             versions[package] = None
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
-    return Environment(packages=versions, python=platform.python_version(), platform=platform.platform(),
-                       device=device, device_name=name, cpu_count=os.cpu_count(),
-                       torch_threads=torch.get_num_threads(), processes=processes, git_commit=_git_commit())
+    return Environment(
+        packages=versions,
+        python=platform.python_version(),
+        platform=platform.platform(),
+        device=device,
+        device_name=name,
+        cpu_count=os.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        processes=processes,
+        git_commit=_git_commit(),
+    )
 
 
 def _cpu_name() -> str:
@@ -96,8 +108,9 @@ def _cpu_name() -> str:
 def _git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[1]
     try:
-        done = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
+        done = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return done.stdout.strip() or None

@@ -5,6 +5,7 @@ its questions. macro (C-Eval, CMMLU official scorers): accuracy per subject firs
 accuracy is the unweighted mean of its subjects' accuracies. Only subjects that have results count,
 so a `--subjects` subset run reports the groups it touched and nothing else.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -71,8 +72,10 @@ def aggregate(task: Task, aggregation: Aggregation, results: Iterable[QuestionRe
     labeled = [r for r in results if r.correct is not None]
     if len(labeled) != len(results) and labeled:
         unlabeled = next(r for r in results if r.correct is None)
-        raise EvalkitError(f"{task.name}: labeled and unlabeled results are mixed (e.g. {unlabeled.id} has "
-                           "no gold answer); a run scores one split")
+        raise EvalkitError(
+            f"{task.name}: labeled and unlabeled results are mixed (e.g. {unlabeled.id} has "
+            "no gold answer); a run scores one split"
+        )
     values = correct_by_subject(labeled)
     if not values:
         return Aggregate(subjects={}, groups={}, overall=None)
@@ -86,8 +89,14 @@ def aggregate(task: Task, aggregation: Aggregation, results: Iterable[QuestionRe
     return Aggregate(subjects=subjects, groups=groups, overall=combine(ordered, aggregation))
 
 
-def bootstrap_ci(values_by_subject: Mapping[str, Sequence[float] | np.ndarray], aggregation: Aggregation, *,
-                 level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> Interval:
+def bootstrap_ci(
+    values_by_subject: Mapping[str, Sequence[float] | np.ndarray],
+    aggregation: Aggregation,
+    *,
+    level: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> Interval:
     """Percentile interval of `combine(values_by_subject)`, resampling questions within each subject.
 
     Values are 1/0 correctness for an accuracy, or per-question differences (B - A) for a paired

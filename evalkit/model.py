@@ -8,6 +8,7 @@ not; remote code that raises ends in one EvalkitError naming what failed. The pr
 combination is checked (`check_precision`) before anything heavy is loaded; quantization itself
 lives in evalkit.quantize. Memory is counted from the real tensors and the measured peak of the load.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,18 @@ from evalkit.quantize import (
 )
 from evalkit.types import EvalkitError, ModelInfo, unknown
 
-__all__ = ["FLOAT_PRECISIONS", "LoadedModel", "ModelSource", "PeakMemory", "check_precision", "load_model",
-           "measure_peak_memory", "resolve_device", "resolve_source", "weight_bytes"]
+__all__ = [
+    "FLOAT_PRECISIONS",
+    "LoadedModel",
+    "ModelSource",
+    "PeakMemory",
+    "check_precision",
+    "load_model",
+    "measure_peak_memory",
+    "resolve_device",
+    "resolve_source",
+    "weight_bytes",
+]
 
 
 @dataclass(frozen=True)
@@ -75,8 +86,10 @@ def resolve_source(model: str) -> ModelSource:
         return ModelSource("gguf", str(path.parent), path.name)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise EvalkitError(f"{path} is a directory without config.json; pass a transformers checkpoint "
-                               f"directory or a .gguf file")
+            raise EvalkitError(
+                f"{path} is a directory without config.json; pass a transformers checkpoint "
+                f"directory or a .gguf file"
+            )
         return ModelSource("local", str(path))
     if model.startswith((".", "/", "~")) or path.exists():
         raise EvalkitError(f"model path not found: {path}")
@@ -90,8 +103,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalkitError(f"--device {device} asked for, but torch sees no CUDA device "
-                           f"(torch {torch.__version__})")
+        raise EvalkitError(
+            f"--device {device} asked for, but torch sees no CUDA device (torch {torch.__version__})"
+        )
     if device != "cpu" and not device.startswith("cuda"):
         raise unknown("device", device, DEVICES)
     return device
@@ -106,8 +120,9 @@ def _require_hub(source: ModelSource) -> None:
 def _hub_hint(source: ModelSource) -> str:
     if source.kind != "hub":
         return ""
-    return (" (the hub is unreachable from here? download the model and pass its local directory or .gguf "
-            "file)")
+    return (
+        " (the hub is unreachable from here? download the model and pass its local directory or .gguf file)"
+    )
 
 
 def source_quantization(source: ModelSource) -> Prequantized | None:
@@ -119,8 +134,10 @@ def source_quantization(source: ModelSource) -> Prequantized | None:
         try:
             reader = GGUFReader(path)
         except (ValueError, OSError) as exc:  # what gguf raises on a truncated or foreign file
-            raise EvalkitError(f"cannot read the GGUF file {path} ({exc}): it is truncated or not GGUF; "
-                               "download it again and check its checksum") from exc
+            raise EvalkitError(
+                f"cannot read the GGUF file {path} ({exc}): it is truncated or not GGUF; "
+                "download it again and check its checksum"
+            ) from exc
         file_type = reader.fields.get("general.file_type")
         if file_type is None:
             return Prequantized("gguf", "unknown file type")
@@ -132,15 +149,20 @@ def source_quantization(source: ModelSource) -> Prequantized | None:
     try:
         config, _ = PretrainedConfig.get_config_dict(source.location)
     except OSError as exc:
-        raise EvalkitError(f"could not read the config of {source.location!r}{_hub_hint(source)}: "
-                           f"{exc}") from exc
+        raise EvalkitError(
+            f"could not read the config of {source.location!r}{_hub_hint(source)}: {exc}"
+        ) from exc
     quant = config.get("quantization_config")
     if not quant:
         return None
     bits = quant.get("bits") or (8 if quant.get("load_in_8bit") else 4 if quant.get("load_in_4bit") else None)
     group = quant.get("group_size")
-    return Prequantized("config", str(quant.get("quant_method", "unknown")), bits,
-                        group if isinstance(group, int) and group > 0 else None)
+    return Prequantized(
+        "config",
+        str(quant.get("quant_method", "unknown")),
+        bits,
+        group if isinstance(group, int) and group > 0 else None,
+    )
 
 
 def native_variant(source: ModelSource) -> Any:
@@ -152,20 +174,27 @@ def native_variant(source: ModelSource) -> Any:
     return detect_variant(source.location)
 
 
-def _check_native(variant: Any, precision: str, backend: str | None,
-                  prequantized: Prequantized | None) -> None:
+def _check_native(
+    variant: Any, precision: str, backend: str | None, prequantized: Prequantized | None
+) -> None:
     from evalkit.models.baichuan import quantize_refusal
 
     where = f"{variant.name} runs natively in evalkit (its remote code is never run)"
     if prequantized is not None:
-        raise EvalkitError(f"{where}, from float weights only; this checkpoint is pre-quantized "
-                           f"({prequantized.method})")
+        raise EvalkitError(
+            f"{where}, from float weights only; this checkpoint is pre-quantized ({prequantized.method})"
+        )
     if precision in ("int8", "int4") and backend == "model" and quantize_refusal(variant):
         raise EvalkitError(quantize_refusal(variant))
 
 
-def check_precision(precision: str, backend: str | None, device: str, source: ModelSource | str,
-                    trust_remote_code: bool = False) -> QuantPlan:
+def check_precision(
+    precision: str,
+    backend: str | None,
+    device: str,
+    source: ModelSource | str,
+    trust_remote_code: bool = False,
+) -> QuantPlan:
     """Refuse a precision/backend/device/source combination that cannot run, before any model is loaded."""
     if isinstance(source, str):
         source = resolve_source(source)
@@ -173,12 +202,25 @@ def check_precision(precision: str, backend: str | None, device: str, source: Mo
     prequantized, native = source_quantization(source), native_variant(source)
     if native is not None:
         _check_native(native, precision, backend, prequantized)
-    return plan_quantization(precision, backend, resolve_device(device), prequantized, trust_remote_code,
-                             native_quantize=native is not None)
+    return plan_quantization(
+        precision,
+        backend,
+        resolve_device(device),
+        prequantized,
+        trust_remote_code,
+        native_quantize=native is not None,
+    )
 
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt",
-                   "spiece.model", "merges.txt")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "merges.txt",
+)
 
 
 def check_model_files(source: ModelSource, trust_remote_code: bool) -> None:
@@ -189,8 +231,10 @@ def check_model_files(source: ModelSource, trust_remote_code: bool) -> None:
     path = Path(source.location)
     names = {p.name for p in path.iterdir()}
     if not names.intersection(TOKENIZER_FILES) and not any(n.endswith(".tiktoken") for n in names):
-        raise EvalkitError(f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)}): copy the "
-                           "checkpoint's tokenizer files into it")
+        raise EvalkitError(
+            f"no tokenizer in {path} (none of {', '.join(TOKENIZER_FILES)}): copy the "
+            "checkpoint's tokenizer files into it"
+        )
     if trust_remote_code or native_variant(source) is not None:
         return
     from transformers import CONFIG_MAPPING
@@ -200,10 +244,12 @@ def check_model_files(source: ModelSource, trust_remote_code: bool) -> None:
     except (OSError, ValueError) as exc:
         raise EvalkitError(f"cannot read {path / 'config.json'}: {exc}") from exc
     if config.get("auto_map") and config.get("model_type") not in CONFIG_MAPPING:
-        raise EvalkitError(f"{path} needs its own Python code (model_type {config.get('model_type')!r}, "
-                           f"config.json auto_map), which transformers does not have and evalkit runs only "
-                           "with --trust-remote-code: it was not run; pass --trust-remote-code if you trust "
-                           "that code")
+        raise EvalkitError(
+            f"{path} needs its own Python code (model_type {config.get('model_type')!r}, "
+            f"config.json auto_map), which transformers does not have and evalkit runs only "
+            "with --trust-remote-code: it was not run; pass --trust-remote-code if you trust "
+            "that code"
+        )
 
 
 def _side_tensors(obj: object, depth: int) -> Iterator[torch.Tensor]:
@@ -253,8 +299,11 @@ class PeakMemory:
     cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated over the block, on CUDA devices
 
     def info(self) -> dict[str, Any]:
-        return {"peak_rss_bytes": self.rss_bytes, "peak_rss_scope": self.rss_scope,
-                "peak_cuda_bytes": self.cuda_bytes}
+        return {
+            "peak_rss_bytes": self.rss_bytes,
+            "peak_rss_scope": self.rss_scope,
+            "peak_cuda_bytes": self.cuda_bytes,
+        }
 
 
 def _reset_rss_peak() -> bool:
@@ -302,8 +351,10 @@ def _remote_code_error(loader: Any, source: ModelSource, exc: Exception) -> Eval
 
     what = "tokenizer" if "Tokenizer" in getattr(loader, "__name__", "") else "model"
     line = (str(exc).strip().splitlines() or [""])[0]
-    message = (f"the {what} of {source.location!r} failed to load with --trust-remote-code (its repository "
-               f"code, under transformers {transformers.__version__}): {type(exc).__name__}: {line}")
+    message = (
+        f"the {what} of {source.location!r} failed to load with --trust-remote-code (its repository "
+        f"code, under transformers {transformers.__version__}): {type(exc).__name__}: {line}"
+    )
     try:
         config, _ = PretrainedConfig.get_config_dict(source.location)
     except (OSError, ValueError):
@@ -312,8 +363,10 @@ def _remote_code_error(loader: Any, source: ModelSource, exc: Exception) -> Eval
     tokenizer_config = json.loads(tokenizer_file.read_text()) if tokenizer_file.is_file() else {}
     known = known_architectures(config, tokenizer_config)
     if known:
-        message += (f"; {' / '.join(known)} is an architecture evalkit runs natively: pass its local "
-                    f"checkpoint directory, without --trust-remote-code")
+        message += (
+            f"; {' / '.join(known)} is an architecture evalkit runs natively: pass its local "
+            f"checkpoint directory, without --trust-remote-code"
+        )
     return EvalkitError(message)
 
 
@@ -343,8 +396,9 @@ def _load_dense(source: ModelSource, **kwargs: Any) -> Any:
     return _from_pretrained(AutoModelForCausalLM, source, **kwargs)
 
 
-def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, placement: str | dict,
-                            **kwargs: Any) -> Any:
+def _load_quantized_on_load(
+    source: ModelSource, plan: QuantPlan, placement: str | dict, **kwargs: Any
+) -> Any:
     """bitsandbytes and pre-quantized checkpoints: transformers quantizes (or reads) weight by weight."""
     from transformers import AutoModelForCausalLM
 
@@ -358,12 +412,14 @@ def _load_quantized_on_load(source: ModelSource, plan: QuantPlan, placement: str
         dense = _load_dense(source, dtype=kwargs["dtype"], trust_remote_code=kwargs["trust_remote_code"])
         dense.save_pretrained(staging)
         del dense
-        return _from_pretrained(AutoModelForCausalLM, ModelSource("local", staging), device_map=placement,
-                                **kwargs)
+        return _from_pretrained(
+            AutoModelForCausalLM, ModelSource("local", staging), device_map=placement, **kwargs
+        )
 
 
-def _load_network(source: ModelSource, plan: QuantPlan, target: str, trust_remote_code: bool,
-                  device_map: str | None = None) -> tuple[Any, QuantPlan]:
+def _load_network(
+    source: ModelSource, plan: QuantPlan, target: str, trust_remote_code: bool, device_map: str | None = None
+) -> tuple[Any, QuantPlan]:
     from transformers import AutoModelForCausalLM
 
     kwargs = {"dtype": plan.compute_dtype, "trust_remote_code": trust_remote_code}
@@ -411,8 +467,14 @@ def _weights_format(source: ModelSource, network: Any) -> str:
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
-def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_remote_code: bool = False,
-               quant_backend: str | None = None, device_map: str | None = None) -> LoadedModel:
+def load_model(
+    model: str,
+    precision: str = "fp32",
+    device: str = "auto",
+    trust_remote_code: bool = False,
+    quant_backend: str | None = None,
+    device_map: str | None = None,
+) -> LoadedModel:
     """Load model and tokenizer once at a precision; the caller runs every task on the result.
 
     `device_map` ("auto", ...) spreads one model over the visible GPUs (transformers + accelerate)
@@ -427,13 +489,16 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
         if device_map not in DEVICE_MAPS:
             raise unknown("device map", device_map, DEVICE_MAPS)
         if plan.backend not in ("none", "bnb", "pre-quantized"):
-            raise EvalkitError(f"--device-map works with float precisions, bnb and pre-quantized "
-                               f"checkpoints, not with --quant-backend {plan.backend} (it quantizes after "
-                               f"loading, on one device)")
+            raise EvalkitError(
+                f"--device-map works with float precisions, bnb and pre-quantized "
+                f"checkpoints, not with --quant-backend {plan.backend} (it quantizes after "
+                f"loading, on one device)"
+            )
     native = native_variant(source)
     if native is not None and device_map is not None:
-        raise EvalkitError(f"--device-map: {native.name} runs natively in evalkit, on one device; "
-                           f"drop --device-map")
+        raise EvalkitError(
+            f"--device-map: {native.name} runs natively in evalkit, on one device; drop --device-map"
+        )
     with measure_peak_memory(target) as peak:
         started = time.perf_counter()
         if native is not None:  # never the repository's code, whatever trust_remote_code says
@@ -468,13 +533,16 @@ def load_model(model: str, precision: str = "fp32", device: str = "auto", trust_
         model_class=type(network).__name__,
         trust_remote_code=trust_remote_code,
         # evalkit's own port (evalkit.models), or the module.class transformers built
-        implementation=(native.implementation if native
-                        else f"{type(network).__module__}.{type(network).__name__}"),
+        implementation=(
+            native.implementation if native else f"{type(network).__module__}.{type(network).__name__}"
+        ),
         native_evidence=native.evidence if native else None,
-        remote_code_executed=any(type(obj).__module__.startswith("transformers_modules")
-                                 for obj in (network, tokenizer)),
+        remote_code_executed=any(
+            type(obj).__module__.startswith("transformers_modules") for obj in (network, tokenizer)
+        ),
         # NF4 layers the AVX512-BF16 CPU kernel cannot repack, kept on bitsandbytes' generic path
-        nf4_generic_kernel_layers=(fit_nf4_cpu_kernel(network) if (plan.backend, plan.bits) == ("bnb", 4)
-                                   else []),
+        nf4_generic_kernel_layers=(
+            fit_nf4_cpu_kernel(network) if (plan.backend, plan.bits) == ("bnb", 4) else []
+        ),
     )
     return LoadedModel(network, tokenizer, source, info)

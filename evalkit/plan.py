@@ -5,6 +5,7 @@ first forward: prompt tokens without reuse are the sum of the prompts' lengths; 
 prefix group's shared prefix is computed once, saving (members - 1) * prefix tokens. The time
 estimate extrapolates the first batch's measured seconds by prompt tokens. No torch.
 """
+
 from __future__ import annotations
 
 import sys
@@ -56,8 +57,10 @@ def token_plan(subjects: Sequence[tuple[Sequence[Sequence[int]], Collection[int]
 def describe_plan(title: str, plan: TokenPlan, reuse_note: str = "") -> str:
     """One line: questions to score and the prompt tokens without and with prefix reuse."""
     ratio = f", {plan.plain_tokens / plan.reuse_tokens:.1f}x fewer" if plan.reuse_tokens else ""
-    return (f"{title}: {plan.todo} questions to score in {plan.subjects} subjects; prompt tokens to compute: "
-            f"{plan.plain_tokens:,} without prefix reuse, {plan.reuse_tokens:,} with it{ratio}{reuse_note}")
+    return (
+        f"{title}: {plan.todo} questions to score in {plan.subjects} subjects; prompt tokens to compute: "
+        f"{plan.plain_tokens:,} without prefix reuse, {plan.reuse_tokens:,} with it{ratio}{reuse_note}"
+    )
 
 
 def describe_resume(path: object, plan: TokenPlan) -> str:
@@ -80,8 +83,10 @@ def format_duration(seconds: float) -> str:
 
 
 def describe_estimate(title: str, rows: int, batch_seconds: float, estimate: float, plan: TokenPlan) -> str:
-    return (f"{title}: first batch ({rows} questions) took {format_duration(batch_seconds)}: "
-            f"about {format_duration(estimate)} for the {plan.todo} questions to score")
+    return (
+        f"{title}: first batch ({rows} questions) took {format_duration(batch_seconds)}: "
+        f"about {format_duration(estimate)} for the {plan.todo} questions to score"
+    )
 
 
 class FirstBatchEstimate:

@@ -4,12 +4,13 @@ Byte parity with the upstream scripts is the point; the templates and their sour
 Token counts come from the caller (`count_tokens`: the model tokenizer's length of a text, with the
 scheme's BOS policy), so this module needs no tokenizer and no torch.
 """
+
 from __future__ import annotations
 
 import functools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from evalkit.data import SubjectData
 from evalkit.types import EvalkitError, Question, Scheme, Subject
@@ -24,21 +25,26 @@ class Prompt:
     shots_used: int
 
 
-def build_prompts(scheme: Scheme, data: SubjectData, count_tokens: Callable[[str], int],
-                  n_shots: int = 5, seed: int = 1234) -> list[Prompt]:
+def build_prompts(
+    scheme: Scheme, data: SubjectData, count_tokens: Callable[[str], int], n_shots: int = 5, seed: int = 1234
+) -> list[Prompt]:
     """One prompt per question of `data`, in order, fitted to `scheme.max_tokens` by its length policy.
 
     `left_truncate` prompts are returned whole: the runner cuts their tokens from the left.
     """
     if not 0 <= n_shots <= len(data.shots):
-        raise EvalkitError(f"{n_shots} shots requested for subject {data.subject.name!r}, which has "
-                           f"{len(data.shots)} shot rows")
+        raise EvalkitError(
+            f"{n_shots} shots requested for subject {data.subject.name!r}, which has "
+            f"{len(data.shots)} shot rows"
+        )
     count = functools.lru_cache(maxsize=None)(count_tokens)  # headers and shots repeat across questions
     header = render_header(scheme, data.subject)
     prompts = []
     for question in data.questions:
-        shots = [render_example(scheme, q) + scheme.shot_answer.format(letter=q.answer)
-                 for q in _shot_rows(scheme, data.shots, question, seed)[:n_shots]]
+        shots = [
+            render_example(scheme, q) + scheme.shot_answer.format(letter=q.answer)
+            for q in _shot_rows(scheme, data.shots, question, seed)[:n_shots]
+        ]
         query = render_example(scheme, question)
         prompts.append(_fit(scheme, question, header, shots, query, count))
     return prompts
@@ -46,9 +52,11 @@ def build_prompts(scheme: Scheme, data: SubjectData, count_tokens: Callable[[str
 
 def render_header(scheme: Scheme, subject: Subject) -> str:
     """The scheme's header for a subject ("about  abstract algebra." for hendrycks: a space per word)."""
-    return scheme.header.format(subject_spaced="".join(" " + w for w in subject.name.split("_")),
-                                subject_en=subject.name_en,
-                                subject_zh=scheme.subject_names.get(subject.name, subject.name_zh))
+    return scheme.header.format(
+        subject_spaced="".join(" " + w for w in subject.name.split("_")),
+        subject_en=subject.name_en,
+        subject_zh=scheme.subject_names.get(subject.name, subject.name_zh),
+    )
 
 
 def render_example(scheme: Scheme, question: Question) -> str:
@@ -80,8 +88,9 @@ def _shot_rows(scheme: Scheme, shots: tuple[Question, ...], question: Question, 
     return rows
 
 
-def _fit(scheme: Scheme, question: Question, header: str, shots: list[str], query: str,
-         count: Callable[[str], int]) -> Prompt:
+def _fit(
+    scheme: Scheme, question: Question, header: str, shots: list[str], query: str, count: Callable[[str], int]
+) -> Prompt:
     if scheme.length_policy == "drop_last":
         # hendrycks: while len(tokenizer(prompt)) > 2048: k -= 1 (stops at 0 shots; upstream would
         # wrap to k = -1 = all shots and loop forever)

@@ -7,6 +7,7 @@ names agree with case, spaces and punctuation ignored ("baichuan-inc/Baichuan-13
 fp16 runs meet the figures of the unquantized model ("full"), int8 and int4 runs the published int8
 and int4 figures. A run may name its reference explicitly instead of relying on its model label.
 """
+
 from __future__ import annotations
 
 import re

@@ -21,6 +21,7 @@ float on load (it keeps the blocks packed only where the `kernels` package has a
 `weights_format` says which), so GGUF runs as it comes at a float precision; int8/int4 of a GGUF
 quantize the dequantized floats a second time: allowed, and labelled `requantized_from`.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,7 +35,9 @@ from torch import nn
 from evalkit.types import EvalkitError, unknown
 
 FLOAT_PRECISIONS: dict[str, torch.dtype] = {
-    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+    "fp32": torch.float32,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
 }
 QUANT_BITS: dict[str, int] = {"int8": 8, "int4": 4}
 PRECISIONS: tuple[str, ...] = (*FLOAT_PRECISIONS, *QUANT_BITS)
@@ -44,14 +47,20 @@ DEFAULT_QUANT_BACKEND = "bnb"  # int8/int4 without --quant-backend: LLM.int8 / N
 NF4_BLOCK = 64  # bitsandbytes' default 4-bit block size
 TORCHAO_INT4_GROUPS = (128, 64, 32)  # the group sizes torchao's CPU int4 kernel accepts, largest first
 METHODS: dict[tuple[str, int], str] = {
-    ("bnb", 8): "LLM.int8", ("bnb", 4): "NF4",
-    ("torchao", 8): "int8-weight-only-per-channel", ("torchao", 4): "int4-weight-only-asymmetric-groups",
-    ("rtn", 8): "rtn-absmax-per-channel", ("rtn", 4): "rtn-absmax-per-channel",
-    ("model", 8): "model.quantize(8)", ("model", 4): "model.quantize(4)",
+    ("bnb", 8): "LLM.int8",
+    ("bnb", 4): "NF4",
+    ("torchao", 8): "int8-weight-only-per-channel",
+    ("torchao", 4): "int4-weight-only-asymmetric-groups",
+    ("rtn", 8): "rtn-absmax-per-channel",
+    ("rtn", 4): "rtn-absmax-per-channel",
+    ("model", 8): "model.quantize(8)",
+    ("model", 4): "model.quantize(4)",
 }
 LLM_INT8_THRESHOLD = 6.0  # bitsandbytes' default outlier threshold, kept
-LLM_INT8_ACTIVATIONS = (f"int8 per token, cast through fp16; input columns holding |x| > "
-                        f"{LLM_INT8_THRESHOLD} stay fp16 (LLM.int8 mixed decomposition)")
+LLM_INT8_ACTIVATIONS = (
+    f"int8 per token, cast through fp16; input columns holding |x| > "
+    f"{LLM_INT8_THRESHOLD} stay fp16 (LLM.int8 mixed decomposition)"
+)
 
 
 @dataclass(frozen=True)
@@ -79,13 +88,19 @@ class QuantPlan:
     def info(self) -> dict[str, Any]:
         source = self.source_quantization
         label = f"{source.kind} {source.method}" if source else None
-        return {"precision": self.precision, "quant_backend": self.backend, "quant_bits": self.bits,
-                "quant_method": self.method, "group_size": self.group_size,
-                "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
-                "activation_quantization": (LLM_INT8_ACTIVATIONS if (self.backend, self.bits) == ("bnb", 8)
-                                            else None),
-                "source_quantization": label,
-                "requantized_from": label if self.backend not in ("none", "pre-quantized") else None}
+        return {
+            "precision": self.precision,
+            "quant_backend": self.backend,
+            "quant_bits": self.bits,
+            "quant_method": self.method,
+            "group_size": self.group_size,
+            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+            "activation_quantization": (
+                LLM_INT8_ACTIVATIONS if (self.backend, self.bits) == ("bnb", 8) else None
+            ),
+            "source_quantization": label,
+            "requantized_from": label if self.backend not in ("none", "pre-quantized") else None,
+        }
 
 
 def _error(precision: str, backend: str | None, why: str) -> EvalkitError:
@@ -97,8 +112,14 @@ def _require(module: str, precision: str, backend: str) -> None:
         raise _error(precision, backend, f"{module} is not installed; install it with `pip install {module}`")
 
 
-def plan_quantization(precision: str, backend: str | None, device: str, prequantized: Prequantized | None,
-                      trust_remote_code: bool, native_quantize: bool = False) -> QuantPlan:
+def plan_quantization(
+    precision: str,
+    backend: str | None,
+    device: str,
+    prequantized: Prequantized | None,
+    trust_remote_code: bool,
+    native_quantize: bool = False,
+) -> QuantPlan:
     """Decide backend, method and compute dtype, or refuse a combination that cannot run (see module doc).
 
     `native_quantize`: the model is one of evalkit's native ports, whose `quantize(bits)` is ours, so
@@ -113,30 +134,45 @@ def plan_quantization(precision: str, backend: str | None, device: str, prequant
         return _plan_prequantized(precision, backend, prequantized)
     if precision in FLOAT_PRECISIONS:
         if backend not in (None, "none"):
-            raise _error(precision, backend, f"{precision} is a float precision and {backend} would ignore "
-                         f"it; a quant backend applies to {' and '.join(QUANT_BITS)} only")
+            raise _error(
+                precision,
+                backend,
+                f"{precision} is a float precision and {backend} would ignore "
+                f"it; a quant backend applies to {' and '.join(QUANT_BITS)} only",
+            )
         return QuantPlan(precision, "none", None, "none", None, FLOAT_PRECISIONS[precision], prequantized)
     bits, backend = QUANT_BITS[precision], backend or DEFAULT_QUANT_BACKEND
     compute = torch.float16 if on_cuda else torch.float32
     group = None
     if backend == "none":
-        raise _error(precision, backend, f"{precision} needs a quantization backend; valid: "
-                     f"{', '.join(QUANT_BACKENDS)}")
+        raise _error(
+            precision,
+            backend,
+            f"{precision} needs a quantization backend; valid: {', '.join(QUANT_BACKENDS)}",
+        )
     if backend == "bnb":
         _require("bitsandbytes", precision, backend)
         group = NF4_BLOCK if bits == 4 else None
     elif backend == "torchao":
         if bits == 4 and on_cuda:
-            raise _error(precision, backend, "torchao int4 is wired for CPU only (its prototype "
-                         "opaque-packed kernel); on CUDA use --quant-backend bnb (NF4) or rtn")
+            raise _error(
+                precision,
+                backend,
+                "torchao int4 is wired for CPU only (its prototype "
+                "opaque-packed kernel); on CUDA use --quant-backend bnb (NF4) or rtn",
+            )
         _require("torchao", precision, backend)
         if bits == 4:
             compute = torch.bfloat16  # the group size is fitted to the model's shapes on load
     elif backend == "model":
         if not (trust_remote_code or native_quantize):
-            raise _error(precision, backend, "calling the model's own quantize(bits) runs its repository "
-                         "code; pass --trust-remote-code, or use --quant-backend rtn (the same per-channel "
-                         "absmax method)")
+            raise _error(
+                precision,
+                backend,
+                "calling the model's own quantize(bits) runs its repository "
+                "code; pass --trust-remote-code, or use --quant-backend rtn (the same per-channel "
+                "absmax method)",
+            )
         compute = torch.float16
     return QuantPlan(precision, backend, bits, METHODS[backend, bits], group, compute, prequantized)
 
@@ -144,14 +180,23 @@ def plan_quantization(precision: str, backend: str | None, device: str, prequant
 def _plan_prequantized(precision: str, backend: str | None, source: Prequantized) -> QuantPlan:
     wanted = f"int{source.bits}" if source.bits in (4, 8) else None
     if backend not in (None, "none"):
-        raise _error(precision, backend, f"the checkpoint is already quantized ({source.method}); it is "
-                     f"evaluated as it comes, never re-quantized: drop --quant-backend")
+        raise _error(
+            precision,
+            backend,
+            f"the checkpoint is already quantized ({source.method}); it is "
+            f"evaluated as it comes, never re-quantized: drop --quant-backend",
+        )
     if wanted and precision != wanted:
-        raise _error(precision, backend, f"the checkpoint is already quantized ({source.method}, "
-                     f"{source.bits}-bit); pass --precision {wanted} to evaluate it as it comes")
+        raise _error(
+            precision,
+            backend,
+            f"the checkpoint is already quantized ({source.method}, "
+            f"{source.bits}-bit); pass --precision {wanted} to evaluate it as it comes",
+        )
     bits = QUANT_BITS.get(precision) or source.bits
-    return QuantPlan(precision, "pre-quantized", bits, source.method, source.group_size, torch.float16,
-                     source)
+    return QuantPlan(
+        precision, "pre-quantized", bits, source.method, source.group_size, torch.float16, source
+    )
 
 
 def bnb_config(plan: QuantPlan) -> Any:
@@ -161,8 +206,12 @@ def bnb_config(plan: QuantPlan) -> Any:
     if plan.bits == 8:
         _quiet_int8_cast_notice()
         return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=LLM_INT8_THRESHOLD)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_compute_dtype=plan.compute_dtype, bnb_4bit_use_double_quant=False)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_compute_dtype=plan.compute_dtype,
+        bnb_4bit_use_double_quant=False,
+    )
 
 
 BNB_CPU_PACK_ROWS = 32  # bitsandbytes' AVX512-BF16 NF4 kernel repacks weights in blocks of 32 output rows
@@ -225,15 +274,21 @@ def quantize_torchao(model: nn.Module, plan: QuantPlan) -> QuantPlan:
 
         widths = {m.in_features for m in targets.values()}
         # the largest group dividing every input width; layers it cannot divide stay float and are reported
-        group = next((g for g in TORCHAO_INT4_GROUPS if all(w % g == 0 for w in widths)),
-                     TORCHAO_INT4_GROUPS[-1])
+        group = next(
+            (g for g in TORCHAO_INT4_GROUPS if all(w % g == 0 for w in widths)), TORCHAO_INT4_GROUPS[-1]
+        )
         config, plan = PrototypeInt4WeightOnlyConfig(group_size=group), replace(plan, group_size=group)
     quantize_(model, config, filter_fn=lambda module, fqn: fqn in targets)
     return plan
 
 
-def quantize_bnb_modules(model: nn.Module, bits: int, compute_dtype: torch.dtype | None = None,
-                         double_quant: bool = False, device: str = "cpu") -> nn.Module:
+def quantize_bnb_modules(
+    model: nn.Module,
+    bits: int,
+    compute_dtype: torch.dtype | None = None,
+    double_quant: bool = False,
+    device: str = "cpu",
+) -> nn.Module:
     """bitsandbytes layers in place of every nn.Linear but the output head, in place, for a model that
     transformers did not load (evalkit.models): LLM.int8 (outlier threshold 6.0) or NF4 in blocks of
     64, the layers transformers' bnb integration builds; each weight is quantized as it moves to
@@ -244,15 +299,30 @@ def quantize_bnb_modules(model: nn.Module, bits: int, compute_dtype: torch.dtype
         bias = linear.bias is not None
         if bits == 8:
             _quiet_int8_cast_notice()
-            layer: nn.Module = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=bias,
-                                                   has_fp16_weights=False, threshold=LLM_INT8_THRESHOLD)
+            layer: nn.Module = bnb.nn.Linear8bitLt(
+                linear.in_features,
+                linear.out_features,
+                bias=bias,
+                has_fp16_weights=False,
+                threshold=LLM_INT8_THRESHOLD,
+            )
             layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
         else:
-            layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=bias,
-                                      compute_dtype=compute_dtype, compress_statistics=double_quant,
-                                      quant_type="nf4")
-            layer.weight = bnb.nn.Params4bit(linear.weight.data, requires_grad=False, blocksize=NF4_BLOCK,
-                                             compress_statistics=double_quant, quant_type="nf4")
+            layer = bnb.nn.Linear4bit(
+                linear.in_features,
+                linear.out_features,
+                bias=bias,
+                compute_dtype=compute_dtype,
+                compress_statistics=double_quant,
+                quant_type="nf4",
+            )
+            layer.weight = bnb.nn.Params4bit(
+                linear.weight.data,
+                requires_grad=False,
+                blocksize=NF4_BLOCK,
+                compress_statistics=double_quant,
+                quant_type="nf4",
+            )
         if bias:
             layer.bias = linear.bias
         parent_name, _, child = name.rpartition(".")
@@ -264,9 +334,11 @@ def quantize_with_model_code(model: nn.Module, bits: int) -> nn.Module:
     """Call the checkpoint's own `quantize(bits)` (Baichuan's returns the model, quantized in place)."""
     method = getattr(model, "quantize", None)
     if not callable(method):
-        raise EvalkitError(f"--quant-backend model: {type(model).__name__} has no quantize(bits) method; "
-                           f"use --quant-backend rtn (per-channel absmax, the method of Baichuan's quantize) "
-                           f"or bnb")
+        raise EvalkitError(
+            f"--quant-backend model: {type(model).__name__} has no quantize(bits) method; "
+            f"use --quant-backend rtn (per-channel absmax, the method of Baichuan's quantize) "
+            f"or bnb"
+        )
     result = method(bits)
     return result if isinstance(result, nn.Module) else model
 
@@ -348,7 +420,8 @@ def linear_layer_report(model: nn.Module) -> tuple[list[str], list[str]]:
     for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         if isinstance(getattr(module, "qweight", None), torch.Tensor) or (
-                isinstance(weight, torch.Tensor) and not _is_plain_float(weight)):
+            isinstance(weight, torch.Tensor) and not _is_plain_float(weight)
+        ):
             quantized.append(name)
         elif isinstance(module, nn.Linear) and isinstance(weight, torch.Tensor):
             floating.append(name)

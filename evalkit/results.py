@@ -16,6 +16,7 @@ Every OS error on these files (read-only, disk full, not a directory) is one Eva
 path and the remedy; what was written before it stays, and the rerun resumes from it.
 Everything is JSON; nothing is pickled.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,9 +100,11 @@ _DISK_REMEDIES = {
 def disk_error(path: Path, err: OSError) -> EvalkitError:
     """One line for an OS error on the results: what failed, why, what to do; the rerun resumes."""
     remedy = _DISK_REMEDIES.get(err.errno or 0, "fix the cause")
-    return EvalkitError(f"cannot write the results at {path}: {err.strerror or err} (errno {err.errno}); "
-                        f"{remedy}, then rerun the same command: it resumes with every question scored "
-                        "so far")
+    return EvalkitError(
+        f"cannot write the results at {path}: {err.strerror or err} (errno {err.errno}); "
+        f"{remedy}, then rerun the same command: it resumes with every question scored "
+        "so far"
+    )
 
 
 @contextlib.contextmanager
@@ -128,9 +131,11 @@ def check_output_dir(output_dir: str | Path) -> None:
             os.fsync(probe.fileno())
     except OSError as err:
         remedy = _DISK_REMEDIES.get(err.errno or 0, "fix the cause")
-        raise EvalkitError(f"--output-dir {root} cannot hold runs: {err.strerror or err} (errno "
-                           f"{err.errno}); {remedy}, or pass another --output-dir (an unfinished run resumes "
-                           "only from its own directory)") from err
+        raise EvalkitError(
+            f"--output-dir {root} cannot hold runs: {err.strerror or err} (errno "
+            f"{err.errno}); {remedy}, or pass another --output-dir (an unfinished run resumes "
+            "only from its own directory)"
+        ) from err
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -171,20 +176,24 @@ def run_result_to_json(result: RunResult) -> str:
 def run_result_from_dict(data: dict) -> RunResult:
     """Rebuild the nested dataclasses that dataclasses.asdict flattened (tuples came back as lists)."""
     overall = data["overall"]
-    return RunResult(**{
-        **data,
-        "config": config_from_dict(data["config"]),
-        "scheme": Scheme(**data["scheme"]),
-        "letter_ids": tuple(data["letter_ids"]),
-        "letter_strings": tuple(data["letter_strings"]),
-        "subjects": {k: Metric(**v) for k, v in data["subjects"].items()},
-        "groups": {k: Metric(**v) for k, v in data["groups"].items()},
-        "overall": Metric(**overall) if overall is not None else None,
-        "environment": Environment.from_dict(data.get("environment") or {}),
-        "timings": Timings.from_dict(data.get("timings") or {}),
-        "model_info": ModelInfo.from_dict(data.get("model_info") or {}),
-        "fallbacks": tuple(Fallback(**f) for f in data.get("fallbacks", ())),  # absent before it was recorded
-    })
+    return RunResult(
+        **{
+            **data,
+            "config": config_from_dict(data["config"]),
+            "scheme": Scheme(**data["scheme"]),
+            "letter_ids": tuple(data["letter_ids"]),
+            "letter_strings": tuple(data["letter_strings"]),
+            "subjects": {k: Metric(**v) for k, v in data["subjects"].items()},
+            "groups": {k: Metric(**v) for k, v in data["groups"].items()},
+            "overall": Metric(**overall) if overall is not None else None,
+            "environment": Environment.from_dict(data.get("environment") or {}),
+            "timings": Timings.from_dict(data.get("timings") or {}),
+            "model_info": ModelInfo.from_dict(data.get("model_info") or {}),
+            "fallbacks": tuple(
+                Fallback(**f) for f in data.get("fallbacks", ())
+            ),  # absent before it was recorded
+        }
+    )
 
 
 class ParsedQuestions(NamedTuple):
@@ -202,8 +211,13 @@ def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> ParsedQuestions
     if lines[-1]:  # every line is written with its "\n": bytes after the last one are a torn write
         if not tolerate_torn_tail:
             raise EvalkitError(f"{path}: line {len(lines)} is incomplete (torn write) in a finished run")
-        log.warning("%s: dropping the incomplete last line %d (%d bytes, torn by an interrupted write); "
-                    "its question is scored again", path, len(lines), len(lines[-1]))
+        log.warning(
+            "%s: dropping the incomplete last line %d (%d bytes, torn by an interrupted write); "
+            "its question is scored again",
+            path,
+            len(lines),
+            len(lines[-1]),
+        )
     done: dict[str, QuestionResult] = {}
     first_line: dict[str, int] = {}
     duplicates = 0
@@ -211,13 +225,17 @@ def _parse_questions(path: Path, *, tolerate_torn_tail: bool) -> ParsedQuestions
         try:
             result = QuestionResult.from_dict(json.loads(line.decode("utf-8")))
         except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError) as err:
-            raise EvalkitError(f"{path}: line {number} is not a question result ({err}); "
-                               "fix or delete the file to score the run again") from err
+            raise EvalkitError(
+                f"{path}: line {number} is not a question result ({err}); "
+                "fix or delete the file to score the run again"
+            ) from err
         if result.id in done:
             if done[result.id] != result:
-                raise EvalkitError(f"{path}: line {number} scores question {result.id!r} differently from "
-                                   f"line {first_line[result.id]}; two runs wrote this file: delete the line "
-                                   "to drop (or both, to score it again)")
+                raise EvalkitError(
+                    f"{path}: line {number} scores question {result.id!r} differently from "
+                    f"line {first_line[result.id]}; two runs wrote this file: delete the line "
+                    "to drop (or both, to score it again)"
+                )
             duplicates += 1  # the same record twice loses nothing: kept once
             continue
         done[result.id] = result
@@ -230,8 +248,12 @@ def _repair(path: Path) -> dict[str, QuestionResult]:
     rewriting it without exact duplicate lines (two processes that appended to it at once)."""
     parsed = _parse_questions(path, tolerate_torn_tail=True)
     if parsed.duplicates:
-        log.warning("%s: %d lines repeated earlier records exactly (two runs appended to it at once); "
-                    "each question is kept once", path, parsed.duplicates)
+        log.warning(
+            "%s: %d lines repeated earlier records exactly (two runs appended to it at once); "
+            "each question is kept once",
+            path,
+            parsed.duplicates,
+        )
         _write_atomic(path, "".join(r.to_json() + "\n" for r in parsed.done.values()))
     elif path.exists() and path.stat().st_size != parsed.good_bytes:
         with disk_errors(path), open(path, "r+b") as f:
@@ -241,15 +263,21 @@ def _repair(path: Path) -> dict[str, QuestionResult]:
 
 
 def _holder() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "command": sys.argv}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": sys.argv,
+    }
 
 
 def _describe_holder(run_path: Path) -> str:
     try:
         holder = json.loads((run_path / HOLDER_FILE).read_text(encoding="utf-8"))
-        return (f"pid {holder['pid']} on {holder['host']}, since {holder['since']}: "
-                f"{' '.join(map(str, holder['command']))}")
+        return (
+            f"pid {holder['pid']} on {holder['host']}, since {holder['since']}: "
+            f"{' '.join(map(str, holder['command']))}"
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that has not said who it is yet"
 
@@ -304,8 +332,10 @@ class RunDir:
                 run = cls._find_or_make(root, config, digest, model_label, data_files)
                 run._acquire()
         except Timeout as err:
-            raise EvalkitError(f"{root / ROOT_LOCK} stayed locked for 2 minutes: is --output-dir on a file "
-                               "system without working locks? pass a local --output-dir") from err
+            raise EvalkitError(
+                f"{root / ROOT_LOCK} stayed locked for 2 minutes: is --output-dir on a file "
+                "system without working locks? pass a local --output-dir"
+            ) from err
         except OSError as err:
             raise disk_error(root, err) from err
         if run.resumed and data_files is not None:
@@ -313,8 +343,9 @@ class RunDir:
         return run
 
     @classmethod
-    def _find_or_make(cls, root: Path, config: RunConfig, digest: str, model_label: str,
-                      data_files: dict[str, str] | None) -> RunDir:
+    def _find_or_make(
+        cls, root: Path, config: RunConfig, digest: str, model_label: str, data_files: dict[str, str] | None
+    ) -> RunDir:
         matches = _matching_dirs(root, digest)
         if matches:
             return cls(matches[-1], resumed=True)  # names start with the UTC time: the last is the newest
@@ -323,8 +354,13 @@ class RunDir:
         path = root / "_".join(re.sub(r"[^A-Za-z0-9.+-]+", "-", p) for p in parts)
         with disk_errors(path):
             path.mkdir(parents=True, exist_ok=False)  # unique: the hash is in the name, the root lock held
-        body = {"config": dataclasses.asdict(config), "config_hash": digest, "model_label": model_label,
-                **resolved_paths(config), "data_files": data_files}
+        body = {
+            "config": dataclasses.asdict(config),
+            "config_hash": digest,
+            "model_label": model_label,
+            **resolved_paths(config),
+            "data_files": data_files,
+        }
         _write_atomic(path / CONFIG_FILE, json.dumps(body, ensure_ascii=False, indent=1) + "\n")
         return cls(path, resumed=False)
 
@@ -336,9 +372,11 @@ class RunDir:
         try:
             lock.acquire()
         except Timeout as err:
-            raise EvalkitError(f"{self.path} is being scored by another evalkit process "
-                               f"({_describe_holder(self.path)}); wait for it to finish (then rerun: nothing "
-                               "is scored twice) or stop it (then rerun: it resumes)") from err
+            raise EvalkitError(
+                f"{self.path} is being scored by another evalkit process "
+                f"({_describe_holder(self.path)}); wait for it to finish (then rerun: nothing "
+                "is scored twice) or stop it (then rerun: it resumes)"
+            ) from err
         self._lock = lock
         _write_atomic(self.path / HOLDER_FILE, json.dumps(_holder(), ensure_ascii=False) + "\n")
 
@@ -356,10 +394,16 @@ class RunDir:
             return
         if before:
             changed = sorted(k for k in set(before) | set(data_files) if before.get(k) != data_files.get(k))
-            log.warning("%s: data files changed since this run started: %s; questions whose prompt or "
-                        "answer changed are scored again", self.path, ", ".join(changed))
-        _write_atomic(self.path / CONFIG_FILE, json.dumps({**body, "data_files": data_files},
-                                                          ensure_ascii=False, indent=1) + "\n")
+            log.warning(
+                "%s: data files changed since this run started: %s; questions whose prompt or "
+                "answer changed are scored again",
+                self.path,
+                ", ".join(changed),
+            )
+        _write_atomic(
+            self.path / CONFIG_FILE,
+            json.dumps({**body, "data_files": data_files}, ensure_ascii=False, indent=1) + "\n",
+        )
 
     def completed(self, repair: bool = True) -> dict[str, QuestionResult]:
         """Questions already scored; a torn last line is dropped (with a warning) and, with `repair` (the
@@ -388,8 +432,10 @@ class RunDir:
         for shard in shards:
             for qid, result in _repair(shard).items():
                 if qid in merged and merged[qid] != result:
-                    raise EvalkitError(f"{shard}: question {qid!r} has a different result in another "
-                                       f"questions file of {self.path}; it was scored twice")
+                    raise EvalkitError(
+                        f"{shard}: question {qid!r} has a different result in another "
+                        f"questions file of {self.path}; it was scored twice"
+                    )
                 merged[qid] = result
         if order is not None:
             rank = {qid: i for i, qid in enumerate(order)}
@@ -435,14 +481,20 @@ def load_run(path: str | Path) -> SavedRun:
         raise EvalkitError(f"{run_file}: not a run result written by this evalkit ({err!r})") from err
     parsed = _parse_questions(path / QUESTIONS_FILE, tolerate_torn_tail=False)
     if parsed.duplicates:
-        log.warning("%s: %d repeated lines in %s (read once each); rerunning the run's command "
-                    "removes them", path, parsed.duplicates, QUESTIONS_FILE)
+        log.warning(
+            "%s: %d repeated lines in %s (read once each); rerunning the run's command removes them",
+            path,
+            parsed.duplicates,
+            QUESTIONS_FILE,
+        )
     questions = parsed.done
     labeled = sum(q.correct is not None for q in questions.values())
     if result.overall is not None and result.overall.n != labeled:
-        raise EvalkitError(f"{path}: {RUN_FILE} counts {result.overall.n} scored questions but "
-                           f"{QUESTIONS_FILE} holds {labeled}; the directory was changed after the run "
-                           "finished")
+        raise EvalkitError(
+            f"{path}: {RUN_FILE} counts {result.overall.n} scored questions but "
+            f"{QUESTIONS_FILE} holds {labeled}; the directory was changed after the run "
+            "finished"
+        )
     return SavedRun(result=result, questions=list(questions.values()))
 
 
@@ -479,8 +531,9 @@ def write_submission(path: str | Path, results: Iterable[QuestionResult]) -> Pat
         answers = body.setdefault(result.subject, {})
         key = result.id.rsplit("/", 1)[-1]
         if key in answers:
-            raise EvalkitError(f"submission: subject {result.subject!r} has question {key!r} twice "
-                               f"({result.id})")
+            raise EvalkitError(
+                f"submission: subject {result.subject!r} has question {key!r} twice ({result.id})"
+            )
         answers[key] = result.pred
     path = Path(path)
     _write_atomic(path, json.dumps(body, ensure_ascii=False, indent=1) + "\n")

@@ -6,6 +6,7 @@ Resume reuses only what the data still backs: a result whose prompt (prompt_hash
 longer matches, or whose question is gone, is dropped and scored again, and the run says how many.
 The run directory is made and locked (one process at a time) only once scoring can start.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -55,22 +56,32 @@ def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
     return scheme
 
 
-def _question_result(prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int],
-                     subject: str) -> QuestionResult:
+def _question_result(
+    prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int], subject: str
+) -> QuestionResult:
     if not all(math.isfinite(x) for x in logprobs):
-        raise EvalkitError(f"non-finite letter log-probs {logprobs} for question {prompt.question.id} "
-                           f"(subject {subject}): the model produced NaN/inf logits; try --precision fp32")
+        raise EvalkitError(
+            f"non-finite letter log-probs {logprobs} for question {prompt.question.id} "
+            f"(subject {subject}): the model produced NaN/inf logits; try --precision fp32"
+        )
     best = max(range(4), key=lambda i: (logprobs[i], -i))  # ties go to the lowest index
     gold = prompt.question.answer
-    return QuestionResult(id=prompt.question.id, subject=subject, gold=gold, pred=LETTERS[best],
-                          logprobs=tuple(float(x) for x in logprobs),
-                          correct=None if gold is None else LETTERS[best] == gold,
-                          shots_used=prompt.shots_used, prompt_tokens=len(token_ids),
-                          prompt_hash=token_ids_hash(token_ids))
+    return QuestionResult(
+        id=prompt.question.id,
+        subject=subject,
+        gold=gold,
+        pred=LETTERS[best],
+        logprobs=tuple(float(x) for x in logprobs),
+        correct=None if gold is None else LETTERS[best] == gold,
+        shots_used=prompt.shots_used,
+        prompt_tokens=len(token_ids),
+        prompt_hash=token_ids_hash(token_ids),
+    )
 
 
-def _subject_token_ids(loaded: LoadedModel, scheme: Scheme, data: SubjectData,
-                       config: RunConfig) -> tuple[list[Prompt], list[list[int]]]:
+def _subject_token_ids(
+    loaded: LoadedModel, scheme: Scheme, data: SubjectData, config: RunConfig
+) -> tuple[list[Prompt], list[list[int]]]:
     count = count_tokens_fn(loaded.tokenizer, scheme.bos)
     prompts = build_prompts(scheme, data, count, n_shots=config.shots, seed=config.seed)
     return prompts, encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)
@@ -96,9 +107,13 @@ def assign_subjects(costs: dict[str, int], processes: int) -> list[list[str]]:
     return shares
 
 
-def _open_shared_run_dir(state: PartialState, config: RunConfig, label: str,
-                         data_files: dict[str, str] | None,
-                         prepared: list[Prepared]) -> tuple[RunDir, dict[str, QuestionResult]]:
+def _open_shared_run_dir(
+    state: PartialState,
+    config: RunConfig,
+    label: str,
+    data_files: dict[str, str] | None,
+    prepared: list[Prepared],
+) -> tuple[RunDir, dict[str, QuestionResult]]:
     """The main process locks and opens (or resumes) the run, merges shards a killed run left and drops
     results the data no longer backs; all processes share its path and what is done."""
     shared: list = [None, None, None]  # path, resumed, the main process's error
@@ -129,8 +144,11 @@ def _open_shared_run_dir(state: PartialState, config: RunConfig, label: str,
 def _drop_stale(run_dir: RunDir, prepared: list[Prepared], done: dict[str, QuestionResult]) -> None:
     """Results whose prompt (prompt_hash) or gold answer no longer match the data, or whose question is
     gone from it, are removed to be scored again, and the run says how many."""
-    current = {p.question.id: (p.question.answer, token_ids_hash(ids))
-               for _, prompts, token_ids in prepared for p, ids in zip(prompts, token_ids, strict=True)}
+    current = {
+        p.question.id: (p.question.answer, token_ids_hash(ids))
+        for _, prompts, token_ids in prepared
+        for p, ids in zip(prompts, token_ids, strict=True)
+    }
     changed, gone = [], []
     for qid, result in done.items():
         if qid not in current:
@@ -138,12 +156,20 @@ def _drop_stale(run_dir: RunDir, prepared: list[Prepared], done: dict[str, Quest
         elif result.gold != current[qid][0] or result.prompt_hash not in (None, current[qid][1]):
             changed.append(qid)  # a record from before prompt_hash existed is checked on its answer only
     if changed:
-        log.warning("%s: %d questions scored before are scored again: their prompt or gold answer no longer "
-                    "matches the data (e.g. %s); the data files changed since", run_dir.path, len(changed),
-                    changed[0])
+        log.warning(
+            "%s: %d questions scored before are scored again: their prompt or gold answer no longer "
+            "matches the data (e.g. %s); the data files changed since",
+            run_dir.path,
+            len(changed),
+            changed[0],
+        )
     if gone:
-        log.warning("%s: %d results dropped: their questions are no longer in the data (e.g. %s)",
-                    run_dir.path, len(gone), gone[0])
+        log.warning(
+            "%s: %d results dropped: their questions are no longer in the data (e.g. %s)",
+            run_dir.path,
+            len(gone),
+            gone[0],
+        )
     if changed or gone:
         run_dir.drop(changed + gone)
     run_dir.rescored = len(changed)
@@ -152,19 +178,25 @@ def _drop_stale(run_dir: RunDir, prepared: list[Prepared], done: dict[str, Quest
 Prepared = tuple[SubjectData, list[Prompt], list[list[int]]]  # a subject with its prompts and their token ids
 
 
-def _prepare(loaded: LoadedModel, scheme: Scheme, data: list[SubjectData],
-             config: RunConfig) -> tuple[list[Prepared], dict]:
+def _prepare(
+    loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], config: RunConfig
+) -> tuple[list[Prepared], dict]:
     """Every subject's prompts and token ids (as scored: lm-eval's are cut from the left to the model's
     length), and the record of prompts longer than the model's context (run.json `long_prompts`)."""
     context = lm_eval_max_length(loaded)
     prepared, long = [], {}
     for subject_data in data:
         prompts, token_ids = _subject_token_ids(loaded, scheme, subject_data, config)
-        over = [(len(ids), p.question.id) for p, ids in zip(prompts, token_ids, strict=True)
-                if len(ids) > context]
+        over = [
+            (len(ids), p.question.id) for p, ids in zip(prompts, token_ids, strict=True) if len(ids) > context
+        ]
         if over:
-            long[subject_data.subject.name] = {"prompts": len(over), "of": len(prompts),
-                                               "longest": max(over)[0], "first": over[0][1]}
+            long[subject_data.subject.name] = {
+                "prompts": len(over),
+                "of": len(prompts),
+                "longest": max(over)[0],
+                "first": over[0][1],
+            }
         if scheme.length_policy == "left_truncate":  # lm-eval keeps the last max_length tokens of the context
             token_ids = [ids[-context:] for ids in token_ids]
         prepared.append((subject_data, prompts, token_ids))
@@ -180,40 +212,68 @@ def _report_long_prompts(task: Task, scheme: Scheme, long_prompts: dict, main: b
     if scheme.length_policy == "none":
         first = next(iter(subjects.values()))
         counts = ", ".join(f"{name} {info['prompts']}" for name, info in subjects.items())
-        raise EvalkitError(f"{task.title} {scheme.name}: prompts longer than the model's context of "
-                           f"{context} positions (subjects: {counts}; e.g. {first['first']}, "
-                           f"{first['longest']} tokens), and this scheme has no length policy: use --scheme "
-                           "lm-eval (cuts prompts from the left), fewer --shots, or leave those subjects out "
-                           "with --subjects")
+        raise EvalkitError(
+            f"{task.title} {scheme.name}: prompts longer than the model's context of "
+            f"{context} positions (subjects: {counts}; e.g. {first['first']}, "
+            f"{first['longest']} tokens), and this scheme has no length policy: use --scheme "
+            "lm-eval (cuts prompts from the left), fewer --shots, or leave those subjects out "
+            "with --subjects"
+        )
     if not main:
         return
-    done = ("cut from the left to the context" if scheme.length_policy == "left_truncate"
-            else f"still longer after the scheme's {scheme.length_policy} policy: scored as they are")
+    done = (
+        "cut from the left to the context"
+        if scheme.length_policy == "left_truncate"
+        else f"still longer after the scheme's {scheme.length_policy} policy: scored as they are"
+    )
     for name, info in subjects.items():
-        log.warning("%s %s/%s: %d of %d prompts are longer than the model's context of %d positions "
-                    "(longest %d tokens, e.g. %s): %s (recorded in run.json)", task.title, scheme.name, name,
-                    info["prompts"], info["of"], context, info["longest"], info["first"], done)
+        log.warning(
+            "%s %s/%s: %d of %d prompts are longer than the model's context of %d positions "
+            "(longest %d tokens, e.g. %s): %s (recorded in run.json)",
+            task.title,
+            scheme.name,
+            name,
+            info["prompts"],
+            info["of"],
+            context,
+            info["longest"],
+            info["first"],
+            done,
+        )
 
 
-def _my_subjects(state: PartialState, data: list[SubjectData], prepared: list[Prepared],
-                 done: dict) -> tuple[list[SubjectData], Iterable[Prepared], TokenPlan]:
+def _my_subjects(
+    state: PartialState, data: list[SubjectData], prepared: list[Prepared], done: dict
+) -> tuple[list[SubjectData], Iterable[Prepared], TokenPlan]:
     """This process's share of the subjects (shared out by token counts still to score), and the whole
     task's plan (every subject is tokenized before scoring starts, so the plan is exact)."""
-    plan = token_plan([(ids, [i for i, p in enumerate(prompts) if p.question.id not in done])
-                       for _, prompts, ids in prepared])
+    plan = token_plan(
+        [
+            (ids, [i for i, p in enumerate(prompts) if p.question.id not in done])
+            for _, prompts, ids in prepared
+        ]
+    )
     if state.num_processes == 1:
         return data, prepared, plan
-    costs = {d.subject.name: sum(len(t) for p, t in zip(prompts, ids, strict=True)
-                                 if p.question.id not in done)
-             for d, prompts, ids in prepared}
+    costs = {
+        d.subject.name: sum(len(t) for p, t in zip(prompts, ids, strict=True) if p.question.id not in done)
+        for d, prompts, ids in prepared
+    }
     mine = set(assign_subjects(costs, state.num_processes)[state.process_index])
     mine_prepared = [item for item in prepared if item[0].subject.name in mine]
     return [d for d in data if d.subject.name in mine], mine_prepared, plan
 
 
-def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config: RunConfig, run_dir: RunDir,
-                    done: dict[str, QuestionResult], scorer: Scorer, title: str,
-                    estimate: FirstBatchEstimate | None = None) -> set[str]:
+def _score_subjects(
+    own: list[SubjectData],
+    subjects: Iterable[Prepared],
+    config: RunConfig,
+    run_dir: RunDir,
+    done: dict[str, QuestionResult],
+    scorer: Scorer,
+    title: str,
+    estimate: FirstBatchEstimate | None = None,
+) -> set[str]:
     """Score what is not done yet, appending each batch to this process's questions file; engines used."""
     engines = set()
     total = sum(len(d.questions) for d in own)
@@ -227,8 +287,10 @@ def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config
                 for batch in scorer.score_batches(token_ids, only=todo):
                     if estimate is not None:
                         estimate.batch_done([token_ids[i] for i, _ in batch])
-                    results = [_question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
-                               for i, logprobs in batch]
+                    results = [
+                        _question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
+                        for i, logprobs in batch
+                    ]
                     run_dir.append(results)
                     bar.update(len(results))
             except NonFiniteLogits as err:
@@ -237,21 +299,28 @@ def _score_subjects(own: list[SubjectData], subjects: Iterable[Prepared], config
     return engines
 
 
-def _non_finite_error(err: NonFiniteLogits, prompts: list[Prompt], token_ids: list[list[int]], subject: str,
-                      config: RunConfig) -> EvalkitError:
+def _non_finite_error(
+    err: NonFiniteLogits, prompts: list[Prompt], token_ids: list[list[int]], subject: str, config: RunConfig
+) -> EvalkitError:
     """NaN/inf logits named by question id and subject, with what to try."""
     first = err.indices[0]
     more = f" and {len(err.indices) - 1} more of its batch" if len(err.indices) > 1 else ""
-    hint = ("at fp32 that points at the checkpoint: its weights (or their quantization) hold NaN/inf"
-            if config.precision == "fp32" else "try --precision fp32 (fp16 overflows in some models); if "
-            "fp32 gives NaN too, the checkpoint's weights hold NaN/inf")
-    return EvalkitError(f"the model gives NaN/inf letter logits for question {prompts[first].question.id} "
-                        f"(subject {subject}, {len(token_ids[first])} prompt tokens){more} at --precision "
-                        f"{config.precision}: {hint}. What was scored is kept: the rerun resumes")
+    hint = (
+        "at fp32 that points at the checkpoint: its weights (or their quantization) hold NaN/inf"
+        if config.precision == "fp32"
+        else "try --precision fp32 (fp16 overflows in some models); if "
+        "fp32 gives NaN too, the checkpoint's weights hold NaN/inf"
+    )
+    return EvalkitError(
+        f"the model gives NaN/inf letter logits for question {prompts[first].question.id} "
+        f"(subject {subject}, {len(token_ids[first])} prompt tokens){more} at --precision "
+        f"{config.precision}: {hint}. What was scored is kept: the rerun resumes"
+    )
 
 
-def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData],
-             config: RunConfig) -> tuple[RunDir, SavedRun]:
+def run_task(
+    loaded: LoadedModel, task: Task, data: list[SubjectData], config: RunConfig
+) -> tuple[RunDir, SavedRun]:
     """Score every question of `data` (resuming a matching unfinished run), write run.json, return the run.
 
     Everything that can fail before scoring (letter tokens, prompt lengths) is checked before the run
@@ -262,8 +331,14 @@ def run_task(loaded: LoadedModel, task: Task, data: list[SubjectData],
     state = PartialState()
     scheme = resolve_scheme(task, config)
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
-    scorer = Scorer(loaded.model, letters.ids, batch_tokens=config.batch_tokens, engine=config.engine,
-                    progress=False, isolated=loaded.info.activation_quantization is not None)
+    scorer = Scorer(
+        loaded.model,
+        letters.ids,
+        batch_tokens=config.batch_tokens,
+        engine=config.engine,
+        progress=False,
+        isolated=loaded.info.activation_quantization is not None,
+    )
     started = time.perf_counter()
     prepared, long_prompts = _prepare(loaded, scheme, data, config)
     _report_long_prompts(task, scheme, long_prompts, state.is_main_process)
@@ -313,8 +388,16 @@ class _Finished:
     state: PartialState
     long_prompts: dict
 
-    def write(self, run_dir: RunDir, data: list[SubjectData], done: dict, scoring_seconds: float,
-              engines: set[str], modes: set[str], fallbacks: list) -> SavedRun:
+    def write(
+        self,
+        run_dir: RunDir,
+        data: list[SubjectData],
+        done: dict,
+        scoring_seconds: float,
+        engines: set[str],
+        modes: set[str],
+        fallbacks: list,
+    ) -> SavedRun:
         """Merge the shards, check every question was scored, write run.json (main process only)."""
         order = [q.id for d in data for q in d.questions]
         run_dir.merge_shards(order)
@@ -328,19 +411,31 @@ class _Finished:
             write_submission(run_dir.path / SUBMISSION_FILE, results)
         scored = len(results) - len(done)
         result = RunResult(
-            config=self.config, config_hash=self.config.config_hash(), scheme=self.scheme,
-            letter_ids=self.letters.ids, letter_strings=self.letters.strings,
+            config=self.config,
+            config_hash=self.config.config_hash(),
+            scheme=self.scheme,
+            letter_ids=self.letters.ids,
+            letter_strings=self.letters.strings,
             bos=_adds_bos(self.loaded, self.scheme),
             environment=environment(self.loaded.info.device or "cpu", self.state.num_processes),
-            subjects=summary.subjects, groups=summary.groups, overall=summary.overall,
-            timings=Timings(scoring_seconds=round(scoring_seconds, 2), questions=len(results),
-                            resumed_questions=len(done), rescored_questions=run_dir.rescored,
-                            questions_per_second=(round(scored / scoring_seconds, 3) if scoring_seconds > 0
-                                                  else None),
-                            load_seconds=self.loaded.info.load_seconds),
-            engine="+".join(sorted(engines)) or "none (all resumed)", model_info=self.loaded.info,
-            limited=self.config.limit is not None, reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
-            fallbacks=tuple(fallbacks), long_prompts=self.long_prompts)
+            subjects=summary.subjects,
+            groups=summary.groups,
+            overall=summary.overall,
+            timings=Timings(
+                scoring_seconds=round(scoring_seconds, 2),
+                questions=len(results),
+                resumed_questions=len(done),
+                rescored_questions=run_dir.rescored,
+                questions_per_second=(round(scored / scoring_seconds, 3) if scoring_seconds > 0 else None),
+                load_seconds=self.loaded.info.load_seconds,
+            ),
+            engine="+".join(sorted(engines)) or "none (all resumed)",
+            model_info=self.loaded.info,
+            limited=self.config.limit is not None,
+            reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
+            fallbacks=tuple(fallbacks),
+            long_prompts=self.long_prompts,
+        )
         run_dir.finish(result)
         return SavedRun(result, results)
 

@@ -19,6 +19,7 @@ no attention mask is needed and results equal one forward per prompt.
 outliers depends on every token in the forward) scores one whole prompt per forward, as the official
 batch-1 scripts do; anything else would make a question's scores depend on its neighbours.
 """
+
 from __future__ import annotations
 
 import copy
@@ -175,9 +176,16 @@ class Scorer:
     cache, `attention_kinds` {layer type: sliding window or None} of a packable model ({} otherwise).
     """
 
-    def __init__(self, model, letter_ids: Sequence[int], *, batch_tokens: int | None = None,
-                 engine: EngineChoice = "auto", progress: bool = True,
-                 isolated: bool = False):
+    def __init__(
+        self,
+        model,
+        letter_ids: Sequence[int],
+        *,
+        batch_tokens: int | None = None,
+        engine: EngineChoice = "auto",
+        progress: bool = True,
+        isolated: bool = False,
+    ):
         if engine not in get_args(EngineChoice):
             raise unknown("engine", engine, get_args(EngineChoice))
         if len(letter_ids) != 4 or len(set(letter_ids)) != 4:
@@ -204,8 +212,10 @@ class Scorer:
         self.isolated = isolated
         self.mode: ReuseMode | None = "isolated" if isolated else None
         if isolated and engine == "prefix":
-            LOG.warning("this model quantizes activations per forward: --engine prefix would make scores "
-                        "depend on the other tokens in a forward; scoring one prompt per forward instead")
+            LOG.warning(
+                "this model quantizes activations per forward: --engine prefix would make scores "
+                "depend on the other tokens in a forward; scoring one prompt per forward instead"
+            )
 
     @property
     def window(self) -> int | None:
@@ -216,14 +226,16 @@ class Scorer:
         window = getattr(self.model.config.get_text_config(), "sliding_window", None)  # models not packed
         return window if isinstance(window, int) else None
 
-    def score(self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-              ) -> Iterator[tuple[int, Scores]]:
+    def score(
+        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
+    ) -> Iterator[tuple[int, Scores]]:
         """Yield (index, log-probs) one question at a time, in the order of `score_batches`."""
         for batch in self.score_batches(token_ids, only):
             yield from batch
 
-    def score_batches(self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-                      ) -> Iterator[list[tuple[int, Scores]]]:
+    def score_batches(
+        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
+    ) -> Iterator[list[tuple[int, Scores]]]:
         """Yield each batch's [(index, log-probs)] as soon as it is done (the runner writes one batch at
         a time). `only` limits what is computed and yielded; the plan (groups, batches) always comes
         from all of `token_ids`, so a resumed run is bit-identical."""
@@ -245,8 +257,11 @@ class Scorer:
             cached = seqs[groups[0].members[0]][: groups[0].prefix]
         groups = groups if self.mode in ("packed", "rows") else []
         self.engine_used = "prefix" if groups else "isolated" if self.isolated else "plain"
-        plan = [Batch(g.prefix, members) for g in groups
-                for members in self._batches(seqs, g.prefix, g.members, self.mode)]
+        plan = [
+            Batch(g.prefix, members)
+            for g in groups
+            for members in self._batches(seqs, g.prefix, g.members, self.mode)
+        ]
         grouped = {i for g in groups for i in g.members}
         rest = [i for i in range(len(seqs)) if i not in grouped]
         plan += [Batch(0, b) for b in self._batches(seqs, 0, rest, "plain")]
@@ -262,8 +277,9 @@ class Scorer:
                 yield [(i, scores) for i, scores in zip(batch.members, results, strict=True) if i in todo]
                 bar.update(len(todo.intersection(batch.members)))
 
-    def _batches(self, seqs: list[list[int]], prefix: int, members: list[int],
-                 mode: str | None) -> list[list[int]]:
+    def _batches(
+        self, seqs: list[list[int]], prefix: int, members: list[int], mode: str | None
+    ) -> list[list[int]]:
         """Split a group (or, prefix 0, the plainly scored rest) into forwards within the token budget,
         longest first (an out-of-memory error shows at once; similar lengths pad little)."""
         order = sorted(members, key=lambda i: (-len(seqs[i]), i))
@@ -287,7 +303,7 @@ class Scorer:
         limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
         length = (window or 0) + 8  # a few positions past the window see it cut their context
         if window is not None and len(longest) <= window and (not isinstance(limit, int) or length <= limit):
-            pool = [t for i in order for t in seqs[i][group.prefix:]]
+            pool = [t for i in order for t in seqs[i][group.prefix :]]
             tail = [pool[k % len(pool)] for k in range(length - group.prefix)]
             forwards.append([longest[: group.prefix] + tail, shortest])
         return forwards
@@ -301,19 +317,26 @@ class Scorer:
             return "plain", None
         forwards = self._probe_prompts(seqs, group)
         try:
-            expected = [[self._batch(prompts, [k], 0, None, "plain")[0] for k in range(len(prompts))]
-                        for prompts in forwards]
+            expected = [
+                [self._batch(prompts, [k], 0, None, "plain")[0] for k in range(len(prompts))]
+                for prompts in forwards
+            ]
         except NonFiniteLogits:  # its indices are the probe's: name the group's first prompt that fails alone
-            alone_bad = (i for i in group.members
-                         if not torch.isfinite(self._letters(seqs, [i], 0, None, "plain")).all())
+            alone_bad = (
+                i
+                for i in group.members
+                if not torch.isfinite(self._letters(seqs, [i], 0, None, "plain")).all()
+            )
             bad = next(alone_bad, group.members[0])
             raise NonFiniteLogits([bad]) from None
         tolerance = PROBE_TOLERANCE.get(self.dtype, 1e-3)
         for mode in self.candidates:
             try:
                 cache = self._prefix_cache(seqs[group.members[0]][: group.prefix])
-                got = [self._batch(prompts, list(range(len(prompts))), group.prefix, cache, mode)
-                       for prompts in forwards]
+                got = [
+                    self._batch(prompts, list(range(len(prompts))), group.prefix, cache, mode)
+                    for prompts in forwards
+                ]
             # What a model's attention raises when it cannot take a cached prefix with a longer suffix, a 4D
             # mask or position ids: torch shape errors (RuntimeError, e.g. Baichuan-13B's ALiBi "The size of
             # tensor a (7) must match...") and the size checks of Llama-derived remote code (ValueError,
@@ -322,14 +345,25 @@ class Scorer:
                 LOG.warning("prefix reuse (%s) fails on %s: %s", mode, name, err)
                 self.fallbacks.append(Fallback(mode, "error", f"{type(err).__name__}: {err}"[:500]))
                 continue
-            diff = max(abs(a - b) for part, want in zip(got, expected, strict=True)
-                       for row, ref in zip(part, want, strict=True) for a, b in zip(row, ref, strict=True))
+            diff = max(
+                abs(a - b)
+                for part, want in zip(got, expected, strict=True)
+                for row, ref in zip(part, want, strict=True)
+                for a, b in zip(row, ref, strict=True)
+            )
             if diff <= tolerance:
                 return mode, cache
-            LOG.warning("prefix reuse (%s) disagrees with a plain forward on %s by %.3g log-prob",
-                        mode, name, diff)
-            self.fallbacks.append(Fallback(mode, "disagreement", f"{diff:.3g} log-prob from plain forwards "
-                                           f"(tolerance {tolerance:g})", diff=diff))
+            LOG.warning(
+                "prefix reuse (%s) disagrees with a plain forward on %s by %.3g log-prob", mode, name, diff
+            )
+            self.fallbacks.append(
+                Fallback(
+                    mode,
+                    "disagreement",
+                    f"{diff:.3g} log-prob from plain forwards (tolerance {tolerance:g})",
+                    diff=diff,
+                )
+            )
         LOG.warning("%s cannot reuse a prefix KV cache: scoring with plain batches", name)
         return "plain", None
 
@@ -337,8 +371,11 @@ class Scorer:
 
     @torch.inference_mode()
     def _prefix_cache(self, tokens: list[int]):
-        inputs = {"input_ids": torch.tensor([tokens]), "use_cache": True,
-                  **({"logits_to_keep": 1} if self.keep != "full" else {})}
+        inputs = {
+            "input_ids": torch.tensor([tokens]),
+            "use_cache": True,
+            **({"logits_to_keep": 1} if self.keep != "full" else {}),
+        }
         if any(window is not None for window in self.attention_kinds.values()):
             # a cache that keeps every position (sliding layers would keep the last window - 1): a packed
             # row's masks then have one key length in every layer, and windows come from positions alone;
@@ -362,8 +399,9 @@ class Scorer:
             raise NonFiniteLogits(bad)
         return [tuple(row) for row in torch.log_softmax(letters, dim=-1).tolist()]
 
-    def _letters(self, seqs: list[list[int]], batch: list[int], prefix: int, cache,
-                 mode: str) -> torch.Tensor:
+    def _letters(
+        self, seqs: list[list[int]], batch: list[int], prefix: int, cache, mode: str
+    ) -> torch.Tensor:
         """fp32 letter logits (len(batch) x 4) of one forward in `mode` (plain, rows or packed)."""
         suffixes = [seqs[i][prefix:] for i in batch]
         if mode == "packed":
@@ -396,9 +434,13 @@ class Scorer:
             allowed = seen if window is None else seen & (positions[:, None] - keys[None, :] < window)
             mask = torch.zeros(total, prefix + total, dtype=self.dtype)
             masks[kind] = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[None, None]  # (1, 1, q, k)
-        inputs = {"input_ids": torch.tensor([[t for s in suffixes for t in s]]),
-                  "attention_mask": next(iter(masks.values())) if len(masks) == 1 else masks,
-                  "position_ids": positions[None], self.cache_argument: _fork(cache, 1), "use_cache": True}
+        inputs = {
+            "input_ids": torch.tensor([[t for s in suffixes for t in s]]),
+            "attention_mask": next(iter(masks.values())) if len(masks) == 1 else masks,
+            "position_ids": positions[None],
+            self.cache_argument: _fork(cache, 1),
+            "use_cache": True,
+        }
         return inputs, (starts + lengths - 1)[None]
 
     def _letter_logits(self, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
@@ -424,8 +466,9 @@ class Scorer:
             return self.model(**inputs)
         except RuntimeError as err:
             if isinstance(err, torch.cuda.OutOfMemoryError) or "not enough memory" in str(err):
-                raise EvalkitError(f"out of memory with --batch-tokens {self.batch_tokens}: "
-                                   f"lower --batch-tokens ({err})") from err
+                raise EvalkitError(
+                    f"out of memory with --batch-tokens {self.batch_tokens}: lower --batch-tokens ({err})"
+                ) from err
             raise
 
 

@@ -3,6 +3,7 @@ every task on it, free it before the next (the `eval` and `sweep` commands).
 
 The tasks come from the caller (evalkit does not import tasks/); `--subjects` names are routed to them here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,8 +17,9 @@ from evalkit.types import EvalkitError, RunConfig, Task, unknown
 log = logging.getLogger("evalkit")
 
 
-def subjects_by_task(tasks: Sequence[Task],
-                     subjects: Sequence[str] | None) -> dict[str, tuple[str, ...] | None]:
+def subjects_by_task(
+    tasks: Sequence[Task], subjects: Sequence[str] | None
+) -> dict[str, tuple[str, ...] | None]:
     """Assign `--subjects` names ("law" or "ceval/law") to the selected tasks that have them; a task given
     none of them is left out (None: every subject of every task)."""
     if not subjects:
@@ -25,8 +27,11 @@ def subjects_by_task(tasks: Sequence[Task],
     chosen: dict[str, list[str]] = {task.name: [] for task in tasks}
     for item in subjects:
         task_name, _, subject = item.rpartition("/")
-        owners = [task.name for task in tasks if (not task_name or task.name == task_name)
-                  and subject in {s.name for s in task.subjects}]
+        owners = [
+            task.name
+            for task in tasks
+            if (not task_name or task.name == task_name) and subject in {s.name for s in task.subjects}
+        ]
         if not owners:
             named = [task for task in tasks if task.name == task_name] or tasks
             known = sorted({s.name for task in named for s in task.subjects})
@@ -44,15 +49,21 @@ def _quant_backends(precisions: Sequence[str], config: RunConfig, device: str) -
 
     backend_for = {p: config.quant_backend if p in QUANT_BITS else None for p in precisions}
     for precision in precisions:
-        plan = check_precision(precision, backend_for[precision], device, config.model,
-                               config.trust_remote_code)
+        plan = check_precision(
+            precision, backend_for[precision], device, config.model, config.trust_remote_code
+        )
         if precision in QUANT_BITS and plan.backend != "pre-quantized":
             backend_for[precision] = plan.backend
     return backend_for
 
 
-def run_sweep(tasks: Sequence[Task], config: RunConfig, precisions: Sequence[str],
-              subjects: Sequence[str] | None = None, device_map: str | None = None) -> list[ReportRun]:
+def run_sweep(
+    tasks: Sequence[Task],
+    config: RunConfig,
+    precisions: Sequence[str],
+    subjects: Sequence[str] | None = None,
+    device_map: str | None = None,
+) -> list[ReportRun]:
     """Validate all data and precisions up front, then per precision: load once, run every task, free.
 
     `config` holds the settings shared by every run (its task, subjects and precision are set here);
@@ -72,26 +83,35 @@ def run_sweep(tasks: Sequence[Task], config: RunConfig, precisions: Sequence[str
         hf_logging.disable_progress_bar()
     device = process_device(config.device)
     if device_map and not is_single_process():
-        raise EvalkitError("--device-map spreads one model over all GPUs of one process; under accelerate "
-                           "launch each process holds its own copy: use one or the other")
+        raise EvalkitError(
+            "--device-map spreads one model over all GPUs of one process; under accelerate "
+            "launch each process holds its own copy: use one or the other"
+        )
     base = {name: dataclasses.replace(config, task=name, subjects=names) for name, names in routed.items()}
     # every file of every task and every precision is checked before the (slow) model loads
-    data = {name: load_task_data(by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots)
-            for name, c in base.items()}
+    data = {
+        name: load_task_data(by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots)
+        for name, c in base.items()
+    }
     if is_main_process():
         check_output_dir(config.output_dir)
     backend_for = _quant_backends(precisions, config, device)
     if config.limit is not None:
-        log.warning("--limit %d: only the first %d questions of each subject are scored; a smoke run, "
-                    "not comparable with published figures (flagged in the report)",
-                    config.limit, config.limit)
+        log.warning(
+            "--limit %d: only the first %d questions of each subject are scored; a smoke run, "
+            "not comparable with published figures (flagged in the report)",
+            config.limit,
+            config.limit,
+        )
     runs = []
     for precision in precisions:
-        loaded = load_model(config.model, precision, device, config.trust_remote_code, backend_for[precision],
-                            device_map)
+        loaded = load_model(
+            config.model, precision, device, config.trust_remote_code, backend_for[precision], device_map
+        )
         for name, task_config in base.items():
-            task_config = dataclasses.replace(task_config, precision=precision,
-                                              quant_backend=backend_for[precision])
+            task_config = dataclasses.replace(
+                task_config, precision=precision, quant_backend=backend_for[precision]
+            )
             run_dir, saved = run_task(loaded, by_name[name], data[name], task_config)
             if is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
                 print(f"{by_name[name].title} {precision}: {run_dir.path}", file=sys.stderr)

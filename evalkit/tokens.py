@@ -1,5 +1,6 @@
 """Text to the token ids the scorer reads: the four letter ids (PROTOCOL §2) and prompts encoded under a BOS
 policy."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -37,14 +38,17 @@ def letter_tokens(tokenizer, rule: LetterRule, scheme: Scheme) -> LetterTokens:
         text = cue_text + letter_continuation(scheme, letter) if rule == "in_context" else letter
         full = tokenizer.encode(text, add_special_tokens=False)
         if full[: len(cue)] != cue or len(full) != len(cue) + 1:
-            raise EvalkitError(f"tokenizer {name}: letter {letter!r} is not exactly one token after "
-                               f"{cue_text!r} (rule {rule}): {text!r} -> "
-                               f"{tokenizer.convert_ids_to_tokens(full)}")
+            raise EvalkitError(
+                f"tokenizer {name}: letter {letter!r} is not exactly one token after "
+                f"{cue_text!r} (rule {rule}): {text!r} -> "
+                f"{tokenizer.convert_ids_to_tokens(full)}"
+            )
         ids.append(full[-1])
     strings = tuple(tokenizer.convert_ids_to_tokens(ids))
     if len(set(ids)) < 4:
-        raise EvalkitError(f"tokenizer {name}: letters A-D share token ids {ids} {list(strings)} "
-                           f"(rule {rule})")
+        raise EvalkitError(
+            f"tokenizer {name}: letters A-D share token ids {ids} {list(strings)} (rule {rule})"
+        )
     return LetterTokens(ids=tuple(ids), strings=strings, rule=rule)
 
 

@@ -3,6 +3,7 @@
 Everything here is plain data (frozen dataclasses and literals) so that every other module, and
 the tests, can build and compare records without torch.
 """
+
 from __future__ import annotations
 
 import dataclasses

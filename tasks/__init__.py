@@ -2,6 +2,7 @@
 
 Adding a benchmark = one module + its data + one line in TASKS + tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ CHOICES = "\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n"  # the choice block every scheme 
 def load_task_file(benchmark: str) -> tuple[dict, tuple[Subject, ...]]:
     """The converted data file of a benchmark (tasks/data/<benchmark>.json) and its subjects."""
     data = json.loads((DATA_DIR / f"{benchmark}.json").read_text(encoding="utf-8"))
-    subjects = tuple(Subject(s["name"], s["name_en"], s["name_zh"], tuple(s["categories"]))
-                     for s in data["subjects"])
+    subjects = tuple(
+        Subject(s["name"], s["name_en"], s["name_zh"], tuple(s["categories"])) for s in data["subjects"]
+    )
     return data, subjects
 
 

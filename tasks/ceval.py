@@ -3,6 +3,7 @@
 Layout: ceval/{dev,val,test}/{subject}_{split}.csv, CRLF, header id,question,A,B,C,D,answer; dev adds
 ",explanation", test has no answer column.
 """
+
 from __future__ import annotations
 
 from evalkit.types import Scheme, Task
@@ -77,8 +78,10 @@ CEVAL = Task(
     categories=tuple(_DATA["categories"]),
     extra_groups=tuple(_DATA["extra_groups"]),
     labeled_splits=("dev", "val"),
-    split_headers={"dev": ("id", "question", "A", "B", "C", "D", "answer", "explanation"),
-                   "test": ("id", "question", "A", "B", "C", "D")},
+    split_headers={
+        "dev": ("id", "question", "A", "B", "C", "D", "answer", "explanation"),
+        "test": ("id", "question", "A", "B", "C", "D"),
+    },
     id_column="id",
     schemes={s.name: s for s in (OFFICIAL, BAICHUAN, LM_EVAL)},
 )

@@ -2,6 +2,7 @@
 
 Layout: cmmlu/{dev,test}/{subject}.csv, LF, header ",Question,A,B,C,D,Answer" (first column = row index).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -32,14 +33,21 @@ OFFICIAL = Scheme(
 
 # haonan-li/CMMLU @ 0293725 (before 0b27e9f "update ABCD token mapping"): the same prompt code, with
 # the letters read as tokenizer("A").input_ids[-1] and the tokenizer's default BOS.
-BAICHUAN = replace(OFFICIAL, name="baichuan", letter_rule="standalone",
-                   source="haonan-li/CMMLU src/mp_utils.py + src/hf_causal_model.py @ 0293725")
+BAICHUAN = replace(
+    OFFICIAL,
+    name="baichuan",
+    letter_rule="standalone",
+    source="haonan-li/CMMLU src/mp_utils.py + src/hf_causal_model.py @ 0293725",
+)
 
 # EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu: the C-Eval layout ("答案：", no "题目："),
 # doc_to_text "{{Question.strip()}}\nA. {{A}}...\n答案：", first_n dev shots, " " + letter + "\n\n".
-LM_EVAL = replace(CEVAL_LM_EVAL, header=_HEADER,
-                  source="EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu/_default_template_yaml + "
-                         "_generate_configs.py")
+LM_EVAL = replace(
+    CEVAL_LM_EVAL,
+    header=_HEADER,
+    source="EleutherAI/lm-evaluation-harness lm_eval/tasks/cmmlu/_default_template_yaml + "
+    "_generate_configs.py",
+)
 
 CMMLU = Task(
     name="cmmlu",

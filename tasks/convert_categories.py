@@ -5,6 +5,7 @@ The output uses the column labels of the Baichuan-13B README tables ("Social Sci
 "Others", "China Specific"), so reports need no renaming; the official names are kept beside
 them in `official_category_names`. A test re-runs the conversion and compares.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,11 +14,25 @@ from pathlib import Path
 
 # official category name -> README column label, per benchmark
 LABELS: dict[str, dict[str, str]] = {
-    "mmlu": {"STEM": "STEM", "social sciences": "Social Sciences", "humanities": "Humanities",
-             "other (business, health, misc.)": "Others"},
-    "ceval": {"STEM": "STEM", "Social Science": "Social Sciences", "Humanities": "Humanities", "Other": "Others"},
-    "cmmlu": {"STEM": "STEM", "Humanities": "Humanities", "Social Science": "Social Sciences", "Other": "Others",
-              "China specific": "China Specific"},
+    "mmlu": {
+        "STEM": "STEM",
+        "social sciences": "Social Sciences",
+        "humanities": "Humanities",
+        "other (business, health, misc.)": "Others",
+    },
+    "ceval": {
+        "STEM": "STEM",
+        "Social Science": "Social Sciences",
+        "Humanities": "Humanities",
+        "Other": "Others",
+    },
+    "cmmlu": {
+        "STEM": "STEM",
+        "Humanities": "Humanities",
+        "Social Science": "Social Sciences",
+        "Other": "Others",
+        "China specific": "China Specific",
+    },
 }
 EXTRA_GROUPS: dict[str, tuple[str, ...]] = {"ceval": ("Avg(Hard)",), "mmlu": (), "cmmlu": ()}
 DATA_DIR = Path(__file__).parent / "data"

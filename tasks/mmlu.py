@@ -2,6 +2,7 @@
 
 Layout: mmlu/{dev,val,test}/{subject}_{split}.csv, no header, columns question,A,B,C,D,answer.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -31,8 +32,13 @@ OFFICIAL = Scheme(
 
 # baichuan-inc/Baichuan-7B evaluation/evaluate_mmlu.py @ f9dc32d: the hendrycks prompt and length
 # rule byte for byte; tokenizer loaded with add_bos_token=False; letters tokenizer("A").input_ids[-1].
-BAICHUAN = replace(OFFICIAL, name="baichuan", letter_rule="standalone", bos="never",
-                   source="baichuan-inc/Baichuan-7B evaluation/evaluate_mmlu.py @ f9dc32d")
+BAICHUAN = replace(
+    OFFICIAL,
+    name="baichuan",
+    letter_rule="standalone",
+    bos="never",
+    source="baichuan-inc/Baichuan-7B evaluation/evaluate_mmlu.py @ f9dc32d",
+)
 
 # EleutherAI/lm-evaluation-harness lm_eval/tasks/mmlu/default: description "...about {subject with
 # spaces}.\n\n" (ONE space), doc_to_text "{{question.strip()}}\nA. {{choices[0]}}...\nAnswer:",
@@ -49,7 +55,9 @@ LM_EVAL = Scheme(
     length_policy="left_truncate",
     max_tokens=2048,
     strip_text=True,
-    source="EleutherAI/lm-evaluation-harness lm_eval/tasks/mmlu/default/_default_template_yaml + api/samplers.py",
+    source=(
+        "EleutherAI/lm-evaluation-harness lm_eval/tasks/mmlu/default/_default_template_yaml + api/samplers.py"
+    ),
 )
 
 MMLU = Task(

@@ -6,6 +6,7 @@ published column headers mapped to our column labels, and the rows (model names 
 into evalkit PublishedRows (one per model and benchmark where the documents agree), and
 `published_quantization` the int8/int4 table, each row with the GPU memory of its precision.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,20 @@ from tasks import TASKS
 REFERENCE_DIR = Path(__file__).parent / "references"
 KINDS = ("accuracy", "quantization", "memory", "throughput", "model_details")
 TABLE_KEYS = {"name", "kind", "section", "label_column", "columns", "rows"}
-TABLE_OPTIONAL = {"benchmark", "shots", "split", "split_note", "scheme", "scheme_note", "conditions", "model",
-                  "method", "layout_note", "note", "transposed"}
+TABLE_OPTIONAL = {
+    "benchmark",
+    "shots",
+    "split",
+    "split_note",
+    "scheme",
+    "scheme_note",
+    "conditions",
+    "model",
+    "method",
+    "layout_note",
+    "note",
+    "transposed",
+}
 ROW_KEYS = {"label", "values"}
 ROW_OPTIONAL = {"model", "note", "precision", "precisions"}
 QUANT_PRECISIONS = (FULL, "int8", "int4")
@@ -69,8 +82,11 @@ def _fail(where: str, why: str) -> EvalkitError:
 def _check_keys(where: str, found: dict, required: set[str], optional: set[str]) -> None:
     missing, unknown = required - found.keys(), found.keys() - required - optional
     if missing or unknown:
-        raise _fail(where, f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; "
-                           f"valid: {sorted(required | optional)}")
+        raise _fail(
+            where,
+            f"missing keys {sorted(missing)}, unknown keys {sorted(unknown)}; "
+            f"valid: {sorted(required | optional)}",
+        )
 
 
 def _valid_columns(kind: str, benchmark: str | None) -> set[str] | None:
@@ -89,17 +105,25 @@ def _row(where: str, raw: dict, columns: list[str], kind: str) -> ReferenceRow:
         raise _fail(where, f"{len(raw['values'])} values for {len(columns)} columns {columns}")
     values = dict(zip(columns, raw["values"], strict=False))
     if kind in ("accuracy", "quantization"):
-        bad = {c: v for c, v in values.items()
-               if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 100)}
+        bad = {
+            c: v
+            for c, v in values.items()
+            if v is not None and not (isinstance(v, (int, float)) and 0 <= v <= 100)
+        }
         if bad:
             raise _fail(where, f"accuracies must be numbers in [0, 100] or null, found {bad}")
     if kind == "quantization" and raw.get("precision") not in QUANT_PRECISIONS:
         raise _fail(where, str(unknown("precision", raw.get("precision"), QUANT_PRECISIONS)))
     if kind == "memory" and not (raw.get("precisions") and set(raw["precisions"]) <= set(PRECISIONS)):
         raise _fail(where, f"precisions {raw.get('precisions')!r}; valid: a list of {', '.join(PRECISIONS)}")
-    return ReferenceRow(label=raw["label"], model=raw.get("model", raw["label"]), values=values,
-                        note=raw.get("note", ""), precision=raw.get("precision"),
-                        precisions=tuple(raw.get("precisions", ())))
+    return ReferenceRow(
+        label=raw["label"],
+        model=raw.get("model", raw["label"]),
+        values=values,
+        note=raw.get("note", ""),
+        precision=raw.get("precision"),
+        precisions=tuple(raw.get("precisions", ())),
+    )
 
 
 def _table(path: Path, file: str, raw: dict) -> ReferenceTable:
@@ -114,11 +138,21 @@ def _table(path: Path, file: str, raw: dict) -> ReferenceTable:
     valid = _valid_columns(raw["kind"], raw.get("benchmark"))
     if valid is not None and not set(ours) <= valid:
         raise _fail(where, f"columns {sorted(set(ours) - valid)} are not ours; valid: {sorted(valid)}")
-    rows = tuple(_row(f"{where} row {i} ({r.get('label', '?')})", r, ours, raw["kind"])
-                 for i, r in enumerate(raw["rows"]))
+    rows = tuple(
+        _row(f"{where} row {i} ({r.get('label', '?')})", r, ours, raw["kind"])
+        for i, r in enumerate(raw["rows"])
+    )
     info = {k: v for k, v in raw.items() if k in TABLE_OPTIONAL}
-    return ReferenceTable(file=file, name=raw["name"], kind=raw["kind"], section=raw["section"],
-                          label_column=raw["label_column"], columns=columns, rows=rows, info=info)
+    return ReferenceTable(
+        file=file,
+        name=raw["name"],
+        kind=raw["kind"],
+        section=raw["section"],
+        label_column=raw["label_column"],
+        columns=columns,
+        rows=rows,
+        info=info,
+    )
 
 
 @lru_cache(maxsize=4)
@@ -146,12 +180,18 @@ def _merge(rows: list[PublishedRow], new: PublishedRow) -> None:
         same = all(getattr(old, f) == getattr(new, f) for f in ("benchmark", "precision"))
         same = same and name_key(old.model) == name_key(new.model)
         agree = all(old.scores[c] == new.scores[c] for c in old.scores.keys() & new.scores.keys())
-        settings = all(a is None or b is None or a == b
-                       for a, b in ((old.split, new.split), (old.scheme, new.scheme)))
+        settings = all(
+            a is None or b is None or a == b for a, b in ((old.split, new.split), (old.scheme, new.scheme))
+        )
         if same and agree and settings:
             rows[i] = dataclasses.replace(
-                old, scores={**new.scores, **old.scores}, sources=old.sources + new.sources,
-                split=old.split or new.split, scheme=old.scheme or new.scheme, notes=old.notes + new.notes)
+                old,
+                scores={**new.scores, **old.scores},
+                sources=old.sources + new.sources,
+                split=old.split or new.split,
+                scheme=old.scheme or new.scheme,
+                notes=old.notes + new.notes,
+            )
             return
     rows.append(new)
 
@@ -163,11 +203,19 @@ def published_rows(directory: Path = REFERENCE_DIR) -> tuple[PublishedRow, ...]:
         if table.kind != "accuracy" or table.info.get("benchmark") not in TASKS:
             continue
         for row in table.rows:
-            _merge(rows, PublishedRow(
-                label=row.label, model=row.model, benchmark=table.info["benchmark"],
-                scores={c: float(v) for c, v in row.values.items() if v is not None}, sources=(table.source,),
-                split=table.info.get("split"), scheme=table.info.get("scheme"),
-                notes=tuple(n for n in (row.note, table.info.get("split_note", "")) if n)))
+            _merge(
+                rows,
+                PublishedRow(
+                    label=row.label,
+                    model=row.model,
+                    benchmark=table.info["benchmark"],
+                    scores={c: float(v) for c, v in row.values.items() if v is not None},
+                    sources=(table.source,),
+                    split=table.info.get("split"),
+                    scheme=table.info.get("scheme"),
+                    notes=tuple(n for n in (row.note, table.info.get("split_note", "")) if n),
+                ),
+            )
     return tuple(rows)
 
 
@@ -179,14 +227,21 @@ def published_quantization(directory: Path = REFERENCE_DIR) -> tuple[PublishedRo
     for table in (t for t in tables if t.kind == "quantization"):
         memory = [t for t in tables if t.kind == "memory" and t.file == table.file]
         for row in table.rows:
-            mem = [(m, r) for m in memory for r in m.rows
-                   if row.precision in map(precision_class, r.precisions)]
+            mem = [
+                (m, r) for m in memory for r in m.rows if row.precision in map(precision_class, r.precisions)
+            ]
             for benchmark, value in row.values.items():
-                out.append(PublishedRow(
-                    label=row.label, model=row.model, benchmark=benchmark, scores={"Average": float(value)},
-                    sources=tuple(dict.fromkeys([table.source, *(m.source for m, _ in mem)])),
-                    precision=row.precision,
-                    scheme=table.info.get("scheme"),
-                    notes=tuple(n for n in (row.note, *(m.info.get("note", "") for m, _ in mem)) if n),
-                    memory_gb=float(mem[0][1].values["gpu_memory_gb"]) if mem else None))
+                out.append(
+                    PublishedRow(
+                        label=row.label,
+                        model=row.model,
+                        benchmark=benchmark,
+                        scores={"Average": float(value)},
+                        sources=tuple(dict.fromkeys([table.source, *(m.source for m, _ in mem)])),
+                        precision=row.precision,
+                        scheme=table.info.get("scheme"),
+                        notes=tuple(n for n in (row.note, *(m.info.get("note", "") for m, _ in mem)) if n),
+                        memory_gb=float(mem[0][1].values["gpu_memory_gb"]) if mem else None,
+                    )
+                )
     return tuple(out)

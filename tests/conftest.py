@@ -4,6 +4,7 @@ The tiny models are random-init LlamaForCausalLM checkpoints saved to a temporar
 tests load them through evalkit's own loading path. One uses a SentencePiece tokenizer trained
 in the test (letters score as "▁A" standalone), the other a byte-level BPE tokenizer ("ĠA").
 """
+
 from __future__ import annotations
 
 import random
@@ -16,9 +17,13 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data"
 SMOLLM_GGUF = SHARED / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
-_WORDS_EN = ("the following are multiple choice questions with answers about abstract algebra anatomy "
-             "physics law history which of these is true false answer question model value number").split()
-_WORDS_ZH = list("以下是中国关于考试的单项选择题请选出其中正确答案题目会计税法原则物理历史数学直接给出选项农学")
+_WORDS_EN = (
+    "the following are multiple choice questions with answers about abstract algebra anatomy "
+    "physics law history which of these is true false answer question model value number"
+).split()
+_WORDS_ZH = list(
+    "以下是中国关于考试的单项选择题请选出其中正确答案题目会计税法原则物理历史数学直接给出选项农学"
+)
 
 
 def _corpus(seed: int = 0, lines: int = 3000) -> list[str]:
@@ -40,9 +45,19 @@ def _tiny_llama(vocab_size: int, bos_id: int | None, eos_id: int | None, pad_id:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                         bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     # random init is near-uniform; scale up so log-probs over letters differ and ties are rare
     with torch.no_grad():
@@ -59,16 +74,28 @@ def tiny_spm_model_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_spm")
     corpus = out / "corpus.txt"
     corpus.write_text("\n".join(_corpus()), encoding="utf-8")
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "spm"), vocab_size=400,
-                                   model_type="bpe", byte_fallback=True, character_coverage=1.0,
-                                   bos_id=1, eos_id=2, unk_id=0, pad_id=3, minloglevel=2,
-                                   normalization_rule_name="identity")  # keep "：" byte-exact, as LLaMA does
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(out / "spm"),
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        character_coverage=1.0,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=3,
+        minloglevel=2,
+        normalization_rule_name="identity",
+    )  # keep "：" byte-exact, as LLaMA does
     model_dir = out / "model"
     model_dir.mkdir()
     shutil.copy(out / "spm.model", model_dir / "tokenizer.model")
     tokenizer = LlamaTokenizer.from_pretrained(model_dir, legacy=False, add_bos_token=True, pad_token="<pad>")
     tokenizer.save_pretrained(model_dir)
-    _tiny_llama(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, 1).save_pretrained(model_dir)
+    _tiny_llama(
+        len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id, 1
+    ).save_pretrained(model_dir)
     return model_dir
 
 
@@ -82,8 +109,12 @@ def tiny_bpe_model_dir(tmp_path_factory) -> Path:
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(_corpus(seed=1), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>")
     model_dir = out / "model"

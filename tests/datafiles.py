@@ -9,6 +9,7 @@ row index first. Some fields hold an embedded newline, commas, quotes or Chinese
 the csv module (not line splitting) at work. Content is a pure function of (task, subject, split, row):
 the answer of row i is "ABCD"[(i + len(subject)) % 4].
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,9 +19,11 @@ from tasks import get_task
 
 SPLITS = {"mmlu": ("dev", "val", "test"), "ceval": ("dev", "val", "test"), "cmmlu": ("dev", "test")}
 # the subjects of the `tiny_data_dir` fixture (conftest.py)
-TINY_SUBJECTS = {"mmlu": ("abstract_algebra", "anatomy", "astronomy"),
-                 "ceval": ("accountant", "advanced_mathematics", "law"),
-                 "cmmlu": ("agronomy", "anatomy", "arts")}
+TINY_SUBJECTS = {
+    "mmlu": ("abstract_algebra", "anatomy", "astronomy"),
+    "ceval": ("accountant", "advanced_mathematics", "law"),
+    "cmmlu": ("agronomy", "anatomy", "arts"),
+}
 
 
 def answer_of(subject: str, row: int) -> str:
@@ -31,7 +34,9 @@ def answer_of(subject: str, row: int) -> str:
 def row_fields(task: str, subject: str, split: str, row: int) -> tuple[str, str, str, str, str]:
     """question, A, B, C, D of one row: row 1 has an embedded newline and a comma, row 2 quotes."""
     zh = task != "mmlu"
-    question = f"{subject}题目{row}：下列说法正确的是____。" if zh else f"{split} question {row} about {subject}?"
+    question = (
+        f"{subject}题目{row}：下列说法正确的是____。" if zh else f"{split} question {row} about {subject}?"
+    )
     if row % 3 == 1:
         question += "\n第二行，带逗号" if zh else "\nsecond line, with a comma"
     if row % 3 == 2:

@@ -2,6 +2,7 @@
 
 No test asserts a timing; they assert how the figures relate (definitions in evalkit/bench/run.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ from evalkit.bench.run import BenchSettings, bench_loaded, run_bench
 from evalkit.model import LoadedModel, load_model
 from evalkit.types import EvalkitError
 
-SMALL = BenchSettings(new_tokens=24, prompt_tokens=7, batch_sizes=(1, 2), repeats=2, warmup=1, threads=1,
-                      probe_bytes=8 * 2**20)
+SMALL = BenchSettings(
+    new_tokens=24, prompt_tokens=7, batch_sizes=(1, 2), repeats=2, warmup=1, threads=1, probe_bytes=8 * 2**20
+)
 PROBE = {"buffer_bytes": 8 * 2**20, "repeats": 2}
 
 
@@ -46,9 +48,13 @@ def test_eos_is_suppressed_and_exactly_n_tokens_are_made(eos_loving: LoadedModel
     inputs = prompt_ids(eos_loving.tokenizer, 7, 2)
     eos = eos_loving.tokenizer.eos_token_id
     with torch.inference_mode():
-        plain = eos_loving.model.generate(input_ids=inputs, attention_mask=torch.ones_like(inputs),
-                                          do_sample=False, max_new_tokens=9,
-                                          pad_token_id=eos_loving.tokenizer.pad_token_id)
+        plain = eos_loving.model.generate(
+            input_ids=inputs,
+            attention_mask=torch.ones_like(inputs),
+            do_sample=False,
+            max_new_tokens=9,
+            pad_token_id=eos_loving.tokenizer.pad_token_id,
+        )
     assert plain.shape[1] - 7 < 9 and (plain[:, 7:] == eos).any()  # the model, left alone, stops at once
     out = generate_exactly(eos_loving, inputs, 9)
     assert out.shape == (2, 7 + 9)
@@ -85,8 +91,9 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         row = bench_loaded(eos_loving, batch, SMALL)
         N, P = SMALL.new_tokens, SMALL.prompt_tokens
         assert (row.batch_size, row.mode, row.compiled, row.threads) == (batch, "eager", False, 1)
-        for first, total, decode in zip(row.ttft_s.values, row.generate_s.values, row.decode_s.values,
-                                        strict=True):
+        for first, total, decode in zip(
+            row.ttft_s.values, row.generate_s.values, row.decode_s.values, strict=True
+        ):
             assert 0 < first and 0 < total and decode == pytest.approx(total - first)
         assert row.e2e_tok_s.values == pytest.approx(tuple(batch * N / t for t in row.generate_s.values))
         assert row.prefill_tok_s.values == pytest.approx(tuple(batch * P / t for t in row.ttft_s.values))
@@ -114,7 +121,6 @@ def test_bench_figures_are_consistent(eos_loving: LoadedModel) -> None:
         assert row.load.cpu_count >= 1 and math.isfinite(row.load.cpu_percent_system)
 
 
-
 def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_path: Path) -> None:
     """A repeat whose T_N does not exceed its T_1 (a busy machine, small N) leaves decode empty with a
     note; the table says n/a and the plot and JSON still come out."""
@@ -127,13 +133,19 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     noisy = dataclasses.replace(row, decode_tok_s=None, achieved_fraction=None)
     noisy = dataclasses.replace(noisy, notes=_notes(noisy, SMALL))
     assert any("timer noise swamps decode" in note and "--new-tokens" in note for note in noisy.notes)
-    report = BenchReport("2026-01-01T00:00:00+00:00", "eager", dataclasses.asdict(SMALL),
-                         Environment(device="cpu", device_name="cpu"), (noisy,))
+    report = BenchReport(
+        "2026-01-01T00:00:00+00:00",
+        "eager",
+        dataclasses.asdict(SMALL),
+        Environment(device="cpu", device_name="cpu"),
+        (noisy,),
+    )
     table = format_table(report)
     assert table.count("n/a") == 2 and "timer noise" in table
     json_path, _, png_path = write_outputs(report, tmp_path)
     assert json.loads(json_path.read_text(encoding="utf-8"))["rows"][0]["decode_tok_s"] is None
     assert png_path.stat().st_size > 0
+
 
 def test_bandwidth_probe_is_positive_and_outsizes_the_cache() -> None:
     probe = probe_bandwidth("cpu", **PROBE)
@@ -143,14 +155,17 @@ def test_bandwidth_probe_is_positive_and_outsizes_the_cache() -> None:
     assert default.buffer_bytes >= max(256 * 2**20, 4 * (default.llc_bytes or 0)) and default.gb_s > 0
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"mode": "fast"}, "valid: eager, compiled"),
-    ({"new_tokens": 1}, r"new-tokens must be ≥ 2 \(decode"),
-    ({"repeats": 0}, "repeats must be ≥ 1, got 0"),
-    ({"batch_sizes": (1, 0)}, r"batch sizes must be ≥ 1, got \[1, 0\]"),
-    ({"mode": "compiled", "warmup": 0}, "warmup must be ≥ 1 in compiled mode"),
-    ({"threads": 0}, "threads must be ≥ 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"mode": "fast"}, "valid: eager, compiled"),
+        ({"new_tokens": 1}, r"new-tokens must be ≥ 2 \(decode"),
+        ({"repeats": 0}, "repeats must be ≥ 1, got 0"),
+        ({"batch_sizes": (1, 0)}, r"batch sizes must be ≥ 1, got \[1, 0\]"),
+        ({"mode": "compiled", "warmup": 0}, "warmup must be ≥ 1 in compiled mode"),
+        ({"threads": 0}, "threads must be ≥ 1, got 0"),
+    ],
+)
 def test_settings_reject_bad_input(bad: dict, message: str) -> None:
     with pytest.raises(EvalkitError, match=message):
         BenchSettings(**bad)
@@ -161,11 +176,13 @@ def test_missing_model_fails_before_any_work(tmp_path: Path) -> None:
         run_bench([str(tmp_path / "nope.gguf")], ["fp32"], SMALL)
 
 
-def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Path, tiny_bpe_model_dir: Path,
-                                                         tmp_path: Path) -> None:
+def test_run_bench_two_models_writes_table_json_and_plot(
+    tiny_spm_model_dir: Path, tiny_bpe_model_dir: Path, tmp_path: Path
+) -> None:
     threads_before = torch.get_num_threads()
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, batch_sizes=(1,), repeats=2, warmup=1, threads=1,
-                             probe_bytes=2**20)
+    settings = BenchSettings(
+        new_tokens=24, prompt_tokens=5, batch_sizes=(1,), repeats=2, warmup=1, threads=1, probe_bytes=2**20
+    )
     report = run_bench([str(tiny_spm_model_dir), str(tiny_bpe_model_dir)], ["fp32", "bf16"], settings)
     assert torch.get_num_threads() == threads_before  # the caller's setting is restored
     assert [(r.precision, r.dtype) for r in report.rows] == [("fp32", "float32"), ("bf16", "bfloat16")] * 2
@@ -190,8 +207,15 @@ def test_run_bench_two_models_writes_table_json_and_plot(tiny_spm_model_dir: Pat
 def test_compiled_mode_uses_a_static_cache_and_reports_compilation(tiny_bpe_model_dir: Path) -> None:
     # the "eager" dynamo backend traces the real decode graph without inductor's C++ build (seconds, not
     # minutes)
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled",
-                             compile_backend="eager", threads=1, probe_bytes=2**20)
+    settings = BenchSettings(
+        new_tokens=24,
+        prompt_tokens=5,
+        repeats=1,
+        mode="compiled",
+        compile_backend="eager",
+        threads=1,
+        probe_bytes=2**20,
+    )
     loaded = load_model(str(tiny_bpe_model_dir), "fp32", "cpu")
     row = bench_loaded(loaded, 1, settings)
     assert row.mode == "compiled" and row.compiled
@@ -207,8 +231,9 @@ def test_a_broken_compiler_fails_clearly(tiny_bpe_model_dir: Path, monkeypatch: 
 
     monkeypatch.setattr(inductor_config.cpp, "cxx", ("no-such-c++-compiler",))
     monkeypatch.setattr(inductor_config, "fx_graph_cache", False)  # a cached graph would need no compiler
-    settings = BenchSettings(new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", threads=1,
-                             probe_bytes=2**20)
+    settings = BenchSettings(
+        new_tokens=24, prompt_tokens=5, repeats=1, mode="compiled", threads=1, probe_bytes=2**20
+    )
     loaded = load_model(str(tiny_bpe_model_dir), "fp32", "cpu")
     expected = r"torch.compile \(inductor\) failed on cpu: InvalidCxxCompiler.*--mode eager"
     with pytest.raises(EvalkitError, match=expected):

@@ -1,4 +1,5 @@
 """The benchmarks' own arithmetic, checked against what torch really runs."""
+
 from __future__ import annotations
 
 import sys
@@ -26,8 +27,18 @@ def test_mac_count_equals_the_flops_torch_counts_in_a_llama_forward(tiny_bpe_mod
 
 def test_mac_count_of_a_reused_prefix():
     """Prefix P run once, then each suffix attending to it: by hand for one layer without MLP weight."""
-    config = type("Config", (), dict(hidden_size=4, intermediate_size=0, num_attention_heads=1,
-                                     num_key_value_heads=1, num_hidden_layers=1, vocab_size=10))
+    config = type(
+        "Config",
+        (),
+        dict(
+            hidden_size=4,
+            intermediate_size=0,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+            num_hidden_layers=1,
+            vocab_size=10,
+        ),
+    )
     seqs = [[1, 2, 3, 4], [1, 2, 3, 5, 6]]
     a, b = llama_macs(config, seqs, [(3, [0, 1])])
     per_token, attention_per_key, head = 4 * 16, 2 * 4, 10 * 4

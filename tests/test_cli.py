@@ -1,4 +1,5 @@
 """What the command line tells its user: --help, the plan before scoring, warnings, hub failures."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,10 @@ import warnings
 from pathlib import Path
 
 import pytest
+from test_runner import eval_args, run_dirs
 
 import run_eval
 from run_eval import build_parser, main
-from test_runner import eval_args, run_dirs
 
 COMMANDS = ("eval", "sweep", "report", "compare", "bench", "list")
 
@@ -40,8 +41,9 @@ def option_blocks(text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_every_subcommand_has_a_description_two_examples_and_one_default_per_flag(command, capsys,
-                                                                                  monkeypatch):
+def test_every_subcommand_has_a_description_two_examples_and_one_default_per_flag(
+    command, capsys, monkeypatch
+):
     monkeypatch.setattr(sys, "argv", ["run_eval.py"])
     text = help_text(capsys, command)
     description = text.split("\n\n")[1]
@@ -82,16 +84,35 @@ def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
 def test_bench_defaults_fit_the_device(tiny_bpe_model_dir, tmp_path, capsys):
     from evalkit.bench.run import DEVICE_DEFAULTS
 
-    assert main(["bench", "--model", str(tiny_bpe_model_dir), "--prompt-tokens", "4", "--repeats", "1",
-                 "--warmup", "0", "--device", "cpu", "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                str(tiny_bpe_model_dir),
+                "--prompt-tokens",
+                "4",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--device",
+                "cpu",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     cpu = DEVICE_DEFAULTS["cpu"]
     assert f"{cpu.new_tokens} new tokens after 4 prompt tokens" in out
     assert re.search(rf"\|\s*{cpu.precision}\s*\|", out), out
 
 
-@pytest.mark.parametrize("argv0, prog", [("/venv/bin/evalkit", "evalkit"),
-                                         ("run_eval.py", "python run_eval.py")])
+@pytest.mark.parametrize(
+    "argv0, prog", [("/venv/bin/evalkit", "evalkit"), ("run_eval.py", "python run_eval.py")]
+)
 def test_program_name_reads_well_as_console_command_and_script(argv0, prog, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [argv0])
     top = help_text(capsys)
@@ -146,12 +167,17 @@ def test_eval_prints_the_plan_and_one_estimate_per_task(tiny_spm_model_dir, tiny
     for task, title in (("mmlu", "MMLU"), ("cmmlu", "CMMLU")):
         questions, without, with_reuse = expected_tokens(tiny_spm_model_dir, tiny_data_dir, task)
         assert with_reuse < without
-        assert (f"{title} official fp32: {questions} questions to score in 3 subjects; prompt tokens to "
-                f"compute: {without:,} without prefix reuse, {with_reuse:,} with it, "
-                f"{without / with_reuse:.1f}x fewer\n" in err), err
-        estimates = re.findall(rf"^{title} official fp32: first batch \(\d+ questions\) took [\d.]+ s: "
-                               rf"about [\d.]+ (?:s|min|h) for the {questions} questions to score$",
-                               err, re.M)
+        assert (
+            f"{title} official fp32: {questions} questions to score in 3 subjects; prompt tokens to "
+            f"compute: {without:,} without prefix reuse, {with_reuse:,} with it, "
+            f"{without / with_reuse:.1f}x fewer\n" in err
+        ), err
+        estimates = re.findall(
+            rf"^{title} official fp32: first batch \(\d+ questions\) took [\d.]+ s: "
+            rf"about [\d.]+ (?:s|min|h) for the {questions} questions to score$",
+            err,
+            re.M,
+        )
         assert len(estimates) == 1, err
         assert err.index(f"{title} official fp32: {questions} questions") < err.index(estimates[0])
     warned = [line for line in err.splitlines() if "Warning" in line]
@@ -194,8 +220,9 @@ def test_third_party_future_warnings_show_once_in_one_line(capsys):
 # ---------------------------------------------------------------- the hub
 
 
-def test_an_unreachable_hub_model_or_dataset_names_the_local_alternative(tiny_data_dir, tiny_spm_model_dir,
-                                                                        tmp_path, capsys, monkeypatch):
+def test_an_unreachable_hub_model_or_dataset_names_the_local_alternative(
+    tiny_data_dir, tiny_spm_model_dir, tmp_path, capsys, monkeypatch
+):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
@@ -217,17 +244,33 @@ def test_the_real_hub_id_fails_with_one_line(tiny_data_dir, tmp_path):
     import subprocess
 
     repo = Path(run_eval.__file__).resolve().parent
-    command = [sys.executable, str(repo / "run_eval.py"), "eval", "--model", "some-org/some-model",
-               "--tasks", "mmlu", "--subjects", "anatomy", "--data-dir", str(tiny_data_dir),
-               "--output-dir", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(repo / "run_eval.py"),
+        "eval",
+        "--model",
+        "some-org/some-model",
+        "--tasks",
+        "mmlu",
+        "--subjects",
+        "anatomy",
+        "--data-dir",
+        str(tiny_data_dir),
+        "--output-dir",
+        str(tmp_path),
+    ]
     # a fresh HOME: no hub cache, no token; the timeout only guards the suite (retries took 25 s)
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)})
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)},
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert "'some-org/some-model'" in lines[0] and "--model" in lines[0], done.stderr
-
 
 
 def test_the_plan_counts_a_shared_prefix_once_and_only_questions_left():

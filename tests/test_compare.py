@@ -1,4 +1,5 @@
 """Paired comparison: known deltas, McNemar p-values, bootstrap intervals, the gate, mismatch errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,7 @@ def test_ten_right_to_wrong_flips_out_of_a_hundred():
     assert 100 * c.overall.delta == pytest.approx(-10.0)
     assert (c.overall.a.accuracy, c.overall.b.accuracy) == (0.7, 0.6)
     assert (c.overall.right_to_wrong, c.overall.wrong_to_right) == (10, 0)
-    assert c.overall.p_value == pytest.approx(2 * 0.5 ** 10)
+    assert c.overall.p_value == pytest.approx(2 * 0.5**10)
     assert c.overall.ci.high <= 0 and c.overall.ci.low < -0.1 < c.overall.ci.high
     assert [f.id for f in c.flips] == [f"mmlu/astronomy/test/{i}" for i in range(10)]
     assert {f.direction for f in c.flips} == {"right→wrong"} and c.flips[0].pred_b == "C"
@@ -63,10 +64,12 @@ def test_delta_honours_macro_where_micro_would_differ():
     micro = compare_pair(CEVAL, run(a, "ceval", scheme="lm-eval"), run(b, "ceval", scheme="lm-eval")).overall
     assert macro.delta == pytest.approx((-0.5 + 0) / 2)
     assert micro.delta == pytest.approx(-5 / 100)
-    assert macro.p_value == micro.p_value == pytest.approx(2 * 0.5 ** 5)  # McNemar is per question either way
+    assert macro.p_value == micro.p_value == pytest.approx(2 * 0.5**5)  # McNemar is per question either way
     c = compare_pair(CEVAL, run(a, "ceval"), run(b, "ceval"))
-    assert c.subjects["art_studies"].delta == 0 and c.subjects["art_studies"].ci.low == 0 == c.subjects[
-        "art_studies"].ci.high
+    assert (
+        c.subjects["art_studies"].delta == 0
+        and c.subjects["art_studies"].ci.low == 0 == c.subjects["art_studies"].ci.high
+    )
     assert c.groups["Others"].delta == pytest.approx(-0.5) and "Humanities" in c.groups
 
 
@@ -75,12 +78,15 @@ def test_bootstrap_interval_is_seeded():
     assert first == compare_pair(MMLU, run(BASE), run(WORSE), seed=3).overall.ci
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("scheme", "lm-eval", "scheme differs"),
-    ("shots", 0, "shots differs"),
-    ("split", "val", "split differs"),
-    ("letter_rule", "standalone", "letter rule differs"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("scheme", "lm-eval", "scheme differs"),
+        ("shots", 0, "shots differs"),
+        ("split", "val", "split differs"),
+        ("letter_rule", "standalone", "letter rule differs"),
+    ],
+)
 def test_different_settings_are_refused(field, value, message):
     with pytest.raises(EvalkitError, match=message):
         compare_pair(MMLU, run(BASE), run(WORSE, **{field: value}))
@@ -96,13 +102,15 @@ def test_different_question_sets_are_refused_unless_a_subset_is_allowed():
         compare_pair(MMLU, run(BASE), run(WORSE[:80], limit=80))
     c = compare_pair(MMLU, run(BASE), run(WORSE[:80], limit=80), allow_subset=True)
     assert (c.only_a, c.only_b, c.overall.a.n) == (20, 0, 80)
-    assert "20 questions only in A" in to_markdown(compare([run(BASE)], [run(WORSE[:80])], get_task,
-                                                           allow_subset=True))
+    assert "20 questions only in A" in to_markdown(
+        compare([run(BASE)], [run(WORSE[:80])], get_task, allow_subset=True)
+    )
 
 
 def test_changed_gold_or_unlabeled_runs_are_refused():
-    changed = [dataclasses.replace(q, gold="B", correct=q.pred == "B") if q.id.endswith("/5") else q
-               for q in WORSE]
+    changed = [
+        dataclasses.replace(q, gold="B", correct=q.pred == "B") if q.id.endswith("/5") else q for q in WORSE
+    ]
     with pytest.raises(EvalkitError, match="question mmlu/astronomy/test/5 differs"):
         compare_pair(MMLU, run(BASE), run(changed))
     blind = answers("ceval", "accountant", set(), 3, gold=None)
@@ -139,14 +147,17 @@ def test_markdown_puts_the_summary_and_verdict_first_and_lists_changed_subjects(
     a, b = run(BASE + same), run(WORSE + same, precision="int4")
     text = to_markdown(compare([a], [b], get_task, max_drop=5))
     lines = text.splitlines()
-    assert lines[0] == ("## Summary: B = Model-7B int4 vs A = Model-7B fp32 "
-                        "(benchmark Averages, accuracy points)")
+    assert lines[0] == (
+        "## Summary: B = Model-7B int4 vs A = Model-7B fp32 (benchmark Averages, accuracy points)"
+    )
     summary = next(line for line in lines if line.startswith("| MMLU"))
     assert [c.strip() for c in summary.strip("|").split("|")][:4] == ["MMLU", "69.2", "59.6", "-9.6"]
     assert text.index("Gate (max drop 5 points): FAIL: mmlu") < text.index("## MMLU: B = Model-7B int4")
     assert "| astronomy" in text and "| anatomy" not in text
-    assert ("Not listed: 1 of 2 subjects, unchanged (same accuracy, no question flipped, the same top "
-            "letters); --all-subjects lists every subject") in text
+    assert (
+        "Not listed: 1 of 2 subjects, unchanged (same accuracy, no question flipped, the same top "
+        "letters); --all-subjects lists every subject"
+    ) in text
     every = to_markdown(compare([a], [b], get_task), all_subjects=True)
     assert "| anatomy" in every and "Not listed" not in every and "Gate" not in every
     # flips both ways leave the accuracy unchanged, and the subject is still listed
@@ -160,8 +171,9 @@ def test_cli_compare_names_the_flag_and_prints_every_subject_when_asked(tmp_path
     same = answers("mmlu", "anatomy", {0, 2}, 4)
     dirs = []
     for precision, questions in (("fp16", BASE + same), ("int8", WORSE[:80] + same)):
-        cfg = RunConfig(model="org/Model-7B", task="mmlu", precision=precision,
-                        output_dir=str(tmp_path / precision))
+        cfg = RunConfig(
+            model="org/Model-7B", task="mmlu", precision=precision, output_dir=str(tmp_path / precision)
+        )
         directory = RunDir.open(cfg, "Model-7B")
         directory.append(questions)
         result = dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash())
@@ -192,11 +204,13 @@ def test_compare_runs_read_back_from_disk(tmp_path):
 
 
 # ---- the divergence gates, refused thresholds and the power note ----
-def _shifted(questions: list[QuestionResult], logprobs: tuple[float, ...],
-             every: int = 1) -> list[QuestionResult]:
+def _shifted(
+    questions: list[QuestionResult], logprobs: tuple[float, ...], every: int = 1
+) -> list[QuestionResult]:
     """Every `every`-th question with other log-probs (its prediction kept)."""
-    return [dataclasses.replace(q, logprobs=logprobs) if i % every == 0 else q
-            for i, q in enumerate(questions)]
+    return [
+        dataclasses.replace(q, logprobs=logprobs) if i % every == 0 else q for i, q in enumerate(questions)
+    ]
 
 
 def test_kl_and_agreement_gates_name_the_benchmark_and_its_value():
@@ -220,13 +234,16 @@ def test_kl_and_agreement_gates_name_the_benchmark_and_its_value():
     assert "Verdict: FAIL (min agreement)" in to_markdown(worse)
 
 
-@pytest.mark.parametrize("gates, message", [
-    ({"max_drop": float("nan")}, "--max-drop must be a finite number, got nan"),
-    ({"max_kl": float("inf")}, "--max-kl must be a finite number, got inf"),
-    ({"min_agreement": float("nan")}, "--min-agreement must be a finite number"),
-    ({"max_kl": -0.1}, "--max-kl must be >= 0 nats"),
-    ({"min_agreement": 1.5}, r"--min-agreement is a fraction in \[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "gates, message",
+    [
+        ({"max_drop": float("nan")}, "--max-drop must be a finite number, got nan"),
+        ({"max_kl": float("inf")}, "--max-kl must be a finite number, got inf"),
+        ({"min_agreement": float("nan")}, "--min-agreement must be a finite number"),
+        ({"max_kl": -0.1}, "--max-kl must be >= 0 nats"),
+        ({"min_agreement": 1.5}, r"--min-agreement is a fraction in \[0, 1\]"),
+    ],
+)
 def test_thresholds_that_cannot_judge_are_refused(gates, message):
     with pytest.raises(EvalkitError, match=message):
         compare([run(BASE)], [run(WORSE)], get_task, **gates)
@@ -235,8 +252,10 @@ def test_thresholds_that_cannot_judge_are_refused(gates, message):
 def test_power_note_says_how_small_a_drop_the_questions_can_detect():
     text = to_markdown(compare([run(BASE)], [run(WORSE)], get_task, max_drop=5))
     # 10 discordant questions: 9 of 10 one way is the least McNemar's exact test calls significant
-    assert ("- Power (MMLU): 100 questions, 10 discordant (right in one run only, 10.0%): the smallest drop "
-            "McNemar's exact test detects at 95% is 8.0 points") in text
+    assert (
+        "- Power (MMLU): 100 questions, 10 discordant (right in one run only, 10.0%): the smallest drop "
+        "McNemar's exact test detects at 95% is 8.0 points"
+    ) in text
     assert "⚠ max drop 5 points is below what these questions can detect on MMLU (8.0)" in text
     assert "too few flips" in to_markdown(compare([run(BASE)], [run(BASE)], get_task))
     assert compare_pair(MMLU, run(BASE), run(WORSE)).overall.detectable_drop == pytest.approx(0.08)
@@ -245,8 +264,13 @@ def test_power_note_says_how_small_a_drop_the_questions_can_detect():
 def _saved_pair(tmp_path, a_questions, b_questions) -> list[str]:
     dirs = []
     for precision, questions in (("fp16", a_questions), ("int4", b_questions)):
-        cfg = RunConfig(model="org/Model-7B", task="mmlu", precision=precision, quant_backend=None,
-                        output_dir=str(tmp_path / precision))
+        cfg = RunConfig(
+            model="org/Model-7B",
+            task="mmlu",
+            precision=precision,
+            quant_backend=None,
+            output_dir=str(tmp_path / precision),
+        )
         directory = RunDir.open(cfg, "Model-7B")
         directory.append(questions)
         result = dataclasses.replace(run(questions).result, config=cfg, config_hash=cfg.config_hash())
@@ -255,8 +279,9 @@ def _saved_pair(tmp_path, a_questions, b_questions) -> list[str]:
     return dirs
 
 
-@pytest.mark.parametrize("flags", [("--max-drop", "nan"), ("--max-kl", "inf"), ("--min-agreement", "nan"),
-                                   ("--max-drop=-inf",)])
+@pytest.mark.parametrize(
+    "flags", [("--max-drop", "nan"), ("--max-kl", "inf"), ("--min-agreement", "nan"), ("--max-drop=-inf",)]
+)
 def test_cli_refuses_non_finite_gates_with_one_error_line(tmp_path, capsys, flags):
     from run_eval import main
 

@@ -1,4 +1,5 @@
 """evalkit.data: official layouts read byte-exact, ids, --limit, and every bad-input error up front."""
+
 from __future__ import annotations
 
 import csv
@@ -117,31 +118,54 @@ def test_id_column_must_equal_row_index(ceval_dir):
 
 
 def test_unknown_subject_and_split(ceval_dir):
-    with pytest.raises(EvalkitError,
-                       match=r"unknown ceval subject 'laww'; did you mean law\b.*valid: accountant"):
+    with pytest.raises(
+        EvalkitError, match=r"unknown ceval subject 'laww'; did you mean law\b.*valid: accountant"
+    ):
         load_task_data(get_task("ceval"), ceval_dir, subjects=["laww"])
     with pytest.raises(EvalkitError, match=r"unknown cmmlu split 'val' \(valid: dev, test\)"):
         load_task_data(get_task("cmmlu"), ceval_dir, split="val")
-    with pytest.raises(EvalkitError,
-                       match=r"no cmmlu folder in the data dir .*cmmlu/\{split\}/\{subject\}\.csv"):
+    with pytest.raises(
+        EvalkitError, match=r"no cmmlu folder in the data dir .*cmmlu/\{split\}/\{subject\}\.csv"
+    ):
         load_task_data(get_task("cmmlu"), ceval_dir)
 
 
 def test_hub_rows_convert_like_local_rows():
-    mmlu = question_from_hub_row(get_task("mmlu"), "anatomy", "test", 3,
-                                 {"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"],
-                                  "answer": 2})
+    mmlu = question_from_hub_row(
+        get_task("mmlu"),
+        "anatomy",
+        "test",
+        3,
+        {"question": "Q?", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2},
+    )
     assert (mmlu.id, mmlu.text, mmlu.choices, mmlu.answer) == (
-        "mmlu/anatomy/test/3", "Q?", ("a", "b", "c", "d"), "C")
-    row = {"id": 0, "question": "问", "A": "甲", "B": "乙", "C": "丙", "D": "丁", "answer": "",
-           "explanation": ""}
+        "mmlu/anatomy/test/3",
+        "Q?",
+        ("a", "b", "c", "d"),
+        "C",
+    )
+    row = {
+        "id": 0,
+        "question": "问",
+        "A": "甲",
+        "B": "乙",
+        "C": "丙",
+        "D": "丁",
+        "answer": "",
+        "explanation": "",
+    }
     assert question_from_hub_row(get_task("ceval"), "law", "test", 0, row).answer is None
     assert question_from_hub_row(get_task("ceval"), "law", "val", 0, {**row, "answer": "D"}).answer == "D"
     cmmlu = {"Question": "问", "A": "1", "B": "2", "C": "3", "D": "4", "Answer": "B"}
     assert question_from_hub_row(get_task("cmmlu"), "arts", "test", 9, cmmlu).answer == "B"
     with pytest.raises(EvalkitError, match="row 1: answer '7' is not one of"):
-        question_from_hub_row(get_task("mmlu"), "anatomy", "test", 0,
-                              {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 7})
+        question_from_hub_row(
+            get_task("mmlu"),
+            "anatomy",
+            "test",
+            0,
+            {"question": "Q", "choices": ["a", "b", "c", "d"], "answer": 7},
+        )
     with pytest.raises(EvalkitError, match="row 5: id 5 should be 4, the question's index"):
         question_from_hub_row(get_task("ceval"), "law", "val", 4, {**row, "id": 5, "answer": "A"})
 
@@ -171,8 +195,11 @@ def test_real_data_loads_with_published_counts(shared_data):
 
 def test_errors_name_the_line_an_editor_shows_after_a_quoted_newline(ceval_dir):
     path = ceval_dir / "ceval" / "val" / "law_val.csv"
-    path.write_text('id,question,A,B,C,D,answer\r\n0,"two\r\nlines",a,b,c,d,A\r\n1,q,a,b,c,d,E\r\n',
-                    encoding="utf-8", newline="")
+    path.write_text(
+        'id,question,A,B,C,D,answer\r\n0,"two\r\nlines",a,b,c,d,A\r\n1,q,a,b,c,d,E\r\n',
+        encoding="utf-8",
+        newline="",
+    )
     with pytest.raises(EvalkitError, match=r"law_val\.csv: row at line 4: answer 'E' is not one of"):
         _load_law(ceval_dir)
     mmlu = write_data_dir(ceval_dir, "mmlu", {"anatomy": 2})  # a header-less layout: data from line 1

@@ -1,4 +1,5 @@
 """Data-parallel evaluation under `accelerate launch` (two CPU processes, gloo) on the tiny real model."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from datafiles import write_data_dir
+
 from run_eval import main
 
 RUN_EVAL = str(Path(__file__).resolve().parents[1] / "run_eval.py")
@@ -28,15 +29,43 @@ def _free_port() -> int:
 
 
 def launch_command(processes: int, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "--main_process_port", str(_free_port()), RUN_EVAL, *args]
+    return [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        RUN_EVAL,
+        *args,
+    ]
 
 
 def eval_args(model_dir: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
     subjects = ",".join(f"{task}/{name}" for task, names in SUBJECTS.items() for name in names)
-    return ["eval", "--model", str(model_dir), "--data-dir", str(data_dir), "--tasks", ",".join(SUBJECTS),
-            "--subjects", subjects, "--output-dir", str(out), "--no-progress", *extra]
+    return [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--tasks",
+        ",".join(SUBJECTS),
+        "--subjects",
+        subjects,
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def results_by_task(out: Path) -> dict[str, dict[str, dict]]:
@@ -79,9 +108,16 @@ def _env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def test_two_processes_gather_the_single_process_results(tiny_spm_model_dir, data_dir, single_process, tmp_path):
-    done = subprocess.run(launch_command(2, eval_args(tiny_spm_model_dir, data_dir, tmp_path)), env=_env(),
-                          capture_output=True, text=True, timeout=600)
+def test_two_processes_gather_the_single_process_results(
+    tiny_spm_model_dir, data_dir, single_process, tmp_path
+):
+    done = subprocess.run(
+        launch_command(2, eval_args(tiny_spm_model_dir, data_dir, tmp_path)),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_results(results_by_task(tmp_path), single_process)
     runs = [json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("*/run.json")]
@@ -89,11 +125,14 @@ def test_two_processes_gather_the_single_process_results(tiny_spm_model_dir, dat
     assert done.stdout.count("## C-Eval") == 1, "only the main process prints the tables"
 
 
-def test_a_killed_two_process_run_resumes_with_one_process(tiny_spm_model_dir, data_dir, single_process, tmp_path):
+def test_a_killed_two_process_run_resumes_with_one_process(
+    tiny_spm_model_dir, data_dir, single_process, tmp_path
+):
     # small batches: many appends, so the kill lands mid-run
     args = eval_args(tiny_spm_model_dir, data_dir, tmp_path, "--batch-tokens", "64")
-    job = subprocess.Popen(launch_command(2, args), env=_env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    job = subprocess.Popen(
+        launch_command(2, args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
         written = sum(len(p.read_bytes().splitlines()) for p in tmp_path.glob("*/questions*.jsonl"))
@@ -111,10 +150,13 @@ def test_a_killed_two_process_run_resumes_with_one_process(tiny_spm_model_dir, d
         with contextlib.suppress(psutil.NoSuchProcess):
             psutil.Process(pid).wait(timeout=30)
     assert written >= 8, "the launched run wrote no questions before the deadline"
-    assert not list(tmp_path.glob("*/run.json")) or len(list(tmp_path.glob("*/run.json"))) < len(SUBJECTS), \
+    assert not list(tmp_path.glob("*/run.json")) or len(list(tmp_path.glob("*/run.json"))) < len(SUBJECTS), (
         "the run finished before it could be killed"
+    )
     assert main(args) == 0  # resume with a different number of processes: one
     assert_same_results(results_by_task(tmp_path), single_process)
-    resumed = [json.loads(p.read_text(encoding="utf-8"))["timings"]["resumed_questions"]
-               for p in tmp_path.glob("*/run.json")]
+    resumed = [
+        json.loads(p.read_text(encoding="utf-8"))["timings"]["resumed_questions"]
+        for p in tmp_path.glob("*/run.json")
+    ]
     assert sum(resumed) > 0

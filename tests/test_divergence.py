@@ -1,6 +1,7 @@
 """Letter-distribution divergence of a pair of runs: KL(P_A || P_B), its percentiles, top-letter agreement
 and the gold letter's probability shift on constructed pairs (expected values computed here with numpy),
 the power note, and a real pair: a tiny model at fp32 and at rtn int4."""
+
 from __future__ import annotations
 
 import json
@@ -30,9 +31,18 @@ def scored(task: str, subject: str, logprobs: np.ndarray, golds: list[str]) -> l
     out = []
     for i, (row, gold) in enumerate(zip(logprobs, golds, strict=True)):
         pred = LETTERS[int(np.argmax(row))]
-        out.append(QuestionResult(id=f"{task}/{subject}/test/{i}", subject=subject, gold=gold, pred=pred,
-                                  logprobs=tuple(float(x) for x in row), correct=pred == gold, shots_used=5,
-                                  prompt_tokens=100))
+        out.append(
+            QuestionResult(
+                id=f"{task}/{subject}/test/{i}",
+                subject=subject,
+                gold=gold,
+                pred=pred,
+                logprobs=tuple(float(x) for x in row),
+                correct=pred == gold,
+                shots_used=5,
+                prompt_tokens=100,
+            )
+        )
     return out
 
 
@@ -68,10 +78,18 @@ def expected(arrays: dict, subjects: list[str]) -> dict[str, np.ndarray]:
 def test_kl_agreement_and_gold_shift_match_numpy_per_subject_category_and_benchmark():
     a, b, arrays = pair("mmlu", {"astronomy": 120, "anatomy": 80}, noise=0.8)
     c = compare_pair(MMLU, a, b)
-    levels = {"astronomy": c.subjects["astronomy"], "anatomy": c.subjects["anatomy"],
-              "STEM": c.groups["STEM"], "Average": c.overall}
-    members = {"astronomy": ["astronomy"], "anatomy": ["anatomy"], "STEM": ["astronomy"],
-               "Average": ["astronomy", "anatomy"]}
+    levels = {
+        "astronomy": c.subjects["astronomy"],
+        "anatomy": c.subjects["anatomy"],
+        "STEM": c.groups["STEM"],
+        "Average": c.overall,
+    }
+    members = {
+        "astronomy": ["astronomy"],
+        "anatomy": ["anatomy"],
+        "STEM": ["astronomy"],
+        "Average": ["astronomy", "anatomy"],
+    }
     for level, delta in levels.items():
         want, got = expected(arrays, members[level]), delta.divergence
         assert got.n == len(want["kl"])
@@ -118,13 +136,16 @@ def test_macro_benchmarks_average_the_subject_means():
     a = scored("ceval", "accountant", la, ["A"] * 10) + scored("ceval", "art_studies", la2, ["B"] * 30)
     b = scored("ceval", "accountant", lb, ["A"] * 10) + scored("ceval", "art_studies", lb2, ["B"] * 30)
     for scheme, want in (("official", (k1 + k2) / 2), ("lm-eval", (10 * k1 + 30 * k2) / 40)):
-        runs = [saved_run(RunConfig(model="m", task="ceval", scheme=scheme, precision=p), q)
-                for p, q in (("fp32", a), ("int8", b))]
+        runs = [
+            saved_run(RunConfig(model="m", task="ceval", scheme=scheme, precision=p), q)
+            for p, q in (("fp32", a), ("int8", b))
+        ]
         d = compare_pair(CEVAL, *runs).overall.divergence
         assert d.kl_mean.value == pytest.approx(want)
         assert d.agreement.value == 1.0  # art_studies: A's tie breaks to "A", B's top letter is "A" too
-        assert d.gold_shift.value == pytest.approx((0.3 + 0.05) / 2 if scheme == "official"
-                                                   else (10 * 0.3 + 30 * 0.05) / 40)
+        assert d.gold_shift.value == pytest.approx(
+            (0.3 + 0.05) / 2 if scheme == "official" else (10 * 0.3 + 30 * 0.05) / 40
+        )
 
 
 def test_the_divergence_interval_is_seeded_and_paired():
@@ -137,8 +158,9 @@ def test_the_divergence_interval_is_seeded_and_paired():
 @pytest.mark.parametrize("discordant", range(0, 41))
 def test_detectable_drop_is_the_smallest_significant_one_way_split(discordant):
     n = 200
-    significant = [k for k in range(discordant + 1) if 2 * k > discordant
-                   and binomtest(k, discordant, 0.5).pvalue < 0.05]
+    significant = [
+        k for k in range(discordant + 1) if 2 * k > discordant and binomtest(k, discordant, 0.5).pvalue < 0.05
+    ]
     want = None if not significant else (2 * significant[0] - discordant) / n
     assert detectable_drop(n, discordant) == (None if want is None else pytest.approx(want))
 
@@ -168,9 +190,23 @@ def real_pair(tiny_spm_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     subjects = ",".join(f"mmlu/{name}" for name in TINY_SUBJECTS["mmlu"])
     dirs = []
     for name, flags in (("fp32", ()), ("int4", ("--precision", "int4", "--quant-backend", "rtn"))):
-        args = ["eval", "--model", str(tiny_spm_model_dir), "--data-dir", str(data), "--tasks", "mmlu",
-                "--subjects", subjects, "--shots", "0", "--output-dir", str(root / name), "--no-progress",
-                *flags]
+        args = [
+            "eval",
+            "--model",
+            str(tiny_spm_model_dir),
+            "--data-dir",
+            str(data),
+            "--tasks",
+            "mmlu",
+            "--subjects",
+            subjects,
+            "--shots",
+            "0",
+            "--output-dir",
+            str(root / name),
+            "--no-progress",
+            *flags,
+        ]
         assert main(args) == 0
         dirs.append(root / name)
     return dirs[0], dirs[1]

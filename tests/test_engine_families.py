@@ -6,6 +6,7 @@ the default, so that a question's letters depend on tokens far back in its promp
 position or bias changes the log-probs by far more than the 1e-4 the tests allow (each test checks so).
 Prompts are token ids: a long shared prefix and suffixes of varying length, some past the window.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,9 @@ VOCAB = 256
 LETTERS = (10, 11, 12, 13)
 WINDOW = 40
 TOLERANCE = 1e-4
-SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-             initializer_range=0.2)  # (0.02 by default: far tokens would barely move the letters)
+SMALL = dict(
+    vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, initializer_range=0.2
+)  # (0.02 by default: far tokens would barely move the letters)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -66,8 +68,9 @@ def build(cls, config, attention: str = "sdpa"):
 def reference(model, seqs: list[list[int]]) -> list[torch.Tensor]:
     """The definition: one forward per full prompt, batch 1, fp32 log-softmax over the 4 letters."""
     with torch.inference_mode():
-        return [torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(LETTERS)].float(), -1)
-                for s in seqs]
+        return [
+            torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(LETTERS)].float(), -1) for s in seqs
+        ]
 
 
 def engine_diff(scorer: Scorer, seqs: list[list[int]], ref: list[torch.Tensor]) -> float:
@@ -92,6 +95,7 @@ def scorer_for(model, **kwargs) -> Scorer:
 
 # ---- full attention with rotary positions: packed ----
 
+
 @pytest.mark.parametrize("family", ["llama", "falcon-rotary"])
 def test_rotary_families_pack_exactly(family):
     if family == "llama":
@@ -106,6 +110,7 @@ def test_rotary_families_pack_exactly(family):
 
 
 # ---- sliding windows: packed, the window carried by the 4D mask ----
+
 
 def mistral(window: int | None = WINDOW, attention: str = "sdpa"):
     config = MistralConfig(**SMALL, intermediate_size=64, num_key_value_heads=2, sliding_window=window)
@@ -143,16 +148,24 @@ def test_sliding_window_rows_mode_is_exact_too(packable):
 
 def test_mixed_full_and_sliding_layers_pack_exactly():
     """Qwen2 with `layer_types` [full, sliding]: each kind gets its own mask ({layer type: mask})."""
-    config = Qwen2Config(**SMALL, intermediate_size=64, num_key_value_heads=2, use_sliding_window=True,
-                         sliding_window=WINDOW, max_window_layers=1)
+    config = Qwen2Config(
+        **SMALL,
+        intermediate_size=64,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=WINDOW,
+        max_window_layers=1,
+    )
     assert config.layer_types == ["full_attention", "sliding_attention"]
     model = build(Qwen2ForCausalLM, config)
     seqs = shared_prefix_prompts(prefix=60, longest=130)
     assert far_token_effect(model, seqs) > 10 * TOLERANCE  # the full layer sees past the window
     scorer = scorer_for(model)
     assert engine_diff(scorer, seqs, reference(model, seqs)) <= TOLERANCE
-    assert scorer.mode == "packed" and scorer.attention_kinds == {"full_attention": None,
-                                                                  "sliding_attention": WINDOW}
+    assert scorer.mode == "packed" and scorer.attention_kinds == {
+        "full_attention": None,
+        "sliding_attention": WINDOW,
+    }
 
 
 @pytest.mark.parametrize("longest", [130, WINDOW - 5], ids=["prompts-past-window", "prompts-inside-window"])
@@ -172,11 +185,15 @@ def test_probe_rejects_a_packed_row_without_the_window(longest):
 
 # ---- ALiBi ----
 
+
 def test_bloom_alibi_uses_rows_with_the_reason_recorded():
     """transformers' Bloom builds ALiBi from a 2D mask over key indices and takes no position_ids: a
     packed row cannot be exact; right-padded rows on the repeated prefix cache are."""
-    model = build(BloomForCausalLM, BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4,
-                                                initializer_range=0.2), attention="eager")
+    model = build(
+        BloomForCausalLM,
+        BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4, initializer_range=0.2),
+        attention="eager",
+    )
     seqs = shared_prefix_prompts(prefix=60, longest=130)
     assert far_token_effect(model, seqs) > 10 * TOLERANCE
     scorer = scorer_for(model)
@@ -213,6 +230,7 @@ def test_native_baichuan_alibi_packs_exactly(attention):
 
 # ---- the cache argument ----
 
+
 class _Records(logging.Handler):
     def __init__(self):
         super().__init__()
@@ -229,8 +247,11 @@ def test_no_deprecation_warning_from_our_calls(family):
     if family == "llama":
         model = build(LlamaForCausalLM, LlamaConfig(**SMALL, intermediate_size=64, num_key_value_heads=2))
     else:
-        model = build(BloomForCausalLM, BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
-                      attention="eager")
+        model = build(
+            BloomForCausalLM,
+            BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4),
+            attention="eager",
+        )
     seqs = shared_prefix_prompts(prefix=60, longest=100)
     records = _Records()
     transformers.utils.logging.warning_once.cache_clear()  # the log line is once per process otherwise
@@ -247,6 +268,7 @@ def test_no_deprecation_warning_from_our_calls(family):
 
 
 # ---- run.json ----
+
 
 def test_run_json_records_the_reuse_mode_and_fallbacks(tiny_bpe_model_dir, tiny_data_dir, tmp_path):
     """A Bloom built on the tiny BPE tokenizer, end to end: run.json names the mode (rows) and why packed
@@ -266,9 +288,27 @@ def test_run_json_records_the_reuse_mode_and_fallbacks(tiny_bpe_model_dir, tiny_
     bloom.save_pretrained(model_dir)
     subjects = ",".join(f"mmlu/{s}" for s in TINY_SUBJECTS["mmlu"])
     out = tmp_path / "out"
-    assert main(["eval", "--model", str(model_dir), "--data-dir", str(tiny_data_dir), "--tasks", "mmlu",
-                 "--subjects", subjects, "--engine", "prefix", "--output-dir", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(model_dir),
+                "--data-dir",
+                str(tiny_data_dir),
+                "--tasks",
+                "mmlu",
+                "--subjects",
+                subjects,
+                "--engine",
+                "prefix",
+                "--output-dir",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     [run_file] = out.glob("*/run.json")
     run = json.loads(run_file.read_text(encoding="utf-8"))
     assert run["engine"] == "prefix" and run["reuse_mode"] == "rows"

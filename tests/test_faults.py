@@ -3,6 +3,7 @@
 Concurrency runs real processes (`python run_eval.py`); a full and a read-only disk are a real tmpfs
 (mount needs root: skipped with the reason elsewhere; chmod would not stop root). No mocks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -28,10 +29,25 @@ BIG_ROWS = 120  # MMLU test rows per subject: a run that lasts long enough for a
 
 # ---- helpers ----
 
-def eval_args(model: Path, data: Path, out: Path, *extra: str, task: str = "mmlu",
-              subjects: tuple[str, ...] = SUBJECTS) -> list[str]:
-    return ["eval", "--model", str(model), "--data-dir", str(data), "--tasks", task, "--subjects",
-            ",".join(f"{task}/{s}" for s in subjects), "--output-dir", str(out), "--no-progress", *extra]
+
+def eval_args(
+    model: Path, data: Path, out: Path, *extra: str, task: str = "mmlu", subjects: tuple[str, ...] = SUBJECTS
+) -> list[str]:
+    return [
+        "eval",
+        "--model",
+        str(model),
+        "--data-dir",
+        str(data),
+        "--tasks",
+        task,
+        "--subjects",
+        ",".join(f"{task}/{s}" for s in subjects),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def run_dirs(out: Path) -> list[Path]:
@@ -71,8 +87,13 @@ def env() -> dict[str, str]:
 
 
 def cli(args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, RUN_EVAL, *args], env=env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, RUN_EVAL, *args],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def error_line(capsys) -> str:
@@ -89,11 +110,14 @@ def csv_path(data: Path, subject: str, split: str = "test") -> Path:
 def tmpfs(path: Path, size: str):
     """A real, small tmpfs at `path` (skips where this process may not mount)."""
     path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): a full or read-only disk needs one; "
-                    "as root, chmod does not stop writes")
+        pytest.skip(
+            f"cannot mount a tmpfs here ({done.stderr.strip()}): a full or read-only disk needs one; "
+            "as root, chmod does not stop writes"
+        )
     try:
         yield path
     finally:
@@ -105,6 +129,7 @@ def remount(path: Path, mode: str) -> None:
 
 
 # ---- fixtures ----
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
@@ -138,8 +163,10 @@ def copy_data(data: Path, tmp_path: Path) -> Path:
 
 # ---- 1. two runs of one config at once ----
 
-def test_two_runs_started_in_one_second_share_one_directory(tiny_spm_model_dir, big_data, big_reference,
-                                                            tmp_path):
+
+def test_two_runs_started_in_one_second_share_one_directory(
+    tiny_spm_model_dir, big_data, big_reference, tmp_path
+):
     args = eval_args(tiny_spm_model_dir, big_data, tmp_path, "--batch-tokens", "64", "--engine", "plain")
     jobs = [cli(args), cli(args)]
     outcomes = [(job.wait(timeout=600), job.stderr.read()) for job in jobs]
@@ -153,8 +180,9 @@ def test_two_runs_started_in_one_second_share_one_directory(tiny_spm_model_dir, 
     assert run_json(tmp_path)["timings"]["resumed_questions"] == len(big_reference)
 
 
-def test_a_second_run_is_refused_naming_the_first_and_a_kill_loses_nothing(tiny_spm_model_dir, big_data,
-                                                                           big_reference, tmp_path, capsys):
+def test_a_second_run_is_refused_naming_the_first_and_a_kill_loses_nothing(
+    tiny_spm_model_dir, big_data, big_reference, tmp_path, capsys
+):
     args = eval_args(tiny_spm_model_dir, big_data, tmp_path, "--batch-tokens", "64", "--engine", "plain")
     first = cli(args)
     deadline = time.monotonic() + 300
@@ -175,8 +203,9 @@ def test_a_second_run_is_refused_naming_the_first_and_a_kill_loses_nothing(tiny_
     assert run_json(tmp_path)["timings"]["resumed_questions"] >= len(kept) - 1  # a torn last line is rescored
 
 
-def test_duplicate_identical_lines_heal_on_the_next_run(tiny_spm_model_dir, data, reference, tmp_path,
-                                                         caplog):
+def test_duplicate_identical_lines_heal_on_the_next_run(
+    tiny_spm_model_dir, data, reference, tmp_path, caplog
+):
     args = eval_args(tiny_spm_model_dir, data, tmp_path)
     assert main(args) == 0
     (run_dir,) = run_dirs(tmp_path)
@@ -203,6 +232,7 @@ def test_a_kill_mid_write_resumes_to_the_same_results(tiny_spm_model_dir, data, 
 
 
 # ---- 2. stale resume ----
+
 
 def test_changed_data_is_scored_again_not_resumed(tiny_spm_model_dir, data, reference, tmp_path, caplog):
     copy = copy_data(data, tmp_path)
@@ -233,8 +263,10 @@ def test_changed_data_is_scored_again_not_resumed(tiny_spm_model_dir, data, refe
 
 # ---- 3. malformed input files ----
 
-def test_a_stray_quote_in_the_last_row_is_an_error_naming_the_line(tiny_spm_model_dir, data, tmp_path,
-                                                                    capsys):
+
+def test_a_stray_quote_in_the_last_row_is_an_error_naming_the_line(
+    tiny_spm_model_dir, data, tmp_path, capsys
+):
     copy = copy_data(data, tmp_path)
     path = csv_path(copy, "astronomy")
     with path.open("a", encoding="utf-8", newline="") as f:
@@ -259,24 +291,40 @@ def test_bytes_that_are_not_utf8_are_an_error_naming_the_line(tiny_spm_model_dir
 
 # ---- 4. late validation ----
 
-def test_a_short_dev_file_of_a_later_task_stops_the_run_before_any_scoring(tiny_spm_model_dir, tmp_path,
-                                                                            capsys):
+
+def test_a_short_dev_file_of_a_later_task_stops_the_run_before_any_scoring(
+    tiny_spm_model_dir, tmp_path, capsys
+):
     root = write_data_dir(tmp_path / "data", "mmlu", {"anatomy": 4})
     write_data_dir(root, "cmmlu", {"agronomy": 4}, dev_rows=2)
-    args = ["eval", "--model", str(tiny_spm_model_dir), "--data-dir", str(root), "--tasks", "mmlu,cmmlu",
-            "--subjects", "mmlu/anatomy,cmmlu/agronomy", "--output-dir", str(tmp_path / "out"),
-            "--no-progress"]
+    args = [
+        "eval",
+        "--model",
+        str(tiny_spm_model_dir),
+        "--data-dir",
+        str(root),
+        "--tasks",
+        "mmlu,cmmlu",
+        "--subjects",
+        "mmlu/anatomy,cmmlu/agronomy",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     assert main(args) == 2
     message = error_line(capsys)
     assert str(root / "cmmlu" / "dev" / "agronomy.csv") in message and "fewer than --shots 5" in message
     assert not (tmp_path / "out").exists()  # MMLU was not scored first, no directory holds only config.json
 
 
-@pytest.mark.parametrize(("flag", "value", "expected"), [
-    ("--shots", "-1", "argument --shots: must be 0 or more, got -1"),
-    ("--batch-tokens", "0", "argument --batch-tokens: must be 1 or more, got 0"),
-    ("--limit", "0", "argument --limit: must be 1 or more, got 0"),
-])
+@pytest.mark.parametrize(
+    ("flag", "value", "expected"),
+    [
+        ("--shots", "-1", "argument --shots: must be 0 or more, got -1"),
+        ("--batch-tokens", "0", "argument --batch-tokens: must be 1 or more, got 0"),
+        ("--limit", "0", "argument --limit: must be 1 or more, got 0"),
+    ],
+)
 def test_flags_out_of_range_exit_2_before_anything_loads(flag, value, expected, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["eval", "--model", "none", "--output-dir", str(tmp_path / "out"), flag, value])
@@ -284,8 +332,9 @@ def test_flags_out_of_range_exit_2_before_anything_loads(flag, value, expected, 
     assert not (tmp_path / "out").exists()
 
 
-def test_an_unreadable_config_json_under_output_dir_does_not_block_new_runs(tiny_spm_model_dir, data,
-                                                                            reference, tmp_path, caplog):
+def test_an_unreadable_config_json_under_output_dir_does_not_block_new_runs(
+    tiny_spm_model_dir, data, reference, tmp_path, caplog
+):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{not json", encoding="utf-8")
     assert main(eval_args(tiny_spm_model_dir, data, tmp_path)) == 0
@@ -296,6 +345,7 @@ def test_an_unreadable_config_json_under_output_dir_does_not_block_new_runs(tiny
 
 # ---- 5. OS errors and model loading: one error line, exit 2 ----
 
+
 def test_output_dir_naming_a_file(tiny_spm_model_dir, data, tmp_path, capsys):
     (tmp_path / "file").write_text("not a directory", encoding="utf-8")
     assert main(eval_args(tiny_spm_model_dir, data, tmp_path / "file")) == 2
@@ -304,8 +354,9 @@ def test_output_dir_naming_a_file(tiny_spm_model_dir, data, tmp_path, capsys):
     assert "Not a directory" in error_line(capsys)
 
 
-def test_a_read_only_results_disk_then_made_writable_resumes(tiny_spm_model_dir, data, reference, tmp_path,
-                                                             capsys):
+def test_a_read_only_results_disk_then_made_writable_resumes(
+    tiny_spm_model_dir, data, reference, tmp_path, capsys
+):
     with tmpfs(tmp_path / "disk", "4m") as disk:
         out = disk / "runs"
         args = eval_args(tiny_spm_model_dir, data, out)
@@ -327,8 +378,9 @@ def test_a_read_only_results_disk_then_made_writable_resumes(tiny_spm_model_dir,
         assert run_json(out)["timings"]["resumed_questions"] == 7
 
 
-def test_a_full_results_disk_stops_cleanly_and_the_rerun_resumes(tiny_spm_model_dir, data, reference,
-                                                                 tmp_path, capsys):
+def test_a_full_results_disk_stops_cleanly_and_the_rerun_resumes(
+    tiny_spm_model_dir, data, reference, tmp_path, capsys
+):
     page = os.sysconf("SC_PAGE_SIZE")
     with tmpfs(tmp_path / "disk", "1m") as disk:
         filler = disk / "filler"
@@ -389,8 +441,10 @@ def test_a_repository_that_needs_its_own_code_without_the_flag(tiny_spm_model_di
     model = tmp_path / "custom"
     shutil.copytree(tiny_spm_model_dir, model)
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
-    config.update(model_type="evalkit_fault_custom",
-                  auto_map={"AutoConfig": "custom.FaultConfig", "AutoModelForCausalLM": "custom.FaultModel"})
+    config.update(
+        model_type="evalkit_fault_custom",
+        auto_map={"AutoConfig": "custom.FaultConfig", "AutoModelForCausalLM": "custom.FaultModel"},
+    )
     (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
     marker = tmp_path / "code-ran"
     (model / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
@@ -409,6 +463,7 @@ def test_report_match_without_equals(tmp_path, capsys):
 
 # ---- 7. messages ----
 
+
 def test_nan_logits_name_the_question_and_subject(tiny_spm_model_dir, data, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
@@ -423,8 +478,9 @@ def test_nan_logits_name_the_question_and_subject(tiny_spm_model_dir, data, tmp_
     assert "(subject abstract_algebra" in message and "weights" in message
 
 
-def test_prompts_longer_than_the_context_warn_per_subject_and_are_recorded(tiny_spm_model_dir, data, tmp_path,
-                                                                          caplog):
+def test_prompts_longer_than_the_context_warn_per_subject_and_are_recorded(
+    tiny_spm_model_dir, data, tmp_path, caplog
+):
     model = tmp_path / "short"
     shutil.copytree(tiny_spm_model_dir, model)
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
@@ -439,8 +495,9 @@ def test_prompts_longer_than_the_context_warn_per_subject_and_are_recorded(tiny_
         assert f"/{subject}: {count} of 6 prompts are longer than the model's context of 64" in caplog.text
 
 
-def test_a_huge_question_under_a_scheme_without_length_policy_is_an_error(tiny_spm_model_dir, tmp_path,
-                                                                          capsys):
+def test_a_huge_question_under_a_scheme_without_length_policy_is_an_error(
+    tiny_spm_model_dir, tmp_path, capsys
+):
     root = write_data_dir(tmp_path / "data", "ceval", {"law": 3})
     path = root / "ceval" / "val" / "law_val.csv"
     with path.open(encoding="utf-8", newline="") as f:
@@ -451,8 +508,11 @@ def test_a_huge_question_under_a_scheme_without_length_policy_is_an_error(tiny_s
     args = eval_args(tiny_spm_model_dir, root, tmp_path / "out", task="ceval", subjects=("law",))
     assert main(args) == 2
     message = error_line(capsys)
-    assert "prompts longer than the model's context of 4096 positions (subjects: law 1; e.g. " \
-           "ceval/law/val/1" in message and "--scheme lm-eval" in message
+    assert (
+        "prompts longer than the model's context of 4096 positions (subjects: law 1; e.g. ceval/law/val/1"
+        in message
+        and "--scheme lm-eval" in message
+    )
     assert not run_dirs(tmp_path / "out")  # no directory is made for a run that cannot start
 
 

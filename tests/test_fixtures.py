@@ -1,4 +1,5 @@
 """The tiny fixtures really exercise both letter-token paths ("▁A" and "ĠA")."""
+
 from transformers import AutoTokenizer
 
 

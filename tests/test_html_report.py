@@ -1,5 +1,6 @@
 """The HTML report: one self-contained page (tables, embedded plots) with the PNGs beside it, rendered in
 headless Chromium where it is installed."""
+
 from __future__ import annotations
 
 import base64
@@ -21,14 +22,33 @@ from evalkit.types import ModelInfo, RunConfig
 from tasks import get_task
 
 CEVAL = get_task("ceval")
-PUBLISHED = (PublishedRow(label="Baichuan-13B-Base", model="Baichuan-13B-Base", benchmark="ceval",
-                          scores={"Others": 49.3, "Average": 52.4}, sources=("README.md § C-Eval",)),
-             PublishedRow(label="Vicuna-13B", model="Vicuna-13B", benchmark="ceval", scores={"Average": 32.8},
-                          sources=("README.md § C-Eval",)))
-QUANT_PUBLISHED = (PublishedRow(label="Baichuan-13B-Base-int8", model="Baichuan-13B-Base", benchmark="ceval",
-                                scores={"Average": 51.2}, sources=("README.md § Quantization",),
-                                precision="int8",
-                                memory_gb=15.8),)
+PUBLISHED = (
+    PublishedRow(
+        label="Baichuan-13B-Base",
+        model="Baichuan-13B-Base",
+        benchmark="ceval",
+        scores={"Others": 49.3, "Average": 52.4},
+        sources=("README.md § C-Eval",),
+    ),
+    PublishedRow(
+        label="Vicuna-13B",
+        model="Vicuna-13B",
+        benchmark="ceval",
+        scores={"Average": 32.8},
+        sources=("README.md § C-Eval",),
+    ),
+)
+QUANT_PUBLISHED = (
+    PublishedRow(
+        label="Baichuan-13B-Base-int8",
+        model="Baichuan-13B-Base",
+        benchmark="ceval",
+        scores={"Average": 51.2},
+        sources=("README.md § Quantization",),
+        precision="int8",
+        memory_gb=15.8,
+    ),
+)
 
 
 def runs(precisions: tuple[str, ...] = ("fp16", "int8")) -> list[ReportRun]:
@@ -36,10 +56,15 @@ def runs(precisions: tuple[str, ...] = ("fp16", "int8")) -> list[ReportRun]:
     out = []
     for precision in precisions:
         lost = 5 if precision == "int8" else 0
-        questions = (answers("ceval", "accountant", set(range(lost, 30)), 40, split="val")
-                     + answers("ceval", "advanced_mathematics", set(range(lost, 20)), 40, split="val"))
-        config = RunConfig(model="baichuan-inc/Baichuan-13B-Base", task="ceval", precision=precision,
-                           quant_backend="bnb" if precision == "int8" else None)
+        questions = answers("ceval", "accountant", set(range(lost, 30)), 40, split="val") + answers(
+            "ceval", "advanced_mathematics", set(range(lost, 20)), 40, split="val"
+        )
+        config = RunConfig(
+            model="baichuan-inc/Baichuan-13B-Base",
+            task="ceval",
+            precision=precision,
+            quant_backend="bnb" if precision == "int8" else None,
+        )
         saved = saved_run(config, questions, model_info=ModelInfo(weight_bytes=2**30, peak_cuda_bytes=2**31))
         out.append(ReportRun(saved.result, CEVAL, None, saved.questions))
     return out
@@ -86,8 +111,11 @@ def test_precision_section_carries_the_letter_divergence_table_and_its_kl_plot(r
     page = report.path.read_text(encoding="utf-8")
     assert "<h3>Letter distributions against full precision</h3>" in page
     # the fixture's runs share their log-probs (KL 0) but int8 answers 10 of 80 questions otherwise
-    row = re.search(r"<tr[^>]*><td>Baichuan-13B-Base int8/bnb</td><td>Baichuan-13B-Base fp16</td>"
-                    r"<td>([^<]*)</td>", page)
+    row = re.search(
+        r"<tr[^>]*><td>Baichuan-13B-Base int8/bnb</td><td>Baichuan-13B-Base fp16</td>"
+        r"<td>([^<]*)</td>",
+        page,
+    )
     assert row and row.group(1).startswith("KL 0 [0, 0], p95 0, p99 0; agree 87.5 [")
     image = matplotlib.image.imread(report.plots[-1])
     assert image.shape[1] > image.shape[0] and image[..., :3].std() > 0.05  # drawn, not blank
@@ -97,16 +125,24 @@ def test_kl_plot_draws_one_curve_per_compared_row_and_benchmark():
     from evalkit.report.html import kl_figure
     from evalkit.report.quantization import build_quant_table
 
-    table = build_quant_table(runs(("fp16", "int8")) + [
-        r._replace(result=dataclasses.replace(r.result, config=dataclasses.replace(r.result.config,
-                                                                                  quant_backend="rtn")))
-        for r in runs(("int8",))])
+    table = build_quant_table(
+        runs(("fp16", "int8"))
+        + [
+            r._replace(
+                result=dataclasses.replace(
+                    r.result, config=dataclasses.replace(r.result.config, quant_backend="rtn")
+                )
+            )
+            for r in runs(("int8",))
+        ]
+    )
     fig = kl_figure(table)
     (ax,) = fig.axes
     assert ax.get_title() == "C-Eval" and ax.get_xscale() == "log" and len(ax.get_lines()) == 2 + 1  # + 99%
     assert {t.get_text().split(" (")[0] for t in fig.legends[0].get_texts()} == {
         "Baichuan-13B-Base int8/bnb vs Baichuan-13B-Base fp16",
-        "Baichuan-13B-Base int8/rtn vs Baichuan-13B-Base fp16"}
+        "Baichuan-13B-Base int8/rtn vs Baichuan-13B-Base fp16",
+    }
 
 
 def test_precision_section_only_for_a_sweep_unless_asked(tmp_path):
@@ -128,9 +164,19 @@ def chromium() -> str:
 
 def render(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """Headless Chromium on the page with a fresh profile and no network activity of its own."""
-    command = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               f"--user-data-dir={tmp_path / 'profile'}", *args, page.as_uri()]
+    command = [
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        *args,
+        page.as_uri(),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=True)
 
 
@@ -151,6 +197,7 @@ def test_chromium_screenshot_is_not_blank(report, tmp_path):
 
 
 # --- what the category plot shows ------------------------------------------------------------------------
+
 
 def _category_figure(published=PUBLISHED, extra=("Vicuna-13B",), precisions=("fp16", "int8")):
     table = build_tables(runs(precisions), published, extra)["ceval"]

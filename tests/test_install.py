@@ -1,4 +1,5 @@
 """The installed package: the `evalkit` console command is the CLI of `python run_eval.py`."""
+
 from __future__ import annotations
 
 import subprocess
@@ -20,9 +21,15 @@ def test_console_command_runs_like_the_script(tmp_path: Path) -> None:
     command = Path(sys.executable).parent / "evalkit"
     if not command.is_file():
         pytest.skip(f"evalkit is not installed in this environment ({command}): pip install -e .")
-    installed = subprocess.run([str(command), "list", "--tasks", "mmlu"], capture_output=True, text=True,
-                               cwd=tmp_path, timeout=120)
-    script = subprocess.run([sys.executable, str(ROOT / "run_eval.py"), "list", "--tasks", "mmlu"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    installed = subprocess.run(
+        [str(command), "list", "--tasks", "mmlu"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    script = subprocess.run(
+        [sys.executable, str(ROOT / "run_eval.py"), "list", "--tasks", "mmlu"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert installed.returncode == script.returncode == 0, installed.stderr
     assert installed.stdout == script.stdout and "abstract_algebra" in installed.stdout

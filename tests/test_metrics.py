@@ -1,4 +1,5 @@
 """Aggregation against the published arithmetic (PROTOCOL §3), micro vs macro by hand, bootstrap CIs."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Model loading: source resolution, devices, float precisions, real tensor byte counts, peak memory."""
+
 from __future__ import annotations
 
 import shutil
@@ -22,8 +23,9 @@ from evalkit.types import EvalkitError
 torch.set_num_threads(1)
 
 
-def test_resolve_source_classifies_gguf_directories_and_hub_ids(tiny_spm_model_dir: Path,
-                                                                tmp_path: Path) -> None:
+def test_resolve_source_classifies_gguf_directories_and_hub_ids(
+    tiny_spm_model_dir: Path, tmp_path: Path
+) -> None:
     gguf = tmp_path / "m.Q4_1.gguf"
     gguf.write_bytes(b"")
     assert resolve_source(str(gguf)) == ModelSource("gguf", str(tmp_path), "m.Q4_1.gguf")
@@ -77,8 +79,12 @@ def test_weight_bytes_counts_tied_and_attribute_tensors_once() -> None:
 
 def test_check_precision_accepts_a_path_and_refuses_before_loading(tiny_spm_model_dir: Path) -> None:
     plan = check_precision("int8", "rtn", "cpu", str(tiny_spm_model_dir))
-    assert (plan.backend, plan.bits, plan.method, plan.group_size) == ("rtn", 8, "rtn-absmax-per-channel",
-                                                                        None)
+    assert (plan.backend, plan.bits, plan.method, plan.group_size) == (
+        "rtn",
+        8,
+        "rtn-absmax-per-channel",
+        None,
+    )
     assert check_precision("int4", None, "cpu", str(tiny_spm_model_dir)).backend == "bnb"
     with pytest.raises(EvalkitError, match="--precision fp16 with --quant-backend torchao"):
         check_precision("fp16", "torchao", "cpu", str(tiny_spm_model_dir))

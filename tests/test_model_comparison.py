@@ -5,6 +5,7 @@ it, never run); LLaMA-13B is a tiny llama written here in the original Hugging F
 `pytorch_model-*.bin` with its index and a SentencePiece `tokenizer.model` that adds BOS (no
 tokenizer.json). Both are scored under the `baichuan` and `official` schemes and land in one report.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ SUBJECTS = "ceval/accountant,mmlu/abstract_algebra,cmmlu/agronomy"
 @pytest.fixture(scope="module")
 def baichuan_13b() -> Path:
     if not (BAICHUAN_13B / "config.json").is_file():
-        pytest.skip(f"tiny Baichuan-13B fixture absent: {BAICHUAN_13B} (../shared is not beside this checkout)")
+        pytest.skip(
+            f"tiny Baichuan-13B fixture absent: {BAICHUAN_13B} (../shared is not beside this checkout)"
+        )
     return BAICHUAN_13B
 
 
@@ -45,20 +48,51 @@ def llama_hf_layout(tiny_spm_model_dir: Path, tmp_path_factory) -> Path:
     weight_map = {key: shard for shard, keys in shards.items() for key in keys}
     (out / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     shutil.copy(tiny_spm_model_dir / "tokenizer.model", out / "tokenizer.model")
-    (out / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False,
-        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "<pad>", "legacy": False}))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+                "legacy": False,
+            }
+        )
+    )
     assert (out / "pytorch_model.bin.index.json").is_file() and not (out / "tokenizer.json").exists()
     return out
 
 
-def test_baichuan_13b_beside_llama_13b_in_one_report(baichuan_13b: Path, llama_hf_layout: Path, tiny_data_dir: Path,
-                                                     tmp_path: Path, capsys) -> None:
+def test_baichuan_13b_beside_llama_13b_in_one_report(
+    baichuan_13b: Path, llama_hf_layout: Path, tiny_data_dir: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "results"
     for model in (baichuan_13b, llama_hf_layout):
         for scheme in ("baichuan", "official"):
-            assert main(["eval", "--model", str(model), "--data-dir", str(tiny_data_dir), "--subjects", SUBJECTS,
-                         "--scheme", scheme, "--output-dir", str(out), "--no-progress", "--threads", "1"]) == 0
+            assert (
+                main(
+                    [
+                        "eval",
+                        "--model",
+                        str(model),
+                        "--data-dir",
+                        str(tiny_data_dir),
+                        "--subjects",
+                        SUBJECTS,
+                        "--scheme",
+                        scheme,
+                        "--output-dir",
+                        str(out),
+                        "--no-progress",
+                        "--threads",
+                        "1",
+                    ]
+                )
+                == 0
+            )
     runs = [json.loads(path.read_text(encoding="utf-8")) for path in sorted(out.glob("*/run.json"))]
     assert len(runs) == 2 * 2 * 3  # models x schemes x benchmarks
     by_model = {}
@@ -67,7 +101,9 @@ def test_baichuan_13b_beside_llama_13b_in_one_report(baichuan_13b: Path, llama_h
     assert set(by_model) == {"baichuan-13b-tiny", "LLaMA-13B"}
     for run in by_model["baichuan-13b-tiny"]:  # natively, no remote code, with the fast engine
         assert run["model_info"]["implementation"].startswith("evalkit.models.baichuan")
-        assert run["model_info"]["remote_code_executed"] is False and run["config"]["trust_remote_code"] is False
+        assert (
+            run["model_info"]["remote_code_executed"] is False and run["config"]["trust_remote_code"] is False
+        )
         assert run["bos"] is False  # Baichuan's tokenizer adds no BOS
         if run["engine"] == "prefix":  # shots shared by all questions (not C-Eval's per-question shuffle)
             assert run["reuse_mode"] == "packed" and not run["fallbacks"]

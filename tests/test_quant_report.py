@@ -1,5 +1,6 @@
 """The precision table: rows model × precision, baselines, Δ with evalkit.compare's paired CI, memory,
 published int8/int4 rows, when it is shown, and errors."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,13 +19,23 @@ from tasks.references import published_quantization
 
 MMLU = get_task("mmlu")
 # MMLU astronomy, 100 questions: fp32 and bf16 answer 70 right, int8 loses 10 of them, int4 loses 20
-RIGHT = {"fp32": set(range(70)), "bf16": set(range(70)), "int8": set(range(10, 70)),
-         "int4": set(range(20, 70))}
+RIGHT = {
+    "fp32": set(range(70)),
+    "bf16": set(range(70)),
+    "int8": set(range(10, 70)),
+    "int4": set(range(20, 70)),
+}
 GIB = 2**30
 
 
-def run(precision: str, task: str = "mmlu", questions: list[QuestionResult] | None = None,
-        model: str = "org/Model-7B", info: dict | None = None, **config) -> ReportRun:
+def run(
+    precision: str,
+    task: str = "mmlu",
+    questions: list[QuestionResult] | None = None,
+    model: str = "org/Model-7B",
+    info: dict | None = None,
+    **config,
+) -> ReportRun:
     """A saved run with questions, as `report` loads it; weight bytes 4/2/1/0.5 GiB by precision."""
     backend = "bnb" if precision in ("int8", "int4") else None
     if questions is None:
@@ -44,8 +55,11 @@ def test_rows_are_model_by_precision_against_the_fp32_row():
     runs = [run(p, t) for p in ("bf16", "int8", "fp32", "int4") for t in ("mmlu", "ceval")]
     table = build_quant_table(runs)
     assert [(r.label, r.baseline) for r in table.rows] == [
-        ("Model-7B fp32", None), ("Model-7B bf16", "Model-7B fp32"), ("Model-7B int8/bnb", "Model-7B fp32"),
-        ("Model-7B int4/bnb", "Model-7B fp32")]
+        ("Model-7B fp32", None),
+        ("Model-7B bf16", "Model-7B fp32"),
+        ("Model-7B int8/bnb", "Model-7B fp32"),
+        ("Model-7B int4/bnb", "Model-7B fp32"),
+    ]
     assert table.titles == {"mmlu": "MMLU", "ceval": "C-Eval"}
     int8 = table.rows[2].cells["mmlu"]
     expected = compare_pair(MMLU, pair(runs[4]), pair(runs[2])).overall  # fp32 -> int8 on MMLU
@@ -56,8 +70,10 @@ def test_rows_are_model_by_precision_against_the_fp32_row():
 
 def test_bf16_is_the_baseline_without_fp32_and_no_baseline_means_no_delta():
     table = build_quant_table([run("int8"), run("bf16")])
-    assert [(r.label, r.baseline) for r in table.rows] == [("Model-7B bf16", None),
-                                                           ("Model-7B int8/bnb", "Model-7B bf16")]
+    assert [(r.label, r.baseline) for r in table.rows] == [
+        ("Model-7B bf16", None),
+        ("Model-7B int8/bnb", "Model-7B bf16"),
+    ]
     table = build_quant_table([run("int8"), run("int4")])
     assert all(r.baseline is None and r.cells["mmlu"].delta is None for r in table.rows)
     assert "Model-7B: no fp32, bf16 or fp16 run with the same settings, so no Δ." in table.notes
@@ -68,7 +84,10 @@ def test_models_and_settings_form_separate_comparisons():
     smoke = run("int4", questions=answers("mmlu", "astronomy", 5, 10), limit=10)
     table = build_quant_table([run("fp32"), other, smoke])
     assert [(r.label, r.group, r.baseline) for r in table.rows] == [
-        ("Model-7B fp32", 0, None), ("Other-7B int8/bnb", 1, None), ("Model-7B int4/bnb ⚠ limit=10", 2, None)]
+        ("Model-7B fp32", 0, None),
+        ("Other-7B int8/bnb", 1, None),
+        ("Model-7B int4/bnb ⚠ limit=10", 2, None),
+    ]
     assert not show_precision(table, None) and show_precision(table, True)
     assert show_precision(build_quant_table([run("fp32"), run("int8")]), None)
     assert not show_precision(build_quant_table([run("fp32"), run("int8")]), False)
@@ -99,8 +118,12 @@ def test_two_runs_of_one_cell_are_an_error():
 
 
 def test_memory_columns_prefer_cuda_peaks_and_say_which():
-    table = build_quant_table([run("fp32", info={"peak_rss_bytes": 5 * GIB}),
-                               run("int8", info={"peak_cuda_bytes": GIB // 2, "peak_rss_bytes": 9 * GIB})])
+    table = build_quant_table(
+        [
+            run("fp32", info={"peak_rss_bytes": 5 * GIB}),
+            run("int8", info={"peak_cuda_bytes": GIB // 2, "peak_rss_bytes": 9 * GIB}),
+        ]
+    )
     frame = quant_frame(table)
     assert frame.loc["Model-7B fp32", "Weights (GiB)"] == "4.00"
     assert frame.loc["Model-7B fp32", "Peak load (GiB)"] == "5.00 RSS"
@@ -113,24 +136,40 @@ def test_run_time_sums_the_benchmarks_and_marks_resumed_rows():
         report_run = run(precision, task)
         return report_run._replace(result=dataclasses.replace(report_run.result, timings=Timings(**timings)))
 
-    table = build_quant_table([timed("fp32", "mmlu", {"scoring_seconds": 60.0, "load_seconds": 12.4}),
-                               timed("fp32", "ceval", {"scoring_seconds": 120.0, "load_seconds": 12.4}),
-                               timed("int8", "mmlu", {"scoring_seconds": 30.0, "resumed_questions": 7})])
-    assert [(r.scoring_seconds, r.load_seconds, r.resumed) for r in table.rows] == [(180.0, 12.4, False),
-                                                                                   (30.0, None, True)]
+    table = build_quant_table(
+        [
+            timed("fp32", "mmlu", {"scoring_seconds": 60.0, "load_seconds": 12.4}),
+            timed("fp32", "ceval", {"scoring_seconds": 120.0, "load_seconds": 12.4}),
+            timed("int8", "mmlu", {"scoring_seconds": 30.0, "resumed_questions": 7}),
+        ]
+    )
+    assert [(r.scoring_seconds, r.load_seconds, r.resumed) for r in table.rows] == [
+        (180.0, 12.4, False),
+        (30.0, None, True),
+    ]
     frame = quant_frame(table)
     assert frame.loc["Model-7B fp32", ["Scoring (min)", "Load (s)"]].tolist() == ["3.0", "12"]
     assert frame.loc["Model-7B int8/bnb", ["Scoring (min)", "Load (s)"]].tolist() == ["0.5*", "–"]
 
 
 def test_published_rows_of_the_same_model_follow_with_their_deltas_and_memory():
-    published = [PublishedRow(label=f"Model-7B{suffix}", model="Model-7B", benchmark="mmlu",
-                              scores={"Average": avg},
-                              sources=("card § Quantization",), precision=precision, memory_gb=gb)
-                 for suffix, precision, avg, gb in (("", "full", 50.0, 14.0), ("-int4", "int4", 45.5, 4.5))]
+    published = [
+        PublishedRow(
+            label=f"Model-7B{suffix}",
+            model="Model-7B",
+            benchmark="mmlu",
+            scores={"Average": avg},
+            sources=("card § Quantization",),
+            precision=precision,
+            memory_gb=gb,
+        )
+        for suffix, precision, avg, gb in (("", "full", 50.0, 14.0), ("-int4", "int4", 45.5, 4.5))
+    ]
     table = build_quant_table([run("fp32"), run("int4")], published)
     assert [(p.label, p.averages, p.deltas, p.memory_gb) for p in table.published] == [
-        ("Model-7B", {"mmlu": 50.0}, {}, 14.0), ("Model-7B-int4", {"mmlu": 45.5}, {"mmlu": -4.5}, 4.5)]
+        ("Model-7B", {"mmlu": 50.0}, {}, 14.0),
+        ("Model-7B-int4", {"mmlu": 45.5}, {"mmlu": -4.5}, 4.5),
+    ]
     frame = quant_frame(table)
     assert frame.loc["Model-7B-int4 (published)", "MMLU"] == "45.5 (-4.5)"
     assert frame.loc["Model-7B-int4 (published)", "GPU Mem (GB, published)"] == "4.5"
@@ -144,7 +183,9 @@ def test_the_real_quantization_table_stands_beside_a_baichuan_sweep():
     assert text.startswith("## Precision\n\n| Model")
     row = next(line for line in text.splitlines() if line.startswith("| Baichuan-13B-Base-int8 (published)"))
     assert [c.strip() for c in row.strip("|").split("|")][:2] == [
-        "Baichuan-13B-Base-int8 (published)", "49.9 (-1.7)"]
+        "Baichuan-13B-Base-int8 (published)",
+        "49.9 (-1.7)",
+    ]
     assert "15.8" in row and "most likely GiB" in text
 
 
@@ -152,8 +193,10 @@ def test_a_subset_note_of_smoke_runs_carries_one_warning_sign():
     full, part = run("fp32", limit=100), run("int8", limit=100)
     table = build_quant_table([full, part._replace(questions=part.questions[:80])])
     (note,) = [n for n in table.notes if "Δ over the" in n]
-    assert note == ("⚠ Model-7B int8/bnb limit=100 vs Model-7B fp32 limit=100 (MMLU): Δ over the 80 shared "
-                    "questions (20 and 0 left out).")
+    assert note == (
+        "⚠ Model-7B int8/bnb limit=100 vs Model-7B fp32 limit=100 (MMLU): Δ over the 80 shared "
+        "questions (20 and 0 left out)."
+    )
     assert all(n.count("⚠") <= 1 for n in quant_markdown(table).splitlines() if n.startswith("- "))
 
 
@@ -166,8 +209,10 @@ def test_divergence_table_stands_beside_the_accuracy_deltas():
     runs = []
     for precision, every in (("fp32", 0), ("int8", 0), ("int4", 2)):  # int4: half the questions uniform
         questions = answers("mmlu", "astronomy", RIGHT[precision], 100)
-        questions = [dataclasses.replace(q, logprobs=flat if every and i % every == 0 else peaked)
-                     for i, q in enumerate(questions)]
+        questions = [
+            dataclasses.replace(q, logprobs=flat if every and i % every == 0 else peaked)
+            for i, q in enumerate(questions)
+        ]
         runs.append(run(precision, questions=questions))
     table = build_quant_table(runs)
     frame = divergence_frame(table)

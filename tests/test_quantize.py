@@ -1,5 +1,6 @@
 """Quantization backends on tiny real models: real low-bit storage, closeness to fp32, rtn checked against
 an independent numpy computation, skipped layers reported, bad combinations refused before loading."""
+
 from __future__ import annotations
 
 import csv
@@ -24,8 +25,12 @@ HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 HAS_TORCHAO = importlib.util.find_spec("torchao") is not None
 CPU_BACKENDS = [
     pytest.param("bnb", marks=pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")),
-    pytest.param("torchao", marks=pytest.mark.skipif(not HAS_TORCHAO, reason="torchao is not installed "
-                                                     "(optional: pip install torchao)")),
+    pytest.param(
+        "torchao",
+        marks=pytest.mark.skipif(
+            not HAS_TORCHAO, reason="torchao is not installed (optional: pip install torchao)"
+        ),
+    ),
     "rtn",
 ]
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -58,10 +63,18 @@ def aligned_model_dir(tiny_spm_model_dir: Path, tmp_path_factory) -> Path:
             shutil.copy(path, out / path.name)
     source = LlamaConfig.from_pretrained(tiny_spm_model_dir)
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=source.vocab_size, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                         bos_token_id=source.bos_token_id, eos_token_id=source.eos_token_id,
-                         pad_token_id=source.pad_token_id, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=source.vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        bos_token_id=source.bos_token_id,
+        eos_token_id=source.eos_token_id,
+        pad_token_id=source.pad_token_id,
+        tie_word_embeddings=False,
+    )
     LlamaForCausalLM(config).save_pretrained(out)
     return out
 
@@ -113,9 +126,19 @@ def test_rtn_gives_an_all_zero_row_scale_one_not_nan() -> None:
 
 
 def _quantized_names(loaded) -> list[str]:
-    return [f"model.layers.{i}.{p}" for i in range(loaded.model.config.num_hidden_layers)
-            for p in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    return [
+        f"model.layers.{i}.{p}"
+        for i in range(loaded.model.config.num_hidden_layers)
+        for p in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ]
 
 
 def _bytes_bounds(shapes: list[tuple[int, int]], bits: int, group: int | None) -> tuple[int, int]:
@@ -127,8 +150,9 @@ def _bytes_bounds(shapes: list[tuple[int, int]], bits: int, group: int | None) -
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("bits", [8, 4])
-def test_linear_weights_are_really_stored_low_bit(tiny_spm_model_dir: Path, aligned_model_dir: Path,
-                                                  backend: str, bits: int) -> None:
+def test_linear_weights_are_really_stored_low_bit(
+    tiny_spm_model_dir: Path, aligned_model_dir: Path, backend: str, bits: int
+) -> None:
     model_dir = aligned_model_dir if (backend, bits) == ("torchao", 4) else tiny_spm_model_dir
     dense, quant = _load(model_dir, "fp32"), _load(model_dir, f"int{bits}", backend)
     names = _quantized_names(dense)
@@ -157,8 +181,9 @@ CLOSENESS = {8: 0.03, 4: 0.20}
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("bits", [8, 4])
-def test_logprobs_stay_close_to_fp32(tiny_spm_model_dir: Path, aligned_model_dir: Path,
-                                     backend: str, bits: int) -> None:
+def test_logprobs_stay_close_to_fp32(
+    tiny_spm_model_dir: Path, aligned_model_dir: Path, backend: str, bits: int
+) -> None:
     model_dir = aligned_model_dir if (backend, bits) == ("torchao", 4) else tiny_spm_model_dir
     reference = _last_logprobs(_load(model_dir, "fp32"))
     quantized = _last_logprobs(_load(model_dir, f"int{bits}", backend))
@@ -169,8 +194,11 @@ def test_logprobs_stay_close_to_fp32(tiny_spm_model_dir: Path, aligned_model_dir
 
 def test_info_records_method_group_and_compute_dtype(tiny_spm_model_dir: Path) -> None:
     rtn = _load(tiny_spm_model_dir, "int4", "rtn").info
-    assert (rtn.quant_method, rtn.group_size, rtn.compute_dtype) == ("rtn-absmax-per-channel", None,
-                                                                      "float32")
+    assert (rtn.quant_method, rtn.group_size, rtn.compute_dtype) == (
+        "rtn-absmax-per-channel",
+        None,
+        "float32",
+    )
     if HAS_BNB:
         nf4 = _load(tiny_spm_model_dir, "int4").info  # bnb is the default backend
         assert (nf4.quant_backend, nf4.quant_method, nf4.group_size) == ("bnb", "NF4", 64)
@@ -181,7 +209,8 @@ def test_info_records_method_group_and_compute_dtype(tiny_spm_model_dir: Path) -
 
 @pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
 def test_llm_int8_records_its_activation_quantization_and_logs_no_per_call_notice(
-        tiny_spm_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    tiny_spm_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     loaded = _load(tiny_spm_model_dir, "int8", "bnb")
     with caplog.at_level(logging.INFO):
         _last_logprobs(loaded)  # fp32 activations: bitsandbytes would log a cast notice for every layer
@@ -238,8 +267,9 @@ def remote_code_model_dir(tiny_spm_model_dir: Path, tmp_path_factory) -> Path:
 
 
 def test_model_backend_calls_the_checkpoints_own_quantize(remote_code_model_dir: Path) -> None:
-    loaded = load_model(str(remote_code_model_dir), "int8", "cpu", trust_remote_code=True,
-                        quant_backend="model")
+    loaded = load_model(
+        str(remote_code_model_dir), "int8", "cpu", trust_remote_code=True, quant_backend="model"
+    )
     info = loaded.info
     assert (info.quant_method, info.compute_dtype) == ("model.quantize(8)", "float16")
     assert info.quantized_layers == 3 * loaded.model.config.num_hidden_layers
@@ -264,39 +294,54 @@ def config_only_dir(tiny_spm_model_dir: Path, tmp_path: Path) -> Path:
     return tmp_path
 
 
-@pytest.mark.parametrize(("precision", "backend", "message"), [
-    ("int4", "none", "int4 needs a quantization backend; valid: bnb, torchao, rtn, model"),
-    ("fp16", "bnb", "fp16 is a float precision and bnb would ignore it"),
-    ("bf16", "rtn", "bf16 is a float precision and rtn would ignore it"),
-    ("int8", "model", "pass --trust-remote-code"),
-    ("int3", None,
-     "unknown precision 'int3'; did you mean int8 or int4? (valid: fp32, bf16, fp16, int8, int4)"),
-    ("int8", "gptq", "unknown quant backend 'gptq' (valid: none, bnb, torchao, rtn, model)"),
-])
-def test_bad_combinations_fail_before_any_model_is_loaded(config_only_dir: Path, precision: str,
-                                                          backend: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("precision", "backend", "message"),
+    [
+        ("int4", "none", "int4 needs a quantization backend; valid: bnb, torchao, rtn, model"),
+        ("fp16", "bnb", "fp16 is a float precision and bnb would ignore it"),
+        ("bf16", "rtn", "bf16 is a float precision and rtn would ignore it"),
+        ("int8", "model", "pass --trust-remote-code"),
+        (
+            "int3",
+            None,
+            "unknown precision 'int3'; did you mean int8 or int4? (valid: fp32, bf16, fp16, int8, int4)",
+        ),
+        ("int8", "gptq", "unknown quant backend 'gptq' (valid: none, bnb, torchao, rtn, model)"),
+    ],
+)
+def test_bad_combinations_fail_before_any_model_is_loaded(
+    config_only_dir: Path, precision: str, backend: str | None, message: str
+) -> None:
     with pytest.raises(EvalkitError, match=re.escape(message)):
         load_model(str(config_only_dir), precision, "cpu", quant_backend=backend)
 
 
 def test_torchao_int4_is_refused_on_cuda_and_a_missing_package_is_named(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     with pytest.raises(EvalkitError, match="CPU only"):
         plan_quantization("int4", "torchao", "cuda:0", None, False)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "torchao" else real_find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "torchao" else real_find_spec(name, *args),
+    )
     with pytest.raises(EvalkitError, match="pip install torchao"):
         plan_quantization("int8", "torchao", "cpu", None, False)
 
 
-@pytest.mark.parametrize(("precision", "backend", "message"), [
-    ("int8", None, "pass --precision int4 to evaluate it as it comes"),
-    ("fp16", None, "pass --precision int4"),
-    ("int4", "rtn", "never re-quantized: drop --quant-backend"),
-])
-def test_prequantized_checkpoints_are_not_requantized(config_only_dir: Path, precision: str,
-                                                      backend: str | None, message: str) -> None:
+@pytest.mark.parametrize(
+    ("precision", "backend", "message"),
+    [
+        ("int8", None, "pass --precision int4 to evaluate it as it comes"),
+        ("fp16", None, "pass --precision int4"),
+        ("int4", "rtn", "never re-quantized: drop --quant-backend"),
+    ],
+)
+def test_prequantized_checkpoints_are_not_requantized(
+    config_only_dir: Path, precision: str, backend: str | None, message: str
+) -> None:
     config = json.loads((config_only_dir / "config.json").read_text())
     config["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
     (config_only_dir / "config.json").write_text(json.dumps(config))
@@ -308,6 +353,7 @@ def test_prequantized_checkpoints_are_not_requantized(config_only_dir: Path, pre
 
 
 # ---- slow: the real SmolLM2-135M (GGUF Q4_1) ----
+
 
 def _mmlu_prompt(shared_data: Path) -> str:
     """A 4-shot MMLU prompt in the official layout (hendrycks/test), built here from the real dev file."""
@@ -343,10 +389,12 @@ SMOLLM_LETTERS = {"int8": 0.25, "int4": 2.0}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("precision", "backend"),
-                         [("int8", None), ("int4", None), ("int8", "rtn"), ("int4", "rtn")])
-def test_smollm_quantized_logprobs_stay_near_fp32(smollm_gguf: Path, shared_data: Path,
-                                                  precision: str, backend: str | None) -> None:
+@pytest.mark.parametrize(
+    ("precision", "backend"), [("int8", None), ("int4", None), ("int8", "rtn"), ("int4", "rtn")]
+)
+def test_smollm_quantized_logprobs_stay_near_fp32(
+    smollm_gguf: Path, shared_data: Path, precision: str, backend: str | None
+) -> None:
     prompt = _mmlu_prompt(shared_data)
     dense = _load(smollm_gguf, "fp32")
     loaded = _load(smollm_gguf, precision, backend)
@@ -369,11 +417,14 @@ def test_nf4_takes_every_shape_on_cpu(tiny_spm_model_dir: Path, aligned_model_di
 
     for model_dir in (tiny_spm_model_dir, aligned_model_dir):
         loaded = _load(model_dir, "int4", "bnb")
-        linears = {name: module for name, module in loaded.model.named_modules()
-                   if hasattr(module, "quant_state")
-                   or hasattr(getattr(module, "weight", None), "quant_state")}
-        misfit = sorted(name for name, module in linears.items()
-                        if module.out_features % 32 or module.in_features % 64)
+        linears = {
+            name: module
+            for name, module in loaded.model.named_modules()
+            if hasattr(module, "quant_state") or hasattr(getattr(module, "weight", None), "quant_state")
+        }
+        misfit = sorted(
+            name for name, module in linears.items() if module.out_features % 32 or module.in_features % 64
+        )
         assert sorted(loaded.info.nf4_generic_kernel_layers) == (misfit if has_avx512bf16() else [])
         assert torch.isfinite(_last_logprobs(loaded)).all()
     assert not _load(aligned_model_dir, "int4", "bnb").info.nf4_generic_kernel_layers

@@ -1,5 +1,6 @@
 """Published reference tables: transcription against the documents, aggregation arithmetic (PROTOCOL §3),
 agreement between documents, the loader's checks, and the rows reports match runs against."""
+
 from __future__ import annotations
 
 import json
@@ -87,12 +88,15 @@ def test_the_protocol_s_worked_examples():
     assert weighted(base[readme, "mmlu"], WEIGHTS["mmlu"]) == pytest.approx(51.67, abs=0.005)
 
 
-@pytest.mark.parametrize("task_name, alternative, min_misses", [
-    # macro: subject counts
-    ("mmlu", {"STEM": 18, "Social Sciences": 12, "Humanities": 13, "Others": 14}, 16),
-    ("ceval", CEVAL_TEST_QUESTIONS, 15),  # micro over the test questions
-    ("cmmlu", CMMLU_TEST_QUESTIONS, 5),
-])
+@pytest.mark.parametrize(
+    "task_name, alternative, min_misses",
+    [
+        # macro: subject counts
+        ("mmlu", {"STEM": 18, "Social Sciences": 12, "Humanities": 13, "Others": 14}, 16),
+        ("ceval", CEVAL_TEST_QUESTIONS, 15),  # micro over the test questions
+        ("cmmlu", CMMLU_TEST_QUESTIONS, 5),
+    ],
+)
 def test_the_other_aggregation_misses_even_the_rounding_bound(task_name, alternative, min_misses):
     rows = [(k, v) for k, v in ROWS if k[1] == task_name]
     misses = [k for k, v in rows if abs(gap(k, v, alternative)) > 0.1]
@@ -102,25 +106,34 @@ def test_the_other_aggregation_misses_even_the_rounding_bound(task_name, alterna
 
 def test_documents_agree_where_they_publish_the_same_model_except_ziya():
     readme = {(t.name, r.label): r.values for t in TABLES if t.file.endswith("13B-README.md") for r in t.rows}
-    card = {(t.name, r.label): r.values
-            for t in TABLES if t.file.endswith("7B-model-card.md") for r in t.rows}
-    for key in [("ceval", "Baichuan-7B"), ("mmlu", "Baichuan-7B"), ("ceval", "moss-moon-003-base (16B)"),
-                ("mmlu", "moss-moon-003-base (16B)")]:
+    card = {
+        (t.name, r.label): r.values for t in TABLES if t.file.endswith("7B-model-card.md") for r in t.rows
+    }
+    for key in [
+        ("ceval", "Baichuan-7B"),
+        ("mmlu", "Baichuan-7B"),
+        ("ceval", "moss-moon-003-base (16B)"),
+        ("mmlu", "moss-moon-003-base (16B)"),
+    ]:
         assert {c: v for c, v in card[key].items() if c in readme[key]} == readme[key]
     # the one model that differs: the card's C-Eval Ziya row is not the README's (both kept, both shown)
     ziya_readme = readme["ceval", "Ziya-LLaMA-13B-Pretrain"]
     ziya_card = card["ceval", "Ziya-LLaMA-13B-pretrain"]
     assert (ziya_readme["Average"], ziya_card["Average"]) == (30.0, 30.2)
-    details = {k: v for k, v in readme["model_details", "Baichuan-7B"].items() if k in card["model_details",
-                                                                                              "Baichuan-7B"]}
+    details = {
+        k: v
+        for k, v in readme["model_details", "Baichuan-7B"].items()
+        if k in card["model_details", "Baichuan-7B"]
+    }
     assert details == card["model_details", "Baichuan-7B"]
 
 
 def test_quantization_memory_and_speed_tables_are_consistent():
     quant = next(t for t in TABLES if t.kind == "quantization")
     readme = {t.name: t for t in TABLES if t.file.endswith("13B-README.md")}
-    assert quant.row("Baichuan-13B-Base").values == {b: readme[b].row("Baichuan-13B-Base").values["Average"]
-                                                     for b in ("ceval", "mmlu", "cmmlu")}
+    assert quant.row("Baichuan-13B-Base").values == {
+        b: readme[b].row("Baichuan-13B-Base").values["Average"] for b in ("ceval", "mmlu", "cmmlu")
+    }
     params = readme["model_details"].row("Baichuan-13B").values["parameters"]
     memory = {r.label: r.values["gpu_memory_gb"] for r in readme["gpu_memory"].rows}
     # 16-bit weights alone are 26.5e9 bytes (more than the published 26.0) and 24.7 GiB (less): GB means GiB
@@ -145,8 +158,12 @@ def test_quantization_rows_carry_the_memory_of_their_precision():
     rows = {(r.label, r.benchmark): r for r in published_quantization()}
     assert len(rows) == 9
     int8 = rows["Baichuan-13B-Base-int8", "mmlu"]
-    assert (int8.model, int8.precision, int8.scores, int8.memory_gb) == ("Baichuan-13B-Base", "int8",
-                                                                         {"Average": 49.9}, 15.8)
+    assert (int8.model, int8.precision, int8.scores, int8.memory_gb) == (
+        "Baichuan-13B-Base",
+        "int8",
+        {"Average": 49.9},
+        15.8,
+    )
     full = rows["Baichuan-13B-Base", "cmmlu"]
     assert (full.memory_gb, full.precision) == (26.0, "full")
 
@@ -163,31 +180,57 @@ def test_runs_match_by_name_and_precision_class():
 
 
 def write_reference(tmp_path: Path, **table_changes) -> Path:
-    table = {"name": "ceval", "kind": "accuracy", "benchmark": "ceval", "section": "S",
-             "label_column": "Model",
-             "columns": [{"published": "STEM", "ours": "STEM"}, {"published": "Avg", "ours": "Average"}],
-             "rows": [{"label": "M", "values": [40.0, 41.0]}], **table_changes}
+    table = {
+        "name": "ceval",
+        "kind": "accuracy",
+        "benchmark": "ceval",
+        "section": "S",
+        "label_column": "Model",
+        "columns": [{"published": "STEM", "ours": "STEM"}, {"published": "Avg", "ours": "Average"}],
+        "rows": [{"label": "M", "values": [40.0, 41.0]}],
+        **table_changes,
+    }
     document = {"source": {"file": "doc.md"}, "tables": [table]}
     (tmp_path / "doc.json").write_text(json.dumps(document), encoding="utf-8")
     return tmp_path
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"columns": [{"published": "Sci", "ours": "Science"}]},
-     r"columns \['Science'\] are not ours; valid: .*'STEM'"),
-    ({"rows": [{"label": "M", "values": [40.0]}]}, r"row 0 \(M\): 1 values for 2 columns"),
-    ({"rows": [{"label": "M", "values": [40.0, 410]}]},
-     r"row 0 \(M\): accuracies must be numbers in \[0, 100\]"),
-    ({"kind": "accurcy"}, r"unknown kind 'accurcy'; did you mean accuracy\? \(valid: accuracy, quantization"),
-    ({"sectoin": "S"}, r"unknown keys \['sectoin'\]"),
-    ({"kind": "quantization", "columns": [{"published": "C-Eval", "ours": "ceval"}],
-      "rows": [{"label": "M", "values": [50.0], "precision": "int3"}]},
-     r"unknown precision 'int3'.*\(valid: full, int8, int4\)"),
-    ({"kind": "memory", "columns": [{"published": "GB", "ours": "gpu_memory_gb"}],
-      "rows": [{"label": "M", "values": [9.7], "precisions": ["q4"]}]},
-     r"precisions \['q4'\]; valid: a list of fp32"),
-    ({"columns": [{"published": "STEM"}]}, r"column 0: missing keys \['ours'\]"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (
+            {"columns": [{"published": "Sci", "ours": "Science"}]},
+            r"columns \['Science'\] are not ours; valid: .*'STEM'",
+        ),
+        ({"rows": [{"label": "M", "values": [40.0]}]}, r"row 0 \(M\): 1 values for 2 columns"),
+        (
+            {"rows": [{"label": "M", "values": [40.0, 410]}]},
+            r"row 0 \(M\): accuracies must be numbers in \[0, 100\]",
+        ),
+        (
+            {"kind": "accurcy"},
+            r"unknown kind 'accurcy'; did you mean accuracy\? \(valid: accuracy, quantization",
+        ),
+        ({"sectoin": "S"}, r"unknown keys \['sectoin'\]"),
+        (
+            {
+                "kind": "quantization",
+                "columns": [{"published": "C-Eval", "ours": "ceval"}],
+                "rows": [{"label": "M", "values": [50.0], "precision": "int3"}],
+            },
+            r"unknown precision 'int3'.*\(valid: full, int8, int4\)",
+        ),
+        (
+            {
+                "kind": "memory",
+                "columns": [{"published": "GB", "ours": "gpu_memory_gb"}],
+                "rows": [{"label": "M", "values": [9.7], "precisions": ["q4"]}],
+            },
+            r"precisions \['q4'\]; valid: a list of fp32",
+        ),
+        ({"columns": [{"published": "STEM"}]}, r"column 0: missing keys \['ours'\]"),
+    ],
+)
 def test_bad_reference_files_are_errors_naming_file_table_and_row(tmp_path, changes, message):
     directory = write_reference(tmp_path, **changes)
     with pytest.raises(EvalkitError, match=f"doc.json.*{message}"):
@@ -200,6 +243,7 @@ def test_an_empty_reference_directory_is_an_error(tmp_path):
 
 
 # --- against the documents themselves (../shared/reference) -------------------------------------------------
+
 
 def clean(cell: str) -> str:
     cell = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", cell)  # [text](link) -> text
@@ -251,8 +295,9 @@ def test_every_table_of_both_documents_is_transcribed_number_for_number(referenc
         transcribed = set()
         for heading, rows in markdown_tables(reference_dir / Path(file).name):
             header = [clean(c) for c in rows[0]]
-            [table] = [t for t in ours
-                       if t.section.split(" > ")[-1] == heading and t.label_column == header[0]]
+            [table] = [
+                t for t in ours if t.section.split(" > ")[-1] == heading and t.label_column == header[0]
+            ]
             transcribed.add(table.name)
             if table.info.get("transposed"):  # one hyperparameter per row
                 published = {clean(r[0]): number(r[1]) for r in rows[1:]}

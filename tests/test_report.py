@@ -1,5 +1,6 @@
 """Report tables from saved runs: layout, figures x100, counts, labels, flags, CSV, published rows beside
 runs; the `list` text; config.json's paths."""
+
 from __future__ import annotations
 
 import math
@@ -25,9 +26,12 @@ def answers(subject: str, right: int, total: int, gold: str | None = "A") -> lis
 
 
 def saved(questions: list[QuestionResult], **overrides) -> RunResult:
-    return run_result(RunConfig(**{"model": "baichuan-inc/Baichuan-13B-Base", "task": "ceval",
-                                   "precision": "fp16",
-                                   **overrides}), questions)
+    return run_result(
+        RunConfig(
+            **{"model": "baichuan-inc/Baichuan-13B-Base", "task": "ceval", "precision": "fp16", **overrides}
+        ),
+        questions,
+    )
 
 
 # accountant: Others; advanced_mathematics: STEM + Avg(Hard); art_studies: Humanities
@@ -38,7 +42,13 @@ def test_table_layout_follows_the_readme_with_hard_as_extra_column():
     table = build_tables([(saved(MIXED), CEVAL)])["ceval"]
     assert table.title == "C-Eval" and table.first_column == "Model 5-shot"
     assert list(table.scores.columns) == [
-        "STEM", "Social Sciences", "Humanities", "Others", "Avg(Hard)", "Average"]
+        "STEM",
+        "Social Sciences",
+        "Humanities",
+        "Others",
+        "Avg(Hard)",
+        "Average",
+    ]
     row = table.scores.loc["Baichuan-13B-Base fp16"]
     assert row["Others"] == pytest.approx(50.0) and row["Avg(Hard)"] == pytest.approx(200 / 3)
     assert row["Average"] == pytest.approx(100 * (0.5 + 2 / 3 + 0) / 3)  # macro, as C-Eval's scheme says
@@ -57,7 +67,14 @@ def test_markdown_shows_one_decimal_counts_and_the_subset_note():
     assert lines[0] == "## C-Eval"
     header = [cells(line) for line in lines if line.startswith("| Model 5-shot")]
     assert header[0] == [
-        "Model 5-shot", "STEM", "Social Sciences", "Humanities", "Others", "Avg(Hard)", "Average"]
+        "Model 5-shot",
+        "STEM",
+        "Social Sciences",
+        "Humanities",
+        "Others",
+        "Avg(Hard)",
+        "Average",
+    ]
     scores, counts = [cells(line) for line in lines if line.startswith("| Baichuan-13B-Base fp16")]
     assert scores == ["Baichuan-13B-Base fp16", "66.7", "–", "0.0", "50.0", "66.7", "38.9"]
     assert counts == ["Baichuan-13B-Base fp16", "3 (1)", "–", "1 (1)", "2 (1)", "3 (1)", "6 (3)"]
@@ -72,19 +89,29 @@ def test_limit_runs_are_flagged_in_label_and_notes():
 
 
 def test_every_footnote_has_one_warning_sign_at_most_and_in_front():
-    flagged = PublishedRow(label="Baichuan-13B-Base", model="Baichuan-13B-Base", benchmark="ceval",
-                           scores={"Average": 52.4}, sources=("README.md § C-Eval",), split="test",
-                           scheme="baichuan", notes=("⚠ figures from a ⚠ later table",))
+    flagged = PublishedRow(
+        label="Baichuan-13B-Base",
+        model="Baichuan-13B-Base",
+        benchmark="ceval",
+        scores={"Average": 52.4},
+        sources=("README.md § C-Eval",),
+        split="test",
+        scheme="baichuan",
+        notes=("⚠ figures from a ⚠ later table",),
+    )
     runs = [(saved(MIXED, limit=10), CEVAL), (saved(MIXED, limit=10, scheme="lm-eval"), CEVAL)]
     text = to_markdown(runs, [flagged])
     notes = [line[2:] for line in text.splitlines() if line.startswith("- ")]
     warnings = [note for note in notes if "⚠" in note]
     assert len(warnings) >= 5  # two smoke runs, two subset runs, the scheme and split of the matched run
     assert all(note.count("⚠") == 1 and note.startswith("⚠ ") for note in warnings)
-    assert ("⚠ Baichuan-13B-Base fp16 [official] limit=10: 3 of 52 subjects; groups without results are "
-            "blank.") in notes
-    assert ("Baichuan-13B-Base (published): README.md § C-Eval; code reproduced by scheme baichuan; "
-            "figures from a later table") in notes
+    assert (
+        "⚠ Baichuan-13B-Base fp16 [official] limit=10: 3 of 52 subjects; groups without results are blank."
+    ) in notes
+    assert (
+        "Baichuan-13B-Base (published): README.md § C-Eval; code reproduced by scheme baichuan; "
+        "figures from a later table"
+    ) in notes
     assert "Categories and Average for Baichuan-13B-Base fp16 [official] limit=10: mean of subject" in text
 
 
@@ -93,7 +120,9 @@ def test_scheme_is_in_the_label_when_schemes_are_mixed_or_not_official():
     assert run_label(saved(MIXED, scheme="baichuan"), "val") == "Baichuan-13B-Base fp16 [baichuan]"
     table = build_tables([(saved(MIXED), CEVAL), (saved(MIXED, scheme="lm-eval"), CEVAL)])["ceval"]
     assert list(table.scores.index) == [
-        "Baichuan-13B-Base fp16 [official]", "Baichuan-13B-Base fp16 [lm-eval]"]
+        "Baichuan-13B-Base fp16 [official]",
+        "Baichuan-13B-Base fp16 [lm-eval]",
+    ]
     micro = 100 * 3 / 6  # lm-eval aggregates over questions
     assert table.scores.loc["Baichuan-13B-Base fp16 [lm-eval]", "Average"] == pytest.approx(micro)
     assert any("for Baichuan-13B-Base fp16 [lm-eval]: mean over questions (micro)" in n for n in table.notes)
@@ -102,8 +131,10 @@ def test_scheme_is_in_the_label_when_schemes_are_mixed_or_not_official():
 def test_identical_labels_are_told_apart_and_shots_shown_when_mixed():
     a, b = saved(MIXED, seed=1), saved(MIXED, seed=2)
     table = build_tables([(a, CEVAL), (b, CEVAL)])["ceval"]
-    assert list(table.scores.index) == [f"Baichuan-13B-Base fp16 #{a.config_hash[:6]}",
-                                        f"Baichuan-13B-Base fp16 #{b.config_hash[:6]}"]
+    assert list(table.scores.index) == [
+        f"Baichuan-13B-Base fp16 #{a.config_hash[:6]}",
+        f"Baichuan-13B-Base fp16 #{b.config_hash[:6]}",
+    ]
     table = build_tables([(saved(MIXED), CEVAL), (saved(MIXED, shots=0), CEVAL)])["ceval"]
     assert table.first_column == "Model"
     assert list(table.scores.index) == ["Baichuan-13B-Base fp16 5-shot", "Baichuan-13B-Base fp16 0-shot"]
@@ -129,9 +160,10 @@ def test_confidence_interval_column_when_questions_are_given():
 
 
 def test_csv_has_every_figure_with_its_n(tmp_path):
-    path = write_csv([ReportRun(saved(MIXED), CEVAL, questions=MIXED),
-                      (saved(MIXED, precision="int4"), CEVAL)],
-                     tmp_path / "out" / "report.csv")
+    path = write_csv(
+        [ReportRun(saved(MIXED), CEVAL, questions=MIXED), (saved(MIXED, precision="int4"), CEVAL)],
+        tmp_path / "out" / "report.csv",
+    )
     frame = pd.read_csv(path)
     assert len(frame) == 2 * 5  # STEM, Humanities, Others, Avg(Hard), Average per run; no empty group
     average = frame[(frame["group"] == "Average") & (frame["precision"] == "fp16")].iloc[0]
@@ -145,8 +177,12 @@ def test_csv_has_every_figure_with_its_n(tmp_path):
 
 def test_report_from_run_directories_on_disk(tmp_path):
     for precision, right in (("fp16", 2), ("int8", 1)):
-        cfg = RunConfig(model="/m/Baichuan-13B-Base", task="ceval", precision=precision,
-                        output_dir=str(tmp_path / "results"))
+        cfg = RunConfig(
+            model="/m/Baichuan-13B-Base",
+            task="ceval",
+            precision=precision,
+            output_dir=str(tmp_path / "results"),
+        )
         questions = answers("accountant", right, 4)
         run = RunDir.open(cfg, "Baichuan-13B-Base")
         run.append(questions)
@@ -158,57 +194,108 @@ def test_report_from_run_directories_on_disk(tmp_path):
 
 # --- published figures side by side ------------------------------------------------------------------------
 
-BASE_PUBLISHED = PublishedRow(label="Baichuan-13B-Base", model="Baichuan-13B-Base", benchmark="ceval",
-                              scores={"STEM": 45.9, "Social Sciences": 63.5, "Humanities": 57.2,
-                                      "Others": 49.3,
-                                      "Average": 52.4}, sources=("README.md § C-Eval",), scheme="official")
-PUBLISHED = (BASE_PUBLISHED,
-             PublishedRow(label="LLaMA-13B", model="LLaMA-13B", benchmark="ceval",
-                          scores={"Others": 27.6, "Average": 28.5}, sources=("README.md § C-Eval",),
-                          split="test",
-                          scheme="baichuan"),
-             PublishedRow(label="Vicuna-13B", model="Vicuna-13B", benchmark="ceval", scores={"Average": 32.8},
-                          sources=("README.md § C-Eval",), notes=("a footnote",)),
-             PublishedRow(label="Vicuna-13B", model="Vicuna-13B", benchmark="mmlu", scores={"Average": 52.0},
-                          sources=("README.md § MMLU",)))
+BASE_PUBLISHED = PublishedRow(
+    label="Baichuan-13B-Base",
+    model="Baichuan-13B-Base",
+    benchmark="ceval",
+    scores={"STEM": 45.9, "Social Sciences": 63.5, "Humanities": 57.2, "Others": 49.3, "Average": 52.4},
+    sources=("README.md § C-Eval",),
+    scheme="official",
+)
+PUBLISHED = (
+    BASE_PUBLISHED,
+    PublishedRow(
+        label="LLaMA-13B",
+        model="LLaMA-13B",
+        benchmark="ceval",
+        scores={"Others": 27.6, "Average": 28.5},
+        sources=("README.md § C-Eval",),
+        split="test",
+        scheme="baichuan",
+    ),
+    PublishedRow(
+        label="Vicuna-13B",
+        model="Vicuna-13B",
+        benchmark="ceval",
+        scores={"Average": 32.8},
+        sources=("README.md § C-Eval",),
+        notes=("a footnote",),
+    ),
+    PublishedRow(
+        label="Vicuna-13B",
+        model="Vicuna-13B",
+        benchmark="mmlu",
+        scores={"Average": 52.0},
+        sources=("README.md § MMLU",),
+    ),
+)
 
 
 def test_published_rows_stand_under_the_runs_they_match_with_a_delta_row():
-    runs = [ReportRun(saved(MIXED), CEVAL, questions=MIXED),
-            (saved(MIXED, model="huggyllama/llama-13b"), CEVAL)]
+    runs = [
+        ReportRun(saved(MIXED), CEVAL, questions=MIXED),
+        (saved(MIXED, model="huggyllama/llama-13b"), CEVAL),
+    ]
     table = build_tables(runs, PUBLISHED, extra=["vicuna 13b"])["ceval"]
     assert [(label, kind) for label, kind, _ in table.rows()] == [
-        ("Baichuan-13B-Base fp16", "measured"), ("Baichuan-13B-Base (published)", "published"),
-        ("Δ Baichuan-13B-Base fp16", "delta"), ("llama-13b fp16", "measured"),
+        ("Baichuan-13B-Base fp16", "measured"),
+        ("Baichuan-13B-Base (published)", "published"),
+        ("Δ Baichuan-13B-Base fp16", "delta"),
+        ("llama-13b fp16", "measured"),
         ("LLaMA-13B (published)", "published"),
-        ("Δ llama-13b fp16", "delta"), ("Vicuna-13B (published)", "published")]
+        ("Δ llama-13b fp16", "delta"),
+        ("Vicuna-13B (published)", "published"),
+    ]
     delta = dict((label, figures) for label, _, figures in table.rows())["Δ Baichuan-13B-Base fp16"]
     assert delta["Others"] == pytest.approx(50.0 - 49.3) and delta["STEM"] == pytest.approx(200 / 3 - 45.9)
     assert delta["Average"] == pytest.approx(100 * (0.5 + 2 / 3) / 3 - 52.4)
     assert math.isnan(delta["Avg(Hard)"])
-    lines = {cells(line)[0]: cells(line) for line in to_markdown(runs, PUBLISHED, ["Vicuna-13B"]).splitlines()
-             if line.startswith("| ")}
-    assert lines["Baichuan-13B-Base (published)"] == ["Baichuan-13B-Base (published)", "45.9", "63.5", "57.2",
-                                                      "49.3", "–", "52.4", "–"]
-    assert lines["Δ Baichuan-13B-Base fp16"] == ["Δ Baichuan-13B-Base fp16", "+20.8", "–", "-57.2", "+0.7",
-                                                 "–",
-                                                 "-13.5", "–"]
+    lines = {
+        cells(line)[0]: cells(line)
+        for line in to_markdown(runs, PUBLISHED, ["Vicuna-13B"]).splitlines()
+        if line.startswith("| ")
+    }
+    assert lines["Baichuan-13B-Base (published)"] == [
+        "Baichuan-13B-Base (published)",
+        "45.9",
+        "63.5",
+        "57.2",
+        "49.3",
+        "–",
+        "52.4",
+        "–",
+    ]
+    assert lines["Δ Baichuan-13B-Base fp16"] == [
+        "Δ Baichuan-13B-Base fp16",
+        "+20.8",
+        "–",
+        "-57.2",
+        "+0.7",
+        "–",
+        "-13.5",
+        "–",
+    ]
     assert lines["Δ llama-13b fp16"][4:7] == ["+22.4", "–", "+10.4"]  # Others 50 - 27.6; Average 38.9 - 28.5
 
 
 def test_notes_name_sources_and_flag_scheme_split_and_the_ci():
     all_right = answers("accountant", 40, 40)
-    runs = [ReportRun(saved(all_right), CEVAL, questions=all_right),
-            (saved(MIXED, model="/m/LLaMA-13B"), CEVAL)]
+    runs = [
+        ReportRun(saved(all_right), CEVAL, questions=all_right),
+        (saved(MIXED, model="/m/LLaMA-13B"), CEVAL),
+    ]
     notes = build_tables(runs, PUBLISHED, ["Vicuna-13B"])["ceval"].notes
     assert "Baichuan-13B-Base (published): README.md § C-Eval; code reproduced by scheme official" in notes
     assert "Vicuna-13B (published): README.md § C-Eval; a footnote" in notes
-    assert ("Baichuan-13B-Base fp16: the published Average 52.4 lies outside the measured 95% CI "
-            "100.0–100.0.") in notes
+    assert (
+        "Baichuan-13B-Base fp16: the published Average 52.4 lies outside the measured 95% CI 100.0–100.0."
+    ) in notes
     assert "⚠ LLaMA-13B fp16: measured on val, published on test." in notes
-    assert ("⚠ LLaMA-13B fp16: measured with scheme official; the published figures come from the code "
-            "that scheme "
-            "baichuan reproduces.") in notes
+    assert (
+        "⚠ LLaMA-13B fp16: measured with scheme official; the published figures come from the code "
+        "that scheme "
+        "baichuan reproduces."
+    ) in notes
     # same scheme, split not stated
     assert not any("Baichuan-13B-Base fp16: measured with" in n for n in notes)
 
@@ -218,8 +305,9 @@ def test_a_run_names_its_reference_and_bad_names_are_errors():
     assert build_tables([run], PUBLISHED)["ceval"].links == {"tiny-model fp16": ("LLaMA-13B (published)",)}
     with pytest.raises(EvalkitError, match="unknown published row 'LLaMA-31B'; did you mean LLaMA-13B"):
         build_tables([run._replace(reference="LLaMA-31B")], PUBLISHED)
-    with pytest.raises(EvalkitError,
-                       match="unknown published row 'Vicuna'.*valid: Baichuan-13B-Base, LLaMA-13B"):
+    with pytest.raises(
+        EvalkitError, match="unknown published row 'Vicuna'.*valid: Baichuan-13B-Base, LLaMA-13B"
+    ):
         to_markdown([run], PUBLISHED, extra=["Vicuna"])
 
 
@@ -236,7 +324,8 @@ def test_published_figures_in_the_csv(tmp_path):
     assert others["published_row"] == "Baichuan-13B-Base (published)"
     vicuna = frame[frame["run"] == "Vicuna-13B (published)"]
     assert vicuna[["source", "group", "accuracy"]].values.tolist() == [
-        ["README.md § C-Eval", "Average", 32.8]]
+        ["README.md § C-Eval", "Average", 32.8]
+    ]
     hard = frame[(frame["run"] == "Baichuan-13B-Base fp16") & (frame["group"] == "Avg(Hard)")].iloc[0]
     assert pd.isna(hard["published"]) and pd.isna(hard["published_row"])
 
@@ -250,12 +339,14 @@ def test_the_real_references_match_a_baichuan_run():
 
 
 def test_added_published_rows_follow_the_order_of_the_names():
-    table = build_tables([(saved(MIXED, model="/m/tiny"), CEVAL)], PUBLISHED,
-                         ["Vicuna-13B", "LLaMA-13B", "vicuna13b"])
+    table = build_tables(
+        [(saved(MIXED, model="/m/tiny"), CEVAL)], PUBLISHED, ["Vicuna-13B", "LLaMA-13B", "vicuna13b"]
+    )
     assert list(table["ceval"].published.index) == ["Vicuna-13B (published)", "LLaMA-13B (published)"]
 
 
 # --- the `list` subcommand ---------------------------------------------------------------------------
+
 
 def test_list_aligns_chinese_names_by_display_width_and_totals_each_split(tiny_data_dir):
     from datafiles import TINY_SUBJECTS
@@ -273,11 +364,14 @@ def test_list_aligns_chinese_names_by_display_width_and_totals_each_split(tiny_d
     assert len(table) == 1 + 52 + 1
     assert len({wcswidth(line) for line in table}) == 1  # counts right-aligned: every row ends in one column
     rows = {line.split()[0]: line for line in table}
-    for name, zh, category in (("accountant", "注册会计师", "Others"), ("law", "法学", "Humanities"),
-                               ("advanced_mathematics", "高等数学", "STEM")):
+    for name, zh, category in (
+        ("accountant", "注册会计师", "Others"),
+        ("law", "法学", "Humanities"),
+        ("advanced_mathematics", "高等数学", "STEM"),
+    ):
         line = rows[name]
-        assert wcswidth(line[:line.index(zh)]) == wcswidth(table[0][:table[0].index("name (zh)")])
-        assert wcswidth(line[:line.index(category)]) == wcswidth(table[0][:table[0].index("categories")])
+        assert wcswidth(line[: line.index(zh)]) == wcswidth(table[0][: table[0].index("name (zh)")])
+        assert wcswidth(line[: line.index(category)]) == wcswidth(table[0][: table[0].index("categories")])
     assert rows["law"].split()[-3:] == ["5", "6", "6"] and rows["art_studies"].split()[-3:] == ["0", "0", "0"]
     assert table[-1].split() == ["total:", "52", "subjects", "15", "18", "18"]
 
@@ -293,6 +387,7 @@ def test_list_without_a_data_dir_names_subjects_and_their_total(capsys):
 
 
 # --- config.json: paths as typed and resolved -----------------------------------------------------------
+
 
 def test_config_json_keeps_paths_as_typed_and_resolved_outside_the_hash(tmp_path, monkeypatch):
     import json

@@ -1,4 +1,5 @@
 """Run directories on real files: round trip, resume by config hash, torn lines, atomic run.json."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,15 +9,21 @@ import shutil
 from pathlib import Path
 
 import pytest
+from builders import question, run_result
 
 from evalkit.results import SHARD_FILE, RunDir, find_runs, load_run, short_model_name, write_submission
-from builders import question, run_result
 from evalkit.types import EvalkitError, RunConfig
 
 
 def config(tmp_path: Path, **overrides) -> RunConfig:
-    return RunConfig(**{"model": "/models/Baichuan-13B-Base", "task": "ceval", "output_dir": str(tmp_path / "results"),
-                        **overrides})
+    return RunConfig(
+        **{
+            "model": "/models/Baichuan-13B-Base",
+            "task": "ceval",
+            "output_dir": str(tmp_path / "results"),
+            **overrides,
+        }
+    )
 
 
 def test_open_names_the_directory_and_writes_config_first(tmp_path):
@@ -24,8 +31,13 @@ def test_open_names_the_directory_and_writes_config_first(tmp_path):
     run = RunDir.open(cfg, "Baichuan-13B-Base")
     assert not run.resumed
     stamp, model, precision, task, scheme, digest = run.path.name.split("_")
-    assert (model, precision, task, scheme, digest) == ("Baichuan-13B-Base", "fp32", "ceval", "official",
-                                                       cfg.config_hash())
+    assert (model, precision, task, scheme, digest) == (
+        "Baichuan-13B-Base",
+        "fp32",
+        "ceval",
+        "official",
+        cfg.config_hash(),
+    )
     assert len(stamp) == 16 and stamp.endswith("Z")
     saved = json.loads((run.path / "config.json").read_text(encoding="utf-8"))
     assert saved["config_hash"] == cfg.config_hash() and saved["config"]["model"] == cfg.model
@@ -34,7 +46,9 @@ def test_open_names_the_directory_and_writes_config_first(tmp_path):
 
 def test_resume_finds_the_same_config_and_not_a_different_one(tmp_path):
     first = RunDir.open(config(tmp_path), "m")
-    again = RunDir.open(config(tmp_path, batch_tokens=999, progress=False), "m")  # settings that change no score
+    again = RunDir.open(
+        config(tmp_path, batch_tokens=999, progress=False), "m"
+    )  # settings that change no score
     assert again.resumed and again.path == first.path
     other = RunDir.open(config(tmp_path, shots=3), "m")
     assert not other.resumed and other.path != first.path
@@ -91,11 +105,14 @@ def test_append_after_a_torn_line_never_glues_onto_it(tmp_path):
     assert list(run.completed()) == [question(0).id, question(1).id]
 
 
-@pytest.mark.parametrize("bad, message", [
-    (b"not json\n", "line 2 is not a question result"),
-    (b"\n", "line 2 is not a question result"),
-    (b'{"id": "x"}\n', "line 2 is not a question result"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (b"not json\n", "line 2 is not a question result"),
+        (b"\n", "line 2 is not a question result"),
+        (b'{"id": "x"}\n', "line 2 is not a question result"),
+    ],
+)
 def test_a_bad_complete_line_is_an_error_naming_file_and_line(tmp_path, bad, message):
     run = RunDir.open(config(tmp_path), "m")
     run.append([question(0)])
@@ -108,8 +125,9 @@ def test_a_bad_complete_line_is_an_error_naming_file_and_line(tmp_path, bad, mes
 def test_a_question_scored_differently_twice_is_an_error_naming_both_lines(tmp_path):
     run = RunDir.open(config(tmp_path), "m")
     run.append([question(0), question(1), question(0, pred="B")])
-    with pytest.raises(EvalkitError, match="line 3 scores question 'ceval/accountant/val/0' differently "
-                                           "from line 1"):
+    with pytest.raises(
+        EvalkitError, match="line 3 scores question 'ceval/accountant/val/0' differently from line 1"
+    ):
         run.completed()
 
 
@@ -122,7 +140,9 @@ def test_identical_duplicate_lines_heal_keeping_each_question_once(tmp_path):
 
 
 def test_finish_and_load_run_round_trip(tmp_path):
-    cfg = config(tmp_path, subjects=("accountant", "law"), limit=2, scheme="baichuan")  # tuples and dicts inside
+    cfg = config(
+        tmp_path, subjects=("accountant", "law"), limit=2, scheme="baichuan"
+    )  # tuples and dicts inside
     questions = [question(0), question(1, pred="D"), question(0, subject="law", gold="C", pred="C")]
     run = RunDir.open(cfg, "m")
     run.append(questions)
@@ -201,20 +221,29 @@ def test_find_runs_follows_a_folder_of_links_to_runs(tmp_path):
 
 
 def test_write_submission_is_the_ceval_leaderboard_layout(tmp_path):
-    preds = [question(0, gold=None, pred="B"), question(1, gold=None, pred="D"),
-             question(0, subject="law", gold=None, pred="A")]
+    preds = [
+        question(0, gold=None, pred="B"),
+        question(1, gold=None, pred="D"),
+        question(0, subject="law", gold=None, pred="A"),
+    ]
     path = write_submission(tmp_path / "submission.json", preds)
-    assert json.loads(path.read_text(encoding="utf-8")) == {"accountant": {"0": "B", "1": "D"}, "law": {"0": "A"}}
+    assert json.loads(path.read_text(encoding="utf-8")) == {
+        "accountant": {"0": "B", "1": "D"},
+        "law": {"0": "A"},
+    }
     with pytest.raises(EvalkitError, match="question '0' twice"):
         write_submission(tmp_path / "again.json", preds + [dataclasses.replace(preds[0], pred="C")])
 
 
-@pytest.mark.parametrize("model, short", [
-    ("baichuan-inc/Baichuan-13B-Base", "Baichuan-13B-Base"),
-    ("/work/shared/models/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"),
-    ("/tmp/my model (v2)/", "my-model-v2"),
-    ("///", "model"),
-])
+@pytest.mark.parametrize(
+    "model, short",
+    [
+        ("baichuan-inc/Baichuan-13B-Base", "Baichuan-13B-Base"),
+        ("/work/shared/models/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1"),
+        ("/tmp/my model (v2)/", "my-model-v2"),
+        ("///", "model"),
+    ],
+)
 def test_short_model_name(model, short):
     assert short_model_name(model) == short
 
@@ -225,10 +254,18 @@ def test_merging_shards_folds_a_merge_interrupted_before_the_shards_were_deleted
     first, second = question(0), question(1)
     run_dir.append([first, second])
     RunDir(tmp_path, resumed=True, shard=1).append([question(2)])
-    (tmp_path / "questions.jsonl").write_text(first.to_json() + "\n" + second.to_json() + "\n", encoding="utf-8")
-    RunDir(tmp_path, resumed=True).merge_shards(["ceval/accountant/val/2", "ceval/accountant/val/0", "ceval/accountant/val/1"])
+    (tmp_path / "questions.jsonl").write_text(
+        first.to_json() + "\n" + second.to_json() + "\n", encoding="utf-8"
+    )
+    RunDir(tmp_path, resumed=True).merge_shards(
+        ["ceval/accountant/val/2", "ceval/accountant/val/0", "ceval/accountant/val/1"]
+    )
     assert not list(tmp_path.glob(SHARD_FILE.format(rank="*")))
-    assert list(RunDir(tmp_path, resumed=True).completed()) == ["ceval/accountant/val/2", "ceval/accountant/val/0", "ceval/accountant/val/1"]
+    assert list(RunDir(tmp_path, resumed=True).completed()) == [
+        "ceval/accountant/val/2",
+        "ceval/accountant/val/0",
+        "ceval/accountant/val/1",
+    ]
 
 
 def test_merging_shards_refuses_a_question_scored_twice_differently(tmp_path):

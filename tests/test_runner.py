@@ -1,4 +1,5 @@
 """End to end through the CLI on tiny real models and tiny official-layout data directories."""
+
 from __future__ import annotations
 
 import csv
@@ -31,10 +32,25 @@ def count_eval_rows(data_dir: Path, task: str) -> int:
     return total
 
 
-def eval_args(model_dir: Path, data_dir: Path, out: Path, *extra: str, tasks: tuple[str, ...] = TASKS) -> list[str]:
+def eval_args(
+    model_dir: Path, data_dir: Path, out: Path, *extra: str, tasks: tuple[str, ...] = TASKS
+) -> list[str]:
     subjects = ",".join(f"{t}/{s}" for t in tasks for s in subjects_in(data_dir, t))
-    return ["eval", "--model", str(model_dir), "--data-dir", str(data_dir), "--tasks", ",".join(tasks),
-            "--subjects", subjects, "--output-dir", str(out), "--no-progress", *extra]
+    return [
+        "eval",
+        "--model",
+        str(model_dir),
+        "--data-dir",
+        str(data_dir),
+        "--tasks",
+        ",".join(tasks),
+        "--subjects",
+        subjects,
+        "--output-dir",
+        str(out),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def run_dirs(out: Path) -> dict[str, Path]:
@@ -69,7 +85,10 @@ def test_eval_writes_every_question_and_a_complete_run_json(full_run, tiny_data_
         rows = questions(run_dir)
         assert len(rows) == count_eval_rows(tiny_data_dir, task)
         run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-        assert run["config_hash"] == json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config_hash"]
+        assert (
+            run["config_hash"]
+            == json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["config_hash"]
+        )
         assert run["scheme"]["name"] == "official"
         assert len(set(run["letter_ids"])) == 4 and len(run["letter_strings"]) == 4
         assert run["overall"]["n"] == len(rows)
@@ -91,9 +110,15 @@ def test_report_reprints_the_tables_from_saved_results(full_run, capsys):
     assert (full_run / "tables.csv").read_text(encoding="utf-8").strip()
 
 
-def test_results_do_not_depend_on_batch_size_engine_or_placement(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
+def test_results_do_not_depend_on_batch_size_engine_or_placement(
+    full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path
+):
     reference = {t: questions(d) for t, d in run_dirs(full_run).items()}
-    variants = {"small": ["--batch-tokens", "64"], "plain": ["--engine", "plain"], "mapped": ["--device-map", "auto"]}
+    variants = {
+        "small": ["--batch-tokens", "64"],
+        "plain": ["--engine", "plain"],
+        "mapped": ["--device-map", "auto"],
+    }
     for variant, extra in variants.items():
         out = tmp_path / variant
         assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, *extra)) == 0
@@ -105,7 +130,9 @@ def test_results_do_not_depend_on_batch_size_engine_or_placement(full_run, tiny_
                 assert row["logprobs"] == pytest.approx(reference[task][qid]["logprobs"], abs=1e-4)
 
 
-def test_rerun_after_a_kill_resumes_to_the_same_results(full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path):
+def test_rerun_after_a_kill_resumes_to_the_same_results(
+    full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path
+):
     """The on-disk state a kill -9 leaves (no run.json, a torn last line) resumes to identical results."""
     out = tmp_path / "killed"
     shutil.copytree(full_run, out)
@@ -138,7 +165,9 @@ def test_bpe_tokenizer_scores_in_context_space_letters(tiny_bpe_model_dir, tiny_
     assert run["bos"] is False
 
 
-def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(tiny_bpe_model_dir, tiny_data_dir, tmp_path):
+def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(
+    tiny_bpe_model_dir, tiny_data_dir, tmp_path
+):
     """lm-eval's left truncation to the model's length; prompt_hash fingerprints the ids really scored."""
     from transformers import AutoTokenizer
 
@@ -150,13 +179,21 @@ def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(tiny
     model_dir, limit = tmp_path / "short", 40
     shutil.copytree(tiny_bpe_model_dir, model_dir)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    (model_dir / "config.json").write_text(json.dumps({**config, "max_position_embeddings": limit}), encoding="utf-8")
+    (model_dir / "config.json").write_text(
+        json.dumps({**config, "max_position_embeddings": limit}), encoding="utf-8"
+    )
     for scheme in ("lm-eval", "official"):
-        assert main(eval_args(model_dir, tiny_data_dir, tmp_path / scheme, "--scheme", scheme, tasks=("mmlu",))) == 0
+        assert (
+            main(eval_args(model_dir, tiny_data_dir, tmp_path / scheme, "--scheme", scheme, tasks=("mmlu",)))
+            == 0
+        )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     task = get_task("mmlu")
-    texts = {p.question.id: p.text for d in load_task_data(task, tiny_data_dir, subjects=subjects_in(tiny_data_dir, "mmlu"))
-             for p in build_prompts(task.schemes["lm-eval"], d, lambda text: 0)}
+    texts = {
+        p.question.id: p.text
+        for d in load_task_data(task, tiny_data_dir, subjects=subjects_in(tiny_data_dir, "mmlu"))
+        for p in build_prompts(task.schemes["lm-eval"], d, lambda text: 0)
+    }
     truncated = questions(run_dirs(tmp_path / "lm-eval")["mmlu"])
     full = questions(run_dirs(tmp_path / "official")["mmlu"])
     assert truncated.keys() == texts.keys() == full.keys()
@@ -167,19 +204,25 @@ def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(tiny
         assert full[qid]["prompt_tokens"] > limit and full[qid]["prompt_hash"] != row["prompt_hash"]
 
 
-def test_sweep_runs_each_precision_on_every_task_and_prints_the_paired_table(tiny_spm_model_dir, tiny_data_dir,
-                                                                              tmp_path, capsys):
+def test_sweep_runs_each_precision_on_every_task_and_prints_the_paired_table(
+    tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys
+):
     args = eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, tasks=("mmlu", "ceval"))
     args[0] = "sweep"
     assert main([*args, "--precision", "fp32,int8,int4", "--quant-backend", "rtn"]) == 0
     printed = capsys.readouterr().out
     runs = [json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("*/run.json")]
     assert sorted((r["config"]["precision"], r["config"]["task"]) for r in runs) == sorted(
-        (p, t) for p in ("fp32", "int8", "int4") for t in ("mmlu", "ceval"))
+        (p, t) for p in ("fp32", "int8", "int4") for t in ("mmlu", "ceval")
+    )
     weights = {r["config"]["precision"]: r["model_info"]["weight_bytes"] for r in runs}
     assert weights["int4"] < weights["int8"] < weights["fp32"]
-    precision_table = printed[printed.index("## Precision"):].split("### Letter distributions", 1)[0]
-    rows = {line.split("|")[1].strip(): line for line in precision_table.splitlines() if line.startswith("| model ")}
+    precision_table = printed[printed.index("## Precision") :].split("### Letter distributions", 1)[0]
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in precision_table.splitlines()
+        if line.startswith("| model ")
+    }
     assert set(rows) == {"model fp32", "model int8/rtn", "model int4/rtn"}
     assert rows["model int4/rtn"].count("[") == 2 and "[" not in rows["model fp32"]  # Δ [CI] per benchmark
     assert "95% CI" in printed[: printed.index("## Precision")]  # the benchmark tables carry CIs too
@@ -199,7 +242,10 @@ def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_di
     from evalkit.types import token_ids_hash
     from tasks import get_task
 
-    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--precision", "int8", tasks=("mmlu",))) == 0
+    assert (
+        main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--precision", "int8", tasks=("mmlu",)))
+        == 0
+    )
     run_dir = run_dirs(tmp_path)["mmlu"]
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert run["engine"] == "isolated" and run["config"]["quant_backend"] == "bnb"
@@ -209,11 +255,15 @@ def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_di
     saved = questions(run_dir)
     for data in load_task_data(task, tiny_data_dir, subjects=subjects_in(tiny_data_dir, "mmlu")):
         prompts = build_prompts(scheme, data, count_tokens_fn(loaded.tokenizer, scheme.bos))
-        for prompt, ids in zip(prompts, encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)):
+        for prompt, ids in zip(
+            prompts, encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)
+        ):
             row = saved[prompt.question.id]
             assert row["prompt_hash"] == token_ids_hash(ids)
             with torch.inference_mode():
-                alone = torch.log_softmax(loaded.model(torch.tensor([ids])).logits[0, -1, letters].float(), -1)
+                alone = torch.log_softmax(
+                    loaded.model(torch.tensor([ids])).logits[0, -1, letters].float(), -1
+                )
             assert torch.allclose(torch.tensor(row["logprobs"]), alone, atol=1e-5), prompt.question.id
 
 
@@ -228,7 +278,9 @@ def test_limit_is_flagged_in_the_report(tiny_spm_model_dir, tiny_data_dir, tmp_p
 def test_ceval_test_split_writes_a_submission_and_no_accuracy(tiny_spm_model_dir, tiny_data_dir, tmp_path):
     if not (tiny_data_dir / "ceval" / "test").is_dir():
         pytest.skip("fixture wrote no C-Eval test split")
-    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--split", "test", tasks=("ceval",))) == 0
+    assert (
+        main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--split", "test", tasks=("ceval",))) == 0
+    )
     run_dir = run_dirs(tmp_path)["ceval"]
     submission = json.loads((run_dir / "submission.json").read_text(encoding="utf-8"))
     assert set(submission) == set(subjects_in(tiny_data_dir, "ceval"))
@@ -256,9 +308,30 @@ def test_unknown_task_and_subject_suggest_the_right_name(capsys):
 
 
 def test_bench_command_writes_table_json_and_plot(tiny_bpe_model_dir, tmp_path, capsys):
-    assert main(["bench", "--model", str(tiny_bpe_model_dir), "--precision", "fp32", "--new-tokens", "4",
-                 "--prompt-tokens", "8", "--repeats", "1", "--warmup", "0", "--threads", "1",
-                 "--output-dir", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                str(tiny_bpe_model_dir),
+                "--precision",
+                "fp32",
+                "--new-tokens",
+                "4",
+                "--prompt-tokens",
+                "8",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--threads",
+                "1",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     assert "tokens/s" in capsys.readouterr().out
     saved = json.loads(next(tmp_path.glob("*.json")).read_text(encoding="utf-8"))
     assert saved and list(tmp_path.glob("*.png"))
@@ -268,14 +341,39 @@ def test_bench_command_writes_table_json_and_plot(tiny_bpe_model_dir, tmp_path, 
 def test_smollm2_on_real_data_end_to_end(smollm_gguf, shared_data, tmp_path, capsys):
     """The real GGUF model on one real subject of each benchmark, through the CLI."""
     subjects = "ceval/law,mmlu/anatomy,cmmlu/agronomy"
-    assert main(["eval", "--model", str(smollm_gguf), "--data-dir", str(shared_data), "--subjects", subjects,
-                 "--limit", "3", "--output-dir", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(smollm_gguf),
+                "--data-dir",
+                str(shared_data),
+                "--subjects",
+                subjects,
+                "--limit",
+                "3",
+                "--output-dir",
+                str(tmp_path),
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "## C-Eval" in printed and "## MMLU" in printed and "## CMMLU" in printed
     dirs = run_dirs(tmp_path)
-    letters = {t: json.loads((d / "run.json").read_text(encoding="utf-8"))["letter_strings"] for t, d in dirs.items()}
-    assert letters == {"mmlu": ["ĠA", "ĠB", "ĠC", "ĠD"], "ceval": ["A", "B", "C", "D"], "cmmlu": ["A", "B", "C", "D"]}
-    for task, run_dir in dirs.items():
+    letters = {
+        t: json.loads((d / "run.json").read_text(encoding="utf-8"))["letter_strings"] for t, d in dirs.items()
+    }
+    assert letters == {
+        "mmlu": ["ĠA", "ĠB", "ĠC", "ĠD"],
+        "ceval": ["A", "B", "C", "D"],
+        "cmmlu": ["A", "B", "C", "D"],
+    }
+    for run_dir in dirs.values():
         run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         assert run["overall"]["n"] == 3 and run["limited"] is True
         assert run["model_info"]["weights_format"].startswith("gguf")
@@ -286,18 +384,44 @@ def test_smollm2_on_real_data_end_to_end(smollm_gguf, shared_data, tmp_path, cap
 def test_smollm2_sweep_fp32_int8_int4_on_real_data(smollm_gguf, shared_data, tmp_path, capsys):
     """The default backend (bitsandbytes) through `sweep`: one load per precision, a run per task."""
     subjects = "ceval/law,mmlu/anatomy,cmmlu/agronomy"
-    assert main(["sweep", "--model", str(smollm_gguf), "--data-dir", str(shared_data), "--subjects", subjects,
-                 "--limit", "2", "--precision", "fp32,int8,int4", "--output-dir", str(tmp_path), "--no-progress",
-                 "--threads", "1"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                str(smollm_gguf),
+                "--data-dir",
+                str(shared_data),
+                "--subjects",
+                subjects,
+                "--limit",
+                "2",
+                "--precision",
+                "fp32,int8,int4",
+                "--output-dir",
+                str(tmp_path),
+                "--no-progress",
+                "--threads",
+                "1",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     runs = [json.loads(p.read_text(encoding="utf-8")) for p in tmp_path.glob("*/run.json")]
     assert sorted((r["config"]["precision"], r["config"]["task"]) for r in runs) == sorted(
-        (p, t) for p in ("fp32", "int8", "int4") for t in TASKS)
+        (p, t) for p in ("fp32", "int8", "int4") for t in TASKS
+    )
     info = {r["config"]["precision"]: r["model_info"] for r in runs}
     assert info["int4"]["weight_bytes"] < info["int8"]["weight_bytes"] < info["fp32"]["weight_bytes"] / 2
     assert info["int8"]["quant_backend"] == info["int4"]["quant_backend"] == "bnb"
-    assert {r["engine"] for r in runs if r["config"]["precision"] == "int8"} == {"isolated"}  # LLM.int8: see above
-    rows = [line for line in printed[printed.index("## Precision"):].splitlines() if "SmolLM2" in line]
+    assert {r["engine"] for r in runs if r["config"]["precision"] == "int8"} == {
+        "isolated"
+    }  # LLM.int8: see above
+    rows = [line for line in printed[printed.index("## Precision") :].splitlines() if "SmolLM2" in line]
     assert [row.split("|")[1].split("⚠")[0].strip() for row in rows] == [
-        "SmolLM2-135M-Instruct.Q4_1 fp32", "SmolLM2-135M-Instruct.Q4_1 int8/bnb", "SmolLM2-135M-Instruct.Q4_1 int4/bnb"]
+        "SmolLM2-135M-Instruct.Q4_1 fp32",
+        "SmolLM2-135M-Instruct.Q4_1 int8/bnb",
+        "SmolLM2-135M-Instruct.Q4_1 int4/bnb",
+    ]
     assert all(row.count("[") == 3 for row in rows[1:])  # Δ [95% CI] for each of the three benchmarks

@@ -4,6 +4,7 @@ Tiny real llamas (fixtures in conftest) with real tokenizers; prompts are built 
 layouts (header + shots + question), with different shot counts and two subjects so that grouping,
 packing, padding and the fallbacks all run.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -26,12 +27,46 @@ from evalkit.scoring import Scorer
 from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
 from evalkit.types import EvalkitError, Scheme
 
-MMLU = Scheme(name="official", header="", example="", shot_answer=" {letter}\n\n", answer_cue="Answer:",
-              letter_rule="in_context", aggregation="micro")
-CEVAL = Scheme(name="official", header="", example="", shot_answer="{letter}\n\n", answer_cue="答案：",
-               letter_rule="in_context", aggregation="macro")
-WORDS = ["which", "of", "these", "is", "true", "false", "answer", "question", "model", "value", "number", "law",
-         "history", "physics", "the", "following", "about", "abstract", "algebra", "anatomy"]
+MMLU = Scheme(
+    name="official",
+    header="",
+    example="",
+    shot_answer=" {letter}\n\n",
+    answer_cue="Answer:",
+    letter_rule="in_context",
+    aggregation="micro",
+)
+CEVAL = Scheme(
+    name="official",
+    header="",
+    example="",
+    shot_answer="{letter}\n\n",
+    answer_cue="答案：",
+    letter_rule="in_context",
+    aggregation="macro",
+)
+WORDS = [
+    "which",
+    "of",
+    "these",
+    "is",
+    "true",
+    "false",
+    "answer",
+    "question",
+    "model",
+    "value",
+    "number",
+    "law",
+    "history",
+    "physics",
+    "the",
+    "following",
+    "about",
+    "abstract",
+    "algebra",
+    "anatomy",
+]
 
 
 def _row(rng: random.Random) -> tuple[str, list[str], str]:
@@ -49,8 +84,11 @@ def mmlu_prompts(subject: str, n: int, shots: int, seed: int) -> list[str]:
     """hendrycks layout: header (two spaces after "about"), `shots` dev shots, then the question."""
     rng = random.Random(seed)
     dev = [_row(rng) for _ in range(5)]
-    header = "The following are multiple choice questions (with answers) about" + \
-        "".join(" " + w for w in subject.split("_")) + ".\n\n"
+    header = (
+        "The following are multiple choice questions (with answers) about"
+        + "".join(" " + w for w in subject.split("_"))
+        + ".\n\n"
+    )
     body = "".join(_example(r, "Answer:") + f" {r[2]}\n\n" for r in dev[:shots])
     return [header + body + _example(_row(rng), "Answer:") for _ in range(n)]
 
@@ -59,14 +97,22 @@ def ceval_prompts(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     dev = [_row(rng) for _ in range(5)]
     body = "".join(_example(r, "答案：") + f"{r[2]}\n\n" for r in dev)
-    return ["以下是中国关于会计考试的单项选择题，请选出其中的正确答案。\n\n" + body + _example(_row(rng), "答案：")
-            for _ in range(n)]
+    return [
+        "以下是中国关于会计考试的单项选择题，请选出其中的正确答案。\n\n"
+        + body
+        + _example(_row(rng), "答案：")
+        for _ in range(n)
+    ]
 
 
 def mixed_prompts() -> list[str]:
     """Two subjects, one with some 3-shot prompts (as a length policy makes): three prefix groups."""
-    return (mmlu_prompts("abstract_algebra", 7, 5, seed=1) + mmlu_prompts("anatomy", 5, 5, seed=2)
-            + mmlu_prompts("abstract_algebra", 3, 3, seed=1)[:3] + ["Which is true?\nAnswer:"])
+    return (
+        mmlu_prompts("abstract_algebra", 7, 5, seed=1)
+        + mmlu_prompts("anatomy", 5, 5, seed=2)
+        + mmlu_prompts("abstract_algebra", 3, 3, seed=1)[:3]
+        + ["Which is true?\nAnswer:"]
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -80,14 +126,18 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def bpe(tiny_bpe_model_dir):
-    return (AutoTokenizer.from_pretrained(tiny_bpe_model_dir),
-            AutoModelForCausalLM.from_pretrained(tiny_bpe_model_dir).eval())
+    return (
+        AutoTokenizer.from_pretrained(tiny_bpe_model_dir),
+        AutoModelForCausalLM.from_pretrained(tiny_bpe_model_dir).eval(),
+    )
 
 
 @pytest.fixture(scope="module")
 def spm(tiny_spm_model_dir):
-    return (AutoTokenizer.from_pretrained(tiny_spm_model_dir),
-            AutoModelForCausalLM.from_pretrained(tiny_spm_model_dir).eval())
+    return (
+        AutoTokenizer.from_pretrained(tiny_spm_model_dir),
+        AutoModelForCausalLM.from_pretrained(tiny_spm_model_dir).eval(),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +152,9 @@ def mixed(bpe):
 def reference(model, seqs: list[list[int]], letters: tuple[int, ...]) -> list[torch.Tensor]:
     """The definition: one forward per full prompt, batch 1, full logits, fp32 log-softmax over 4 letters."""
     with torch.inference_mode():
-        return [torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(letters)].float(), -1) for s in seqs]
+        return [
+            torch.log_softmax(model(torch.tensor([s])).logits[0, -1, list(letters)].float(), -1) for s in seqs
+        ]
 
 
 def assert_matches(got: dict[int, tuple], ref: list[torch.Tensor], tol: float = 1e-4) -> None:
@@ -110,7 +162,9 @@ def assert_matches(got: dict[int, tuple], ref: list[torch.Tensor], tol: float = 
     for i, expected in enumerate(ref):
         values = torch.tensor(got[i])
         assert int(values.argmax()) == int(expected.argmax()), f"prediction of prompt {i} differs"
-        assert (values - expected).abs().max().item() <= tol, f"log-probs of prompt {i}: {values} vs {expected}"
+        assert (values - expected).abs().max().item() <= tol, (
+            f"log-probs of prompt {i}: {values} vs {expected}"
+        )
 
 
 def test_letter_tokens_on_both_tokenizers_and_rules(bpe, spm):
@@ -127,11 +181,17 @@ def test_letter_tokens_on_both_tokenizers_and_rules(bpe, spm):
 def test_letter_that_is_not_one_token_is_an_error(tmp_path):
     backend = Tokenizer(models.BPE())  # byte-level, trained without merges: " A" stays "Ġ" + "A"
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.train_from_iterator(["hello"], trainers.BpeTrainer(
-        vocab_size=100, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    backend.train_from_iterator(
+        ["hello"],
+        trainers.BpeTrainer(
+            vocab_size=100, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
     PreTrainedTokenizerFast(tokenizer_object=backend).save_pretrained(tmp_path / "nomerge")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "nomerge")
-    with pytest.raises(EvalkitError, match=r"nomerge: letter 'A' is not exactly one token after 'Answer:'.*'Ġ', 'A'\]"):
+    with pytest.raises(
+        EvalkitError, match=r"nomerge: letter 'A' is not exactly one token after 'Answer:'.*'Ġ', 'A'\]"
+    ):
         letter_tokens(tokenizer, "in_context", MMLU)
     with pytest.raises(EvalkitError, match="unknown letter rule"):
         letter_tokens(tokenizer, "context", MMLU)
@@ -148,12 +208,16 @@ def test_letters_sharing_an_id_are_an_error(tmp_path):
 
 def test_encoding_follows_the_bos_policy(spm, bpe):
     tokenizer = spm[0]
-    with_bos, without = encode_prompts(tokenizer, ["Answer: A"], "tokenizer_default")[0], \
-        encode_prompts(tokenizer, ["Answer: A"], "never")[0]
+    with_bos, without = (
+        encode_prompts(tokenizer, ["Answer: A"], "tokenizer_default")[0],
+        encode_prompts(tokenizer, ["Answer: A"], "never")[0],
+    )
     assert with_bos[0] == tokenizer.bos_token_id and with_bos[1:] == without
     assert count_tokens_fn(tokenizer, "tokenizer_default")("Answer: A") == len(with_bos)
     assert count_tokens_fn(tokenizer, "never")("Answer: A") == len(without)
-    assert encode_prompts(bpe[0], ["Answer: A"], "tokenizer_default") == encode_prompts(bpe[0], ["Answer: A"], "never")
+    assert encode_prompts(bpe[0], ["Answer: A"], "tokenizer_default") == encode_prompts(
+        bpe[0], ["Answer: A"], "never"
+    )
     with pytest.raises(EvalkitError, match="valid: tokenizer_default, never"):
         encode_prompts(tokenizer, ["x"], "always")
 
@@ -212,8 +276,9 @@ def test_results_do_not_depend_on_batch_size_and_resume_is_bit_identical(bpe, mi
     runs = {}
     for engine in ("prefix", "plain"):
         for budget in (1, 100_000):
-            runs[engine, budget] = dict(Scorer(model, letters, batch_tokens=budget, engine=engine,
-                                               progress=False).score(seqs))
+            runs[engine, budget] = dict(
+                Scorer(model, letters, batch_tokens=budget, engine=engine, progress=False).score(seqs)
+            )
     for got in runs.values():
         assert_matches(got, ref, tol=1e-5)
     full = runs["prefix", 100_000]
@@ -231,8 +296,11 @@ def test_plain_engine_and_auto_on_prompts_that_share_little(bpe, mixed):
     texts = []
     for _ in range(6):  # shots shuffled per question (Baichuan's C-Eval): only the header is shared
         rng.shuffle(dev)
-        texts.append("The following are multiple choice questions (with answers) about  law.\n\n" + "".join(dev)
-                     + _example(_row(rng), "Answer:"))
+        texts.append(
+            "The following are multiple choice questions (with answers) about  law.\n\n"
+            + "".join(dev)
+            + _example(_row(rng), "Answer:")
+        )
     seqs = encode_prompts(tokenizer, texts, "tokenizer_default")
     auto = Scorer(model, letters, engine="auto", progress=False)
     assert_matches(dict(auto.score(seqs)), reference(model, seqs, letters))
@@ -267,8 +335,15 @@ class TupleCacheLM(torch.nn.Module):
 
     def forward(self, input_ids, past_key_values=None, use_cache=None, attention_mask=None):
         rows = input_ids.shape[0]
-        cache = None if past_key_values is None else DynamicCache(
-            ddp_cache_data=[(k.unflatten(0, (rows, -1)), v.unflatten(0, (rows, -1))) for k, v in past_key_values])
+        cache = (
+            None
+            if past_key_values is None
+            else DynamicCache(
+                ddp_cache_data=[
+                    (k.unflatten(0, (rows, -1)), v.unflatten(0, (rows, -1))) for k, v in past_key_values
+                ]
+            )
+        )
         name = "cache" if "cache" in inspect.signature(self.inner.forward).parameters else "past_key_values"
         out = self.inner(input_ids=input_ids, use_cache=use_cache, **{name: cache})  # its current name
         returned = out.cache if "cache" in out.__dataclass_fields__ else out.past_key_values
@@ -281,7 +356,9 @@ class NoSuffixWithCacheLM(TupleCacheLM):
 
     def forward(self, input_ids, past_key_values=None, use_cache=None, attention_mask=None):
         if past_key_values is not None and input_ids.shape[1] > 1:
-            raise RuntimeError("The size of tensor a (7) must match the size of tensor b (107) at dimension 3")
+            raise RuntimeError(
+                "The size of tensor a (7) must match the size of tensor b (107) at dimension 3"
+            )
         return super().forward(input_ids, past_key_values, use_cache, attention_mask)
 
 
@@ -367,10 +444,15 @@ def test_engine_matches_plain_forwards_on_smollm_and_real_mmlu(smollm_gguf, shar
     for subject in ("astronomy", "college_biology"):
         rows = {}
         for split in ("dev", "test"):
-            with open(shared_data / "mmlu" / split / f"{subject}_{split}.csv", encoding="utf-8", newline="") as f:
+            with open(
+                shared_data / "mmlu" / split / f"{subject}_{split}.csv", encoding="utf-8", newline=""
+            ) as f:
                 rows[split] = list(csv.reader(f))
-        header = "The following are multiple choice questions (with answers) about" + \
-            "".join(" " + w for w in subject.split("_")) + ".\n\n"
+        header = (
+            "The following are multiple choice questions (with answers) about"
+            + "".join(" " + w for w in subject.split("_"))
+            + ".\n\n"
+        )
         shots = "".join(_example((r[0], r[1:5], r[5]), "Answer:") + f" {r[5]}\n\n" for r in rows["dev"][:5])
         prompts += [header + shots + _example((r[0], r[1:5], r[5]), "Answer:") for r in rows["test"][:5]]
     letters = letter_tokens(tokenizer, "in_context", MMLU)
@@ -391,8 +473,9 @@ def test_bf16_engine_reuses_the_prefix_within_bf16_rounding_on_real_cmmlu(smollm
     from tasks import get_task
 
     tokenizer = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name,
-                                                 dtype=torch.bfloat16).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm_gguf.parent, gguf_file=smollm_gguf.name, dtype=torch.bfloat16
+    ).eval()
     task = get_task("cmmlu")
     scheme = task.schemes["official"]
     data = next(iter(load_task_data(task, shared_data, subjects=("agronomy",), limit=10)))

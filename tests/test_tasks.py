@@ -1,4 +1,5 @@
 """tasks/: the registry, each benchmark's layout and subjects, and the schemes as data (PROTOCOL §1-2)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,18 +18,26 @@ from tasks.convert_categories import convert
 def test_registry_and_did_you_mean():
     assert sorted(TASKS) == ["ceval", "cmmlu", "mmlu"]
     assert get_task("cmmlu").title == "CMMLU"
-    with pytest.raises(EvalkitError,
-                       match=r"unknown task 'cevl'; did you mean ceval\? \(valid: ceval, cmmlu, mmlu\)"):
+    with pytest.raises(
+        EvalkitError, match=r"unknown task 'cevl'; did you mean ceval\? \(valid: ceval, cmmlu, mmlu\)"
+    ):
         get_task("cevl")
     with pytest.raises(EvalkitError, match=r"unknown task 'gsm8k' \(valid: ceval, cmmlu, mmlu\)"):
         get_task("gsm8k")
 
 
-@pytest.mark.parametrize("name, n_subjects, groups", [
-    ("mmlu", 57, {"STEM": 18, "Humanities": 13, "Social Sciences": 12, "Others": 14}),
-    ("ceval", 52, {"STEM": 20, "Social Sciences": 10, "Humanities": 11, "Others": 11, "Avg(Hard)": 8}),
-    ("cmmlu", 67, {"STEM": 17, "Humanities": 13, "Social Sciences": 22, "Others": 15, "China Specific": 15}),
-])
+@pytest.mark.parametrize(
+    "name, n_subjects, groups",
+    [
+        ("mmlu", 57, {"STEM": 18, "Humanities": 13, "Social Sciences": 12, "Others": 14}),
+        ("ceval", 52, {"STEM": 20, "Social Sciences": 10, "Humanities": 11, "Others": 11, "Avg(Hard)": 8}),
+        (
+            "cmmlu",
+            67,
+            {"STEM": 17, "Humanities": 13, "Social Sciences": 22, "Others": 15, "China Specific": 15},
+        ),
+    ],
+)
 def test_subjects_and_groups(name, n_subjects, groups):
     task = get_task(name)
     assert len(task.subjects) == n_subjects == len({s.name for s in task.subjects})
@@ -65,8 +74,11 @@ def test_splits_are_consistent_with_the_local_layout(name):
     assert task.shot_split in task.labeled_splits and set(task.labeled_splits) <= set(task.splits)
     assert set(task.hub_splits) == set(task.splits) and set(task.split_headers) <= set(task.splits)
     assert _fields(task.local_path) == {"split", "subject"}
-    paths = {task.local_path.format(split=split, subject=subject.name)
-             for split in task.splits for subject in task.subjects}
+    paths = {
+        task.local_path.format(split=split, subject=subject.name)
+        for split in task.splits
+        for subject in task.subjects
+    }
     assert len(paths) == len(task.splits) * len(task.subjects)  # one file per split and subject
     for split in task.splits:  # the split is a folder (where `list --data-dir` counts its rows)
         assert task.local_path.format(split=split, subject="x").startswith(f"{split}/")
@@ -81,8 +93,11 @@ TEMPLATES = ("header", "example", "shot_answer", "header_joiner", "shot_joiner",
 def test_schemes_are_consistent_data(name):
     task = get_task(name)
     assert list(task.schemes) == list(get_task("mmlu").schemes)  # every task offers the same schemes
-    literal_fields = {f.name: get_args(hint) for f in dataclasses.fields(Scheme)
-                      if get_origin(hint := get_type_hints(Scheme)[f.name]) is Literal}
+    literal_fields = {
+        f.name: get_args(hint)
+        for f in dataclasses.fields(Scheme)
+        if get_origin(hint := get_type_hints(Scheme)[f.name]) is Literal
+    }
     for key, scheme in task.schemes.items():
         assert scheme.name == key and scheme.source
         for template in TEMPLATES:  # every template uses only the documented fields
@@ -99,8 +114,11 @@ def test_schemes_are_consistent_data(name):
             assert named in header
     official, baichuan, lm_eval = (task.schemes[k] for k in ("official", "baichuan", "lm-eval"))
     # what decides the scores beyond the prompt bytes (PROTOCOL §2): letter ids, BOS, the averaging
-    assert (official.letter_rule, baichuan.letter_rule, lm_eval.letter_rule) == ("in_context", "standalone",
-                                                                                 "in_context")
+    assert (official.letter_rule, baichuan.letter_rule, lm_eval.letter_rule) == (
+        "in_context",
+        "standalone",
+        "in_context",
+    )
     assert baichuan.aggregation == official.aggregation  # Baichuan's scripts average as the benchmark does
     assert (lm_eval.aggregation, lm_eval.bos, lm_eval.length_policy) == ("micro", "never", "left_truncate")
     assert official.bos == "tokenizer_default"

@@ -4,6 +4,7 @@ evalkit.machine.environment, shared with run.json).
 
 Nothing here loads or runs a model (the figures' definitions are in evalkit.bench.run).
 """
+
 from __future__ import annotations
 
 import re

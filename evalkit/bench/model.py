@@ -3,6 +3,7 @@ N new tokens (eager, or a static cache compiled by transformers), and the bytes 
 
 The timers and the figures' definitions are in evalkit.bench.run.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,15 +45,24 @@ def generation_kwargs(mode: str, max_cache_len: int, device: str, compile_backen
     return {"cache_implementation": "static", "max_cache_len": max_cache_len, "compile_config": config}
 
 
-def generate_exactly(loaded: LoadedModel, input_ids: torch.Tensor, new_tokens: int,
-                     **kwargs: Any) -> torch.Tensor:
+def generate_exactly(
+    loaded: LoadedModel, input_ids: torch.Tensor, new_tokens: int, **kwargs: Any
+) -> torch.Tensor:
     """Greedy `generate` that must return exactly `new_tokens` per row: min = max new tokens masks EOS."""
     tok = loaded.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(_eos_ids(loaded)), 0)
     with torch.inference_mode():
-        return loaded.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                     do_sample=False, num_beams=1, min_new_tokens=new_tokens,
-                                     max_new_tokens=new_tokens, pad_token_id=pad, use_cache=True, **kwargs)
+        return loaded.model.generate(
+            input_ids=input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            num_beams=1,
+            min_new_tokens=new_tokens,
+            max_new_tokens=new_tokens,
+            pad_token_id=pad,
+            use_cache=True,
+            **kwargs,
+        )
 
 
 def check_exact(loaded: LoadedModel, output: torch.Tensor, prompt_tokens: int, new_tokens: int) -> None:
@@ -60,8 +70,10 @@ def check_exact(loaded: LoadedModel, output: torch.Tensor, prompt_tokens: int, n
     made = output[:, prompt_tokens:]
     eos = sorted(_eos_ids(loaded))
     if made.shape[1] != new_tokens or (eos and torch.isin(made, torch.tensor(eos, device=made.device)).any()):
-        raise EvalkitError(f"{loaded.source.label}: generate made {made.shape[1]} tokens (EOS ids {eos}) "
-                           f"where exactly {new_tokens} were forced; throughput would be wrong")
+        raise EvalkitError(
+            f"{loaded.source.label}: generate made {made.shape[1]} tokens (EOS ids {eos}) "
+            f"where exactly {new_tokens} were forced; throughput would be wrong"
+        )
 
 
 def _tensor_bytes(obj: Any) -> int:

@@ -1,4 +1,5 @@
 """Presenting a throughput report: the markdown table, the bar plot, and the JSON/markdown/PNG files."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,17 +11,44 @@ from evalkit.types import RunConfig
 
 OUTPUT_DIR = f"{RunConfig.output_dir}/bench"  # bench --output-dir: beside the evaluation runs
 
-HEADERS = ("Model", "Precision", "Batch", "tokens/s", "spread %", "TTFT ms", "prefill tok/s", "decode tok/s",
-           "GB/s", "bound tok/s", "achieved", "peak MiB", "weights MiB", "threads", "others busy")
+HEADERS = (
+    "Model",
+    "Precision",
+    "Batch",
+    "tokens/s",
+    "spread %",
+    "TTFT ms",
+    "prefill tok/s",
+    "decode tok/s",
+    "GB/s",
+    "bound tok/s",
+    "achieved",
+    "peak MiB",
+    "weights MiB",
+    "threads",
+    "others busy",
+)
 
 
 def _table_row(r: BenchRow) -> list:
     peak = r.peak_cuda_bytes if r.peak_cuda_bytes is not None else r.peak_rss_bytes
-    return [r.model, r.precision_label, r.batch_size, f"{r.e2e_tok_s.median:.2f}",
-            f"{r.e2e_tok_s.spread_pct:.1f}", f"{1000 * r.ttft_s.median:.1f}", f"{r.prefill_tok_s.median:.1f}",
-            f"{r.decode_tok_s.median:.2f}" if r.decode_tok_s else "n/a", f"{r.bandwidth.gb_s:.1f}",
-            f"{r.bound_tok_s:.2f}", f"{r.achieved_fraction:.2f}" if r.decode_tok_s else "n/a",
-            f"{peak / MIB:.1f}", f"{r.weight_bytes / MIB:.1f}", r.threads, f"{r.load.other_cores_busy:.1f}"]
+    return [
+        r.model,
+        r.precision_label,
+        r.batch_size,
+        f"{r.e2e_tok_s.median:.2f}",
+        f"{r.e2e_tok_s.spread_pct:.1f}",
+        f"{1000 * r.ttft_s.median:.1f}",
+        f"{r.prefill_tok_s.median:.1f}",
+        f"{r.decode_tok_s.median:.2f}" if r.decode_tok_s else "n/a",
+        f"{r.bandwidth.gb_s:.1f}",
+        f"{r.bound_tok_s:.2f}",
+        f"{r.achieved_fraction:.2f}" if r.decode_tok_s else "n/a",
+        f"{peak / MIB:.1f}",
+        f"{r.weight_bytes / MIB:.1f}",
+        r.threads,
+        f"{r.load.other_cores_busy:.1f}",
+    ]
 
 
 def format_table(report: BenchReport) -> str:
@@ -36,15 +64,25 @@ def format_table(report: BenchReport) -> str:
         table.append(_table_row(r) + ([f"{r.e2e_tok_s.median / base:.2f}"] if len(models) > 1 else []))
     headers = list(HEADERS) + ([f"× {models[0]}"] if len(models) > 1 else [])
     on_cuda = (env.device or "").startswith("cuda")
-    title = (f"Throughput ({report.mode}) on {env.device_name}: {s['new_tokens']} new tokens after "
-             f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
-             f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
-             f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "
-             f"Peak: {'CUDA max allocated' if on_cuda else 'process peak RSS'} over the timed repeats.")
-    notes = [f"- {r.model} {r.precision_label} batch {r.batch_size}: {note}"
-             for r in report.rows for note in r.notes]
-    body = tabulate(table, headers, tablefmt="github", disable_numparse=True,
-                    colalign=("left", "left") + ("right",) * (len(headers) - 2))
+    title = (
+        f"Throughput ({report.mode}) on {env.device_name}: {s['new_tokens']} new tokens after "
+        f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
+        f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
+        f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "
+        f"Peak: {'CUDA max allocated' if on_cuda else 'process peak RSS'} over the timed repeats."
+    )
+    notes = [
+        f"- {r.model} {r.precision_label} batch {r.batch_size}: {note}"
+        for r in report.rows
+        for note in r.notes
+    ]
+    body = tabulate(
+        table,
+        headers,
+        tablefmt="github",
+        disable_numparse=True,
+        colalign=("left", "left") + ("right",) * (len(headers) - 2),
+    )
     return "\n\n".join([title, body] + (["\n".join(notes)] if notes else []))
 
 
@@ -61,12 +99,21 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     for ax, attr, label in panels:
         for k, (model, batch) in enumerate(series):
             # no bar where decode is unresolved
-            rows = {r.precision_label: getattr(r, attr) for r in report.rows
-                    if (r.model, r.batch_size) == (model, batch) and getattr(r, attr) is not None}
+            rows = {
+                r.precision_label: getattr(r, attr)
+                for r in report.rows
+                if (r.model, r.batch_size) == (model, batch) and getattr(r, attr) is not None
+            }
             xs = [i + k * width for i, p in enumerate(precisions) if p in rows]
             stats = [rows[p] for p in precisions if p in rows]
-            ax.bar(xs, [s.median for s in stats], width, label=f"{model} b{batch}",
-                   yerr=[[s.median - s.min for s in stats], [s.max - s.median for s in stats]], capsize=3)
+            ax.bar(
+                xs,
+                [s.median for s in stats],
+                width,
+                label=f"{model} b{batch}",
+                yerr=[[s.median - s.min for s in stats], [s.max - s.median for s in stats]],
+                capsize=3,
+            )
         ax.set_xticks([i + width * (len(series) - 1) / 2 for i in range(len(precisions))], precisions)
         ax.set_title(f"{label} tokens/s ({report.mode})")
         ax.set_ylabel("tokens/s")

@@ -20,6 +20,7 @@ This module owns the settings, the records and the timed run; the machine side (
 probe, load) is evalkit.bench.machine, the model side (exact-length generate, bytes per decode step)
 evalkit.bench.model, and tables, plot and files evalkit.bench.report.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,13 +115,18 @@ class BenchSettings:
         if self.mode not in MODES:
             raise unknown("bench mode", self.mode, MODES)
         compiled = self.mode == "compiled"
-        least = {"new_tokens": (2, " (decode tok/s is (N − 1) / (T_N − T_1))"), "prompt_tokens": (1, ""),
-                 "repeats": (1, ""), "threads": (1, ""),
-                 "warmup": (int(compiled), " in compiled mode (compilation happens in the first generate)")}
+        least = {
+            "new_tokens": (2, " (decode tok/s is (N − 1) / (T_N − T_1))"),
+            "prompt_tokens": (1, ""),
+            "repeats": (1, ""),
+            "threads": (1, ""),
+            "warmup": (int(compiled), " in compiled mode (compilation happens in the first generate)"),
+        }
         for name, (low, why) in least.items():
             if getattr(self, name) is not None and getattr(self, name) < low:
-                raise EvalkitError(f"bench {name.replace('_', '-')} must be ≥ {low}{why}, "
-                                   f"got {getattr(self, name)}")
+                raise EvalkitError(
+                    f"bench {name.replace('_', '-')} must be ≥ {low}{why}, got {getattr(self, name)}"
+                )
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             raise EvalkitError(f"bench batch sizes must be ≥ 1, got {list(self.batch_sizes)}")
 
@@ -187,8 +193,10 @@ def _warm_up(call: Callable[[int], float], settings: BenchSettings, device: str)
             call(1)
             call(settings.new_tokens)
     except torch._dynamo.exc.BackendCompilerFailed as exc:
-        raise EvalkitError(f"torch.compile ({settings.compile_backend}) failed on {device}: "
-                           f"{str(exc).splitlines()[0]}; use --mode eager") from exc
+        raise EvalkitError(
+            f"torch.compile ({settings.compile_backend}) failed on {device}: "
+            f"{str(exc).splitlines()[0]}; use --mode eager"
+        ) from exc
     return time.perf_counter() - started
 
 
@@ -196,30 +204,42 @@ def _notes(row: BenchRow, settings: BenchSettings) -> tuple[str, ...]:
     """What a reader must know to trust (or not) the row's figures."""
     notes = []
     if row.decode_tok_s is None:
-        notes.append(f"no repeat's {row.new_tokens}-token generate outlasted its 1-token one: timer noise "
-                     f"swamps decode at this length, so decode tok/s is not given; use more --new-tokens")
+        notes.append(
+            f"no repeat's {row.new_tokens}-token generate outlasted its 1-token one: timer noise "
+            f"swamps decode at this length, so decode tok/s is not given; use more --new-tokens"
+        )
     elif len(row.decode_tok_s.values) < settings.repeats:
-        notes.append(f"decode tok/s over {len(row.decode_tok_s.values)} of {settings.repeats} repeats: "
-                     f"in the others timer noise swamped decode")
+        notes.append(
+            f"decode tok/s over {len(row.decode_tok_s.values)} of {settings.repeats} repeats: "
+            f"in the others timer noise swamped decode"
+        )
     beats_bound = row.achieved_fraction is not None and row.achieved_fraction > 1
     if beats_bound and row.cache_resident:
-        notes.append(f"decode beats the bandwidth bound: the {row.bytes_per_step / MIB:.2f} MiB read per "
-                     f"step fit in the last-level cache, so they are not re-read from memory; "
-                     f"the bound does not apply")
+        notes.append(
+            f"decode beats the bandwidth bound: the {row.bytes_per_step / MIB:.2f} MiB read per "
+            f"step fit in the last-level cache, so they are not re-read from memory; "
+            f"the bound does not apply"
+        )
     elif beats_bound:
-        notes.append("decode beats the bandwidth bound: caches serve part of each step, or the copy probe "
-                     "undercounts memory traffic (write-allocate); read the bound as approximate")
+        notes.append(
+            "decode beats the bandwidth bound: caches serve part of each step, or the copy probe "
+            "undercounts memory traffic (write-allocate); read the bound as approximate"
+        )
     if settings.mode == "compiled" and not row.compiled:
-        notes.append("torch.compile did not engage (transformers declined, e.g. a quantizer that cannot "
-                     "compile): figures are static-cache eager")
+        notes.append(
+            "torch.compile did not engage (transformers declined, e.g. a quantizer that cannot "
+            "compile): figures are static-cache eager"
+        )
     if row.compiled:
         notes.append(f"compilation + warmup took {row.warmup_s:.1f} s (excluded from the figures)")
     if settings.repeats < 3:
-        notes.append(f"only {settings.repeats} timed repeat(s): "
-                     "medians of fewer than 3 do not resist outliers")
+        notes.append(
+            f"only {settings.repeats} timed repeat(s): medians of fewer than 3 do not resist outliers"
+        )
     if row.load.other_cores_busy >= 0.5:
-        notes.append(f"other processes kept {row.load.other_cores_busy:.1f} cores busy "
-                     "during the timed repeats")
+        notes.append(
+            f"other processes kept {row.load.other_cores_busy:.1f} cores busy during the timed repeats"
+        )
     return tuple(notes)
 
 
@@ -241,8 +261,9 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) 
         pairs = [(call(1), call(N)) for _ in range(settings.repeats)]
         load = meter.stop()
     after = probe_bandwidth(device, settings.probe_bytes)
-    bandwidth = dataclasses.replace(before, gb_s=max(before.gb_s, after.gb_s),
-                                    values_gb_s=before.values_gb_s + after.values_gb_s)
+    bandwidth = dataclasses.replace(
+        before, gb_s=max(before.gb_s, after.gb_s), values_gb_s=before.values_gb_s + after.values_gb_s
+    )
     kv = kv_bytes_per_token(loaded, inputs)
     # a dynamic cache holds P..P+N−1 positions over the decode (mean P + N/2); attention over a static
     # cache reads all P + N slots at every step
@@ -253,21 +274,38 @@ def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) 
     resolved = [B * (N - 1) / (total - first) for first, total in pairs if total > first]
     decode_tok_s = Stat.of(resolved) if resolved else None
     row = BenchRow(
-        model=loaded.source.label, precision=loaded.info.precision,
+        model=loaded.source.label,
+        precision=loaded.info.precision,
         quant_backend=loaded.info.quant_backend,
-        mode=settings.mode, compiled=settings.mode == "compiled" and hasattr(loaded.model, "_compiled_call"),
-        batch_size=B, prompt_tokens=P, new_tokens=N, generate_s=Stat.of([t for _, t in pairs]),
-        ttft_s=Stat.of([f for f, _ in pairs]), decode_s=Stat.of([t - f for f, t in pairs]),
+        mode=settings.mode,
+        compiled=settings.mode == "compiled" and hasattr(loaded.model, "_compiled_call"),
+        batch_size=B,
+        prompt_tokens=P,
+        new_tokens=N,
+        generate_s=Stat.of([t for _, t in pairs]),
+        ttft_s=Stat.of([f for f, _ in pairs]),
+        decode_s=Stat.of([t - f for f, t in pairs]),
         e2e_tok_s=Stat.of([B * N / t for _, t in pairs]),
         prefill_tok_s=Stat.of([B * P / f for f, _ in pairs]),
-        decode_tok_s=decode_tok_s, weight_bytes=loaded.info.weight_bytes,
-        weight_read_bytes=read, kv_bytes_per_token=kv, bandwidth=bandwidth, bytes_per_step=step_bytes,
-        bound_tok_s=bound, achieved_fraction=decode_tok_s.median / bound if decode_tok_s else None,
+        decode_tok_s=decode_tok_s,
+        weight_bytes=loaded.info.weight_bytes,
+        weight_read_bytes=read,
+        kv_bytes_per_token=kv,
+        bandwidth=bandwidth,
+        bytes_per_step=step_bytes,
+        bound_tok_s=bound,
+        achieved_fraction=decode_tok_s.median / bound if decode_tok_s else None,
         cache_resident=None if bandwidth.llc_bytes is None else step_bytes <= bandwidth.llc_bytes,
-        peak_rss_bytes=peak.rss_bytes, peak_rss_scope=peak.rss_scope, peak_cuda_bytes=peak.cuda_bytes,
-        threads=torch.get_num_threads(), load=load, warmup_s=warmup_s, device=device,
+        peak_rss_bytes=peak.rss_bytes,
+        peak_rss_scope=peak.rss_scope,
+        peak_cuda_bytes=peak.cuda_bytes,
+        threads=torch.get_num_threads(),
+        load=load,
+        warmup_s=warmup_s,
+        device=device,
         dtype=loaded.info.dtype,
-        model_info=loaded.info)
+        model_info=loaded.info,
+    )
     return dataclasses.replace(row, notes=_notes(row, settings))
 
 
@@ -277,15 +315,23 @@ def _bench_variant(model: str, precision: str, settings: BenchSettings, device: 
     rows = [bench_loaded(loaded, batch, settings) for batch in settings.batch_sizes]
     for row in rows:
         decode = f"{row.decode_tok_s.median:.2f}" if row.decode_tok_s else "n/a"
-        log.info("%s %s batch %d (%s): %.2f tok/s end-to-end, %s decode", row.model, row.precision_label,
-                 row.batch_size, row.mode, row.e2e_tok_s.median, decode)
+        log.info(
+            "%s %s batch %d (%s): %.2f tok/s end-to-end, %s decode",
+            row.model,
+            row.precision_label,
+            row.batch_size,
+            row.mode,
+            row.e2e_tok_s.median,
+            decode,
+        )
     del loaded
     free_memory()
     return rows
 
 
-def run_bench(models: list[str], precisions: list[str],
-              settings: BenchSettings = BenchSettings()) -> BenchReport:
+def run_bench(
+    models: list[str], precisions: list[str], settings: BenchSettings = BenchSettings()
+) -> BenchReport:
     """Benchmark every model × precision × batch size on one device in one mode (modes never mix)."""
     if not models or not precisions:
         raise EvalkitError(f"bench needs at least one model and one precision, got {models} and {precisions}")
@@ -303,9 +349,18 @@ def run_bench(models: list[str], precisions: list[str],
     if settings.threads is not None:
         torch.set_num_threads(settings.threads)
     try:
-        rows = [dataclasses.replace(row, model=labels[model]) for model in models for precision in precisions
-                for row in _bench_variant(model, precision, settings, device)]
+        rows = [
+            dataclasses.replace(row, model=labels[model])
+            for model in models
+            for precision in precisions
+            for row in _bench_variant(model, precision, settings, device)
+        ]
     finally:
         torch.set_num_threads(previous)
-    return BenchReport(datetime.now(timezone.utc).isoformat(timespec="seconds"), settings.mode,
-                       dataclasses.asdict(settings), environment(device), tuple(rows))
+    return BenchReport(
+        datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        settings.mode,
+        dataclasses.asdict(settings),
+        environment(device),
+        tuple(rows),
+    )

@@ -5,6 +5,7 @@ divergence of B from A beside it, a power note (the smallest drop the flips let 
 detect) and every gate's verdict. Then per benchmark its Average and categories, the subjects where
 something changed (every subject when asked), and the first questions that flipped.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -15,42 +16,63 @@ from evalkit.compare import BenchmarkComparison, Comparison, Delta, Gate
 from evalkit.divergence import divergence_columns
 from evalkit.report.tables import markdown_table
 
-DIVERGENCE_HEADING = ("Letter distributions of B against A: KL(P_A ‖ P_B) over the four letters in nats "
-                      "(mean, 95th/99th percentile), agreement = questions whose top letter is the same, "
-                      "abs Δp(gold) = mean absolute change of the gold letter's probability; [paired "
-                      "bootstrap 95% CI]\n")
+DIVERGENCE_HEADING = (
+    "Letter distributions of B against A: KL(P_A ‖ P_B) over the four letters in nats "
+    "(mean, 95th/99th percentile), agreement = questions whose top letter is the same, "
+    "abs Δp(gold) = mean absolute change of the gold letter's probability; [paired "
+    "bootstrap 95% CI]\n"
+)
 
 
 def _rows(deltas: Mapping[str, Delta]) -> pd.DataFrame:
-    return pd.DataFrame.from_dict({name: {
-        "A": f"{100 * d.a.accuracy:.1f}", "B": f"{100 * d.b.accuracy:.1f}", "Δ": f"{100 * d.delta:+.1f}",
-        "95% CI": f"{100 * d.ci.low:+.1f} … {100 * d.ci.high:+.1f}", "n": d.a.n,
-        "right→wrong": d.right_to_wrong, "wrong→right": d.wrong_to_right, "McNemar p": f"{d.p_value:.3g}",
-    } for name, d in deltas.items()}, orient="index")
+    return pd.DataFrame.from_dict(
+        {
+            name: {
+                "A": f"{100 * d.a.accuracy:.1f}",
+                "B": f"{100 * d.b.accuracy:.1f}",
+                "Δ": f"{100 * d.delta:+.1f}",
+                "95% CI": f"{100 * d.ci.low:+.1f} … {100 * d.ci.high:+.1f}",
+                "n": d.a.n,
+                "right→wrong": d.right_to_wrong,
+                "wrong→right": d.wrong_to_right,
+                "McNemar p": f"{d.p_value:.3g}",
+            }
+            for name, d in deltas.items()
+        },
+        orient="index",
+    )
 
 
 def _divergence_rows(deltas: Mapping[str, Delta]) -> pd.DataFrame:
-    return pd.DataFrame.from_dict({name: divergence_columns(d.divergence) for name, d in deltas.items()},
-                                  orient="index")
+    return pd.DataFrame.from_dict(
+        {name: divergence_columns(d.divergence) for name, d in deltas.items()}, orient="index"
+    )
 
 
 def _power(c: BenchmarkComparison) -> str:
     """What a pass can mean: the smallest drop the paired discordance lets McNemar's test detect."""
     d = c.overall
     flipped = d.right_to_wrong + d.wrong_to_right
-    head = (f"- Power ({c.title}): {d.a.n} questions, {flipped} discordant (right in one run only, "
-            f"{100 * flipped / d.a.n:.1f}%): ")
+    head = (
+        f"- Power ({c.title}): {d.a.n} questions, {flipped} discordant (right in one run only, "
+        f"{100 * flipped / d.a.n:.1f}%): "
+    )
     if d.detectable_drop is None:
         return head + "too few flips for McNemar's exact test to detect any drop at 95% (6 one way at least)"
-    return (head + f"the smallest drop McNemar's exact test detects at 95% is {100 * d.detectable_drop:.1f} "
-            "points; a smaller one cannot be told from chance")
+    return (
+        head + f"the smallest drop McNemar's exact test detects at 95% is {100 * d.detectable_drop:.1f} "
+        "points; a smaller one cannot be told from chance"
+    )
 
 
 def _gate_line(gate: Gate) -> str:
     shown = {"points": ".1f", "nats": ".3g", "fraction": ".3f"}[gate.unit]
     unit = "" if gate.unit == "fraction" else f" {gate.unit}"
-    verdict = "pass" if not gate.failed else "FAIL: " + ", ".join(
-        f"{name} ({value:{shown}})" for name, value in gate.failed.items())
+    verdict = (
+        "pass"
+        if not gate.failed
+        else "FAIL: " + ", ".join(f"{name} ({value:{shown}})" for name, value in gate.failed.items())
+    )
     return f"Gate ({gate.name} {gate.threshold:g}{unit}): {verdict}"
 
 
@@ -71,11 +93,16 @@ def _summary(comparison: Comparison) -> list[str]:
     parts += [DIVERGENCE_HEADING, markdown_table(_divergence_rows(overall).rename_axis("benchmark"))]
     parts += [_power(c) for c in comparison.benchmarks.values()]
     if comparison.max_drop is not None:
-        loose = [f"{c.title} ({100 * c.overall.detectable_drop:.1f})" for c in comparison.benchmarks.values()
-                 if c.overall.detectable_drop and 100 * c.overall.detectable_drop > comparison.max_drop]
+        loose = [
+            f"{c.title} ({100 * c.overall.detectable_drop:.1f})"
+            for c in comparison.benchmarks.values()
+            if c.overall.detectable_drop and 100 * c.overall.detectable_drop > comparison.max_drop
+        ]
         if loose:
-            parts.append(f"- ⚠ max drop {comparison.max_drop:g} points is below what these questions can "
-                         f"detect on {', '.join(loose)}: a pass of that gate means little")
+            parts.append(
+                f"- ⚠ max drop {comparison.max_drop:g} points is below what these questions can "
+                f"detect on {', '.join(loose)}: a pass of that gate means little"
+            )
     parts.append("")
     if comparison.gates:
         parts += [_gate_line(gate) for gate in comparison.gates]
@@ -91,8 +118,10 @@ def _subject_rows(c: BenchmarkComparison, all_subjects: bool) -> list[str]:
         parts += [markdown_table(_divergence_rows(shown).rename_axis("subject"))]
     if len(shown) < len(c.subjects):
         hidden = len(c.subjects) - len(shown)
-        parts.append(f"Not listed: {hidden} of {len(c.subjects)} subjects, unchanged (same accuracy, no "
-                     "question flipped, the same top letters); --all-subjects lists every subject\n")
+        parts.append(
+            f"Not listed: {hidden} of {len(c.subjects)} subjects, unchanged (same accuracy, no "
+            "question flipped, the same top letters); --all-subjects lists every subject\n"
+        )
     return parts
 
 
@@ -103,8 +132,9 @@ def to_markdown(comparison: Comparison, max_flips: int = 20, all_subjects: bool 
     for c in comparison.benchmarks.values():
         parts.append(f"## {c.title}: B = {c.label_b} vs A = {c.label_a} (accuracy points, {c.aggregation})\n")
         if c.only_a or c.only_b:
-            parts.append(f"⚠ subset comparison: {c.only_a} questions only in A and {c.only_b} only in B "
-                         "left out\n")
+            parts.append(
+                f"⚠ subset comparison: {c.only_a} questions only in A and {c.only_b} only in B left out\n"
+            )
         parts.append(markdown_table(_rows({"Average": c.overall, **c.groups}).rename_axis("group")))
         averages = {"Average": c.overall, **c.groups}
         parts.append(markdown_table(_divergence_rows(averages).rename_axis("group")))

@@ -1,4 +1,5 @@
 """The report tables as CSV: every figure of every table on its own line, published rows after them."""
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,24 @@ from evalkit.published import PublishedRow
 from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
 from evalkit.results import short_model_name
 
-CSV_COLUMNS = ["benchmark", "run", "source", "model", "precision", "scheme", "shots", "limit", "group",
-               "accuracy", "n", "subjects", "ci95_low", "ci95_high", "published", "published_row"]
+CSV_COLUMNS = [
+    "benchmark",
+    "run",
+    "source",
+    "model",
+    "precision",
+    "scheme",
+    "shots",
+    "limit",
+    "group",
+    "accuracy",
+    "n",
+    "subjects",
+    "ci95_low",
+    "ci95_high",
+    "published",
+    "published_row",
+]
 
 
 def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
@@ -25,23 +42,49 @@ def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
                 continue
             ci = intervals.get(group)
             published = table.published.at[reference, group] if reference else math.nan
-            rows.append({"benchmark": name, "run": label, "source": "measured",
-                         "model": short_model_name(config.model),
-                         "precision": config.precision, "scheme": config.scheme, "shots": config.shots,
-                         "limit": config.limit, "group": group, "accuracy": table.scores.at[label, group],
-                         "n": table.questions.at[label, group], "subjects": table.subjects.at[label, group],
-                         "ci95_low": 100 * ci.low if ci else None, "ci95_high": 100 * ci.high if ci else None,
-                         "published": None if math.isnan(published) else published,
-                         "published_row": reference if reference and not math.isnan(published) else None})
+            rows.append(
+                {
+                    "benchmark": name,
+                    "run": label,
+                    "source": "measured",
+                    "model": short_model_name(config.model),
+                    "precision": config.precision,
+                    "scheme": config.scheme,
+                    "shots": config.shots,
+                    "limit": config.limit,
+                    "group": group,
+                    "accuracy": table.scores.at[label, group],
+                    "n": table.questions.at[label, group],
+                    "subjects": table.subjects.at[label, group],
+                    "ci95_low": 100 * ci.low if ci else None,
+                    "ci95_high": 100 * ci.high if ci else None,
+                    "published": None if math.isnan(published) else published,
+                    "published_row": reference if reference and not math.isnan(published) else None,
+                }
+            )
     for label, row in table.published_rows.items():
-        rows += [{"benchmark": name, "run": label, "source": "; ".join(row.sources), "model": row.model,
-                  "precision": row.precision, "scheme": row.scheme, "group": group, "accuracy": value}
-                 for group, value in row.scores.items()]
+        rows += [
+            {
+                "benchmark": name,
+                "run": label,
+                "source": "; ".join(row.sources),
+                "model": row.model,
+                "precision": row.precision,
+                "scheme": row.scheme,
+                "group": group,
+                "accuracy": value,
+            }
+            for group, value in row.scores.items()
+        ]
     return rows
 
 
-def write_csv(runs: Sequence[ReportRun | tuple], path: str | Path, published: Sequence[PublishedRow] = (),
-              extra: Sequence[str] = ()) -> Path:
+def write_csv(
+    runs: Sequence[ReportRun | tuple],
+    path: str | Path,
+    published: Sequence[PublishedRow] = (),
+    extra: Sequence[str] = (),
+) -> Path:
     """Every figure of every table, one per line (benchmark, run, group): accuracy x100 unrounded, n, CI,
     and the published figure a run is compared with; published rows follow with their source."""
     rows = []

@@ -7,6 +7,7 @@ display and no pyplot global state), saved as PNG files beside the page and embe
 base64 data URIs. The page uses no external CSS, script or font, so it opens offline and can be
 mailed as one file.
 """
+
 from __future__ import annotations
 
 import base64
@@ -74,8 +75,9 @@ def _legend(fig: Figure, extra: Sequence[Patch] = ()) -> None:
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")
 
 
-def _whiskers(table: BenchmarkTable, label: str, values: Sequence[float],
-              columns: Sequence[str]) -> np.ndarray | None:
+def _whiskers(
+    table: BenchmarkTable, label: str, values: Sequence[float], columns: Sequence[str]
+) -> np.ndarray | None:
     """(2, columns) distances from each bar's top to its 95% CI bounds, in points; None without questions."""
     intervals = table.group_intervals.get(label)
     if not intervals:
@@ -109,9 +111,20 @@ def category_figure(table: BenchmarkTable) -> Figure:
         values = [0.0 if math.isnan(figures[c]) else figures[c] for c in columns]
         err = _whiskers(table, label, values, columns) if kind == "measured" else None
         whiskers = whiskers or err is not None
-        ax.bar(x, values, width, label=label, yerr=err, capsize=3, error_kw={"linewidth": 0.9},
-               color=colors[label], hatch="//" if kind == "published" else None,
-               alpha=0.5 if kind == "published" else 1.0, edgecolor="black", linewidth=0.3)
+        ax.bar(
+            x,
+            values,
+            width,
+            label=label,
+            yerr=err,
+            capsize=3,
+            error_kw={"linewidth": 0.9},
+            color=colors[label],
+            hatch="//" if kind == "published" else None,
+            alpha=0.5 if kind == "published" else 1.0,
+            edgecolor="black",
+            linewidth=0.3,
+        )
     ax.axhline(CHANCE, color="dimgray", linestyle="--", linewidth=1.0, label=f"chance ({CHANCE:.0f}%)")
     ax.set_xticks(np.arange(len(columns)), columns)
     ax.set_ylabel("accuracy (%)")
@@ -119,8 +132,12 @@ def category_figure(table: BenchmarkTable) -> Figure:
     ax.set_title(f"{table.title} per category" + (" (whiskers: 95% CI)" if whiskers else ""))
     ax.grid(axis="y", alpha=0.3)
     published = any(kind == "published" for _, kind, _ in rows)
-    _legend(fig, [Patch(facecolor="white", edgecolor="black", hatch="//", label="hatched: published")]
-            if published else [])
+    _legend(
+        fig,
+        [Patch(facecolor="white", edgecolor="black", hatch="//", label="hatched: published")]
+        if published
+        else [],
+    )
     return fig
 
 
@@ -136,15 +153,29 @@ def precision_figure(table: QuantTable) -> Figure:
     for i, row in enumerate(rows):
         x = np.arange(len(tasks)) + (i - (len(rows) - 1) / 2) * width
         deltas = [row.cells[t].delta if t in row.cells else None for t in tasks]
-        err = np.array([[100 * (d.delta - d.ci.low), 100 * (d.ci.high - d.delta)] if d else [0.0, 0.0]
-                        for d in deltas]).T
-        ax.bar(x, [100 * d.delta if d else math.nan for d in deltas], width, yerr=err, capsize=3,
-               label=f"{row.label} vs {row.baseline}", color=f"C{i % 10}")
+        err = np.array(
+            [[100 * (d.delta - d.ci.low), 100 * (d.ci.high - d.delta)] if d else [0.0, 0.0] for d in deltas]
+        ).T
+        ax.bar(
+            x,
+            [100 * d.delta if d else math.nan for d in deltas],
+            width,
+            yerr=err,
+            capsize=3,
+            label=f"{row.label} vs {row.baseline}",
+            color=f"C{i % 10}",
+        )
         for pub in table.published:
             if pub.precision == row.precision and name_key(pub.model) == name_key(row.model) and pub.deltas:
-                ax.scatter([x[tasks.index(t)] for t in pub.deltas], list(pub.deltas.values()), marker="D",
-                           color="crimson", edgecolor="white", zorder=3,
-                           label=None if marked else "published Δ")
+                ax.scatter(
+                    [x[tasks.index(t)] for t in pub.deltas],
+                    list(pub.deltas.values()),
+                    marker="D",
+                    color="crimson",
+                    edgecolor="white",
+                    zorder=3,
+                    label=None if marked else "published Δ",
+                )
                 marked.add(pub.label)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(np.arange(len(tasks)), [table.titles[t] for t in tasks])
@@ -173,8 +204,13 @@ def kl_figure(table: QuantTable) -> Figure:
                 continue
             kl = np.sort(np.maximum(np.asarray(delta.divergence.kl), KL_FLOOR))
             share = np.arange(1, len(kl) + 1) / len(kl)
-            ax.step(kl, share, where="post", color=f"C{i % 10}",
-                    label=f"{row.label} vs {row.baseline} (mean {delta.divergence.kl_mean.value:.3g})")
+            ax.step(
+                kl,
+                share,
+                where="post",
+                color=f"C{i % 10}",
+                label=f"{row.label} vs {row.baseline} (mean {delta.divergence.kl_mean.value:.3g})",
+            )
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.01 0.02 0.05 0.1 ...
         ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
@@ -206,9 +242,14 @@ def _notes(notes: Sequence[str]) -> str:
     return '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
 
 
-def write_html(runs: Sequence[ReportRun | tuple], path: str | Path, published: Sequence[PublishedRow] = (),
-               extra: Sequence[str] = (), quant_published: Sequence[PublishedRow] = (),
-               quant: bool | None = None) -> HtmlReport:
+def write_html(
+    runs: Sequence[ReportRun | tuple],
+    path: str | Path,
+    published: Sequence[PublishedRow] = (),
+    extra: Sequence[str] = (),
+    quant_published: Sequence[PublishedRow] = (),
+    quant: bool | None = None,
+) -> HtmlReport:
     """The page at `path` and its plots beside it (`<stem>-<benchmark>.png`, `<stem>-precision.png`).
 
     `quant`: show the precision table (True), never (False), or when some model has several (None)."""
@@ -223,26 +264,34 @@ def write_html(runs: Sequence[ReportRun | tuple], path: str | Path, published: S
             plots.append(path.with_name(f"{path.stem}-{name}.png"))
             body.append(_save(category_figure(table), plots[-1]))
         if len(table.scores):
-            body.append("<details><summary>Questions (subjects) behind each figure</summary>"
-                        f"{_html_table(count_frame(table))}</details>")
+            body.append(
+                "<details><summary>Questions (subjects) behind each figure</summary>"
+                f"{_html_table(count_frame(table))}</details>"
+            )
         body.append(_notes(table.notes))
     precision = build_quant_table(runs, quant_published)
     if show_precision(precision, quant):
         kinds = ["measured"] * len(precision.rows) + ["published"] * len(precision.published)
-        body.append("<h2>Precision</h2>" + _html_table(quant_frame(precision), kinds)
-                    + _notes(precision.notes))
+        body.append(
+            "<h2>Precision</h2>" + _html_table(quant_frame(precision), kinds) + _notes(precision.notes)
+        )
         if any(row.baseline is not None for row in precision.rows):
             plots.append(path.with_name(f"{path.stem}-precision.png"))
             body.append(_save(precision_figure(precision), plots[-1]))
         divergence = divergence_frame(precision)
         if len(divergence):
-            body.append("<h3>Letter distributions against full precision</h3>" + _html_table(divergence)
-                        + _notes([DIVERGENCE_NOTE]))
+            body.append(
+                "<h3>Letter distributions against full precision</h3>"
+                + _html_table(divergence)
+                + _notes([DIVERGENCE_NOTE])
+            )
             plots.append(path.with_name(f"{path.stem}-kl.png"))
             body.append(_save(kl_figure(precision), plots[-1]))
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>evalkit report</title>"
-            f"<style>{STYLE}</style></head><body><h1>evalkit report</h1>"
-            f"<p>{len(runs)} runs. Accuracy in %, one decimal; Δ in accuracy points.</p>"
-            f"{''.join(body)}</body></html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>evalkit report</title>'
+        f"<style>{STYLE}</style></head><body><h1>evalkit report</h1>"
+        f"<p>{len(runs)} runs. Accuracy in %, one decimal; Δ in accuracy points.</p>"
+        f"{''.join(body)}</body></html>\n"
+    )
     path.write_text(page, encoding="utf-8")
     return HtmlReport(path=path, plots=tuple(plots))

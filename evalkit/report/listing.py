@@ -1,4 +1,5 @@
 """The `list` subcommand's output: a task's subjects, categories and row counts, aligned by display width."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,11 +38,25 @@ def task_listing(task: Task, counts: dict[str, dict[str, int]] | None = None) ->
     head = ["subject", *(["name (zh)"] if chinese else []), "categories", *splits]
     rows = [head]
     for subject in task.subjects:
-        rows.append([subject.name, *([subject.name_zh] if chinese else []), ", ".join(subject.categories),
-                     *(str(counts[split].get(subject.name, 0)) for split in splits)])
-    rows.append([f"total: {len(task.subjects)} subjects", *([""] if chinese else []), "",
-                 *(str(sum(counts[split].values())) for split in splits)])
+        rows.append(
+            [
+                subject.name,
+                *([subject.name_zh] if chinese else []),
+                ", ".join(subject.categories),
+                *(str(counts[split].get(subject.name, 0)) for split in splits),
+            ]
+        )
+    rows.append(
+        [
+            f"total: {len(task.subjects)} subjects",
+            *([""] if chinese else []),
+            "",
+            *(str(sum(counts[split].values())) for split in splits),
+        ]
+    )
     right = [False] * (len(head) - len(splits)) + [True] * len(splits)
-    summary = (f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
-               f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}")
+    summary = (
+        f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
+        f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}"
+    )
     return "\n".join([summary, *("  " + line for line in _aligned(rows, right))])

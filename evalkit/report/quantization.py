@@ -11,6 +11,7 @@ compared row and benchmark, how far its four-letter distributions moved from the
 KL(P_A || P_B) in nats with its CI, 95th/99th percentiles, top-letter agreement, mean |Δ P(gold)|),
 from the same comparison; a 2-point accuracy drop hides in the noise, a KL rise does not.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -27,12 +28,14 @@ from evalkit.results import SavedRun, short_model_name
 from evalkit.types import EvalkitError, Metric
 
 GIB = 2**30
-EXPLAINED = ("Cells: Average (Δ [95% CI]) in accuracy points against the model's full-precision row (fp32, "
-             "else bf16, else fp16) with the same settings; paired bootstrap over the shared questions.",
-             "Weights: bytes of the tensors the model holds. Peak load: the peak while loading it (CUDA "
-             "allocations, or the resident set (RSS) of the process on CPU).",
-             "Scoring: minutes spent scoring, summed over the row's benchmarks (* a resumed run: its last "
-             "session only). Load: seconds to load the variant.")
+EXPLAINED = (
+    "Cells: Average (Δ [95% CI]) in accuracy points against the model's full-precision row (fp32, "
+    "else bf16, else fp16) with the same settings; paired bootstrap over the shared questions.",
+    "Weights: bytes of the tensors the model holds. Peak load: the peak while loading it (CUDA "
+    "allocations, or the resident set (RSS) of the process on CPU).",
+    "Scoring: minutes spent scoring, summed over the row's benchmarks (* a resumed run: its last "
+    "session only). Load: seconds to load the variant.",
+)
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,15 @@ def _settings(run: ReportRun) -> tuple:
     """What must agree for two runs to be rows of one model's comparison (all but precision and backend)."""
     # the seed counts for every task, so a scheme's shuffled and unshuffled tasks share a row
     config = run.result.config
-    return (run.reference or short_model_name(config.model), config.scheme, config.letter_rule, config.shots,
-            config.split, config.limit, config.seed)
+    return (
+        run.reference or short_model_name(config.model),
+        config.scheme,
+        config.letter_rule,
+        config.shots,
+        config.split,
+        config.limit,
+        config.seed,
+    )
 
 
 def _memory(runs: Sequence[ReportRun]) -> tuple[int | None, int | None, str]:
@@ -99,8 +109,11 @@ def _memory(runs: Sequence[ReportRun]) -> tuple[int | None, int | None, str]:
 def _times(runs: Sequence[ReportRun]) -> tuple[float, float | None, bool]:
     timings = [run.result.timings for run in runs]
     loads = [t.load_seconds for t in timings if t.load_seconds is not None]
-    return (sum(t.scoring_seconds for t in timings), max(loads) if loads else None,
-            any(t.resumed_questions for t in timings))
+    return (
+        sum(t.scoring_seconds for t in timings),
+        max(loads) if loads else None,
+        any(t.resumed_questions for t in timings),
+    )
 
 
 def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, ReportRun]]]:
@@ -113,9 +126,11 @@ def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, 
         cell = groups.setdefault(_settings(run), {}).setdefault((config.precision, config.quant_backend), {})
         if run.task.name in cell:
             label = run_label(run.result, run.task.eval_split)
-            raise EvalkitError(f"precision table: two {run.task.name} runs of {label!r} (config "
-                               f"{cell[run.task.name].result.config_hash} and {run.result.config_hash}); "
-                               "report one")
+            raise EvalkitError(
+                f"precision table: two {run.task.name} runs of {label!r} (config "
+                f"{cell[run.task.name].result.config_hash} and {run.result.config_hash}); "
+                "report one"
+            )
         cell[run.task.name] = run
     return groups
 
@@ -131,8 +146,9 @@ def _saved(run: ReportRun) -> SavedRun | None:
     return None if run.questions is None else SavedRun(run.result, list(run.questions))
 
 
-def _cells(row: dict[str, ReportRun], base: dict[str, ReportRun] | None,
-           notes: list[str]) -> dict[str, QuantCell]:
+def _cells(
+    row: dict[str, ReportRun], base: dict[str, ReportRun] | None, notes: list[str]
+) -> dict[str, QuantCell]:
     cells = {}
     for name, run in row.items():
         delta = None
@@ -140,15 +156,18 @@ def _cells(row: dict[str, ReportRun], base: dict[str, ReportRun] | None,
             comparison = compare_pair(run.task, a, b, allow_subset=True)
             delta = comparison.overall
             if comparison.only_a or comparison.only_b:
-                notes.append(f"⚠ {comparison.label_b} vs {comparison.label_a} ({run.task.title}): Δ over the "
-                             f"{delta.a.n} shared questions ({comparison.only_a} and {comparison.only_b} "
-                             "left out).")
+                notes.append(
+                    f"⚠ {comparison.label_b} vs {comparison.label_a} ({run.task.title}): Δ over the "
+                    f"{delta.a.n} shared questions ({comparison.only_a} and {comparison.only_b} "
+                    "left out)."
+                )
         cells[name] = QuantCell(run.result.overall, delta)
     return cells
 
 
-def _published(models: Sequence[str], published: Sequence[PublishedRow],
-               tasks: Sequence[str]) -> list[PublishedQuant]:
+def _published(
+    models: Sequence[str], published: Sequence[PublishedRow], tasks: Sequence[str]
+) -> list[PublishedQuant]:
     """The published rows of each reported model, the unquantized one first."""
     out = []
     for model in dict.fromkeys(models):
@@ -157,19 +176,32 @@ def _published(models: Sequence[str], published: Sequence[PublishedRow],
             for task in tasks:
                 for pub in matching(published, task, model, precision):
                     found.setdefault(pub.label, []).append(pub)
-        full = {p.benchmark: p.scores[AVERAGE] for pubs in found.values() for p in pubs
-                if p.precision == FULL}
-        out += [PublishedQuant(label=label, model=pubs[0].model, precision=pubs[0].precision,
-                               averages={p.benchmark: p.scores[AVERAGE] for p in pubs},
-                               deltas={p.benchmark: p.scores[AVERAGE] - full[p.benchmark] for p in pubs
-                                       if p.precision != FULL and p.benchmark in full},
-                               memory_gb=pubs[0].memory_gb, sources=pubs[0].sources, notes=pubs[0].notes)
-                for label, pubs in found.items()]
+        full = {
+            p.benchmark: p.scores[AVERAGE] for pubs in found.values() for p in pubs if p.precision == FULL
+        }
+        out += [
+            PublishedQuant(
+                label=label,
+                model=pubs[0].model,
+                precision=pubs[0].precision,
+                averages={p.benchmark: p.scores[AVERAGE] for p in pubs},
+                deltas={
+                    p.benchmark: p.scores[AVERAGE] - full[p.benchmark]
+                    for p in pubs
+                    if p.precision != FULL and p.benchmark in full
+                },
+                memory_gb=pubs[0].memory_gb,
+                sources=pubs[0].sources,
+                notes=pubs[0].notes,
+            )
+            for label, pubs in found.items()
+        ]
     return out
 
 
-def build_quant_table(runs: Sequence[ReportRun | tuple],
-                      published: Sequence[PublishedRow] = ()) -> QuantTable:
+def build_quant_table(
+    runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = ()
+) -> QuantTable:
     """Rows model × precision of every labeled run, compared with their full-precision row.
 
     `published`: quantization rows (tasks.references.published_quantization()); those of the reported
@@ -187,18 +219,33 @@ def build_quant_table(runs: Sequence[ReportRun | tuple],
             scoring, load, resumed = _times(list(cells[key].values()))
             is_base = key == base_key
             base = None if is_base or base_key is None else cells[base_key]
-            rows.append(QuantRow(label=label, group=group, model=settings[0], precision=key[0],
-                                 baseline=None if is_base else base_label,
-                                 cells=_cells(cells[key], base, notes), weight_bytes=weights, peak_bytes=peak,
-                                 peak_kind=kind, scoring_seconds=scoring, load_seconds=load, resumed=resumed))
+            rows.append(
+                QuantRow(
+                    label=label,
+                    group=group,
+                    model=settings[0],
+                    precision=key[0],
+                    baseline=None if is_base else base_label,
+                    cells=_cells(cells[key], base, notes),
+                    weight_bytes=weights,
+                    peak_bytes=peak,
+                    peak_kind=kind,
+                    scoring_seconds=scoring,
+                    load_seconds=load,
+                    resumed=resumed,
+                )
+            )
             base_label = label if is_base else base_label
         if base_key is None:
             notes.append(f"{settings[0]}: no fp32, bf16 or fp16 run with the same settings, so no Δ.")
     pubs = _published([row.model for row in rows], published, list(titles))
     if pubs:
         sources = "; ".join(dict.fromkeys(s for p in pubs for s in p.sources))
-        notes = [f"Published rows: {sources}; Δ against the published unquantized row.",
-                 *(f"Published: {n}." for n in dict.fromkeys(n for p in pubs for n in p.notes)), *notes]
+        notes = [
+            f"Published rows: {sources}; Δ against the published unquantized row.",
+            *(f"Published: {n}." for n in dict.fromkeys(n for p in pubs for n in p.notes)),
+            *notes,
+        ]
     notes = [footnote(note) for note in (*EXPLAINED, *notes)]
     return QuantTable(titles=titles, rows=tuple(rows), published=tuple(pubs), notes=tuple(notes))
 
@@ -215,28 +262,39 @@ def _cell(cell: QuantCell | None) -> str:
 def _row_labels(table: QuantTable) -> list[str]:
     """Each row's name in the frames; rows of different settings may share a label."""
     counts = Counter(row.label for row in table.rows)
-    return [row.label if counts[row.label] == 1 else f"{row.label} (comparison {row.group + 1})"
-            for row in table.rows]
+    return [
+        row.label if counts[row.label] == 1 else f"{row.label} (comparison {row.group + 1})"
+        for row in table.rows
+    ]
 
 
 def quant_frame(table: QuantTable) -> pd.DataFrame:
     """The table as strings: "49.9 (-1.7 [-2.4, -1.0])" = Average (Δ [95% CI]) against the baseline."""
+
     def gib(value: int | None) -> str:
         return "–" if value is None else f"{value / GIB:.2f}"
 
-    data = {name: {
-        **{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
-        "Weights (GiB)": gib(row.weight_bytes),
-        "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else ""),
-        "Scoring (min)": f"{row.scoring_seconds / 60:.1f}" + ("*" if row.resumed else ""),
-        "Load (s)": "–" if row.load_seconds is None else f"{row.load_seconds:.0f}"}
-        for name, row in zip(_row_labels(table), table.rows, strict=True)}
+    data = {
+        name: {
+            **{t: _cell(row.cells.get(name)) for name, t in table.titles.items()},
+            "Weights (GiB)": gib(row.weight_bytes),
+            "Peak load (GiB)": gib(row.peak_bytes) + (f" {row.peak_kind}" if row.peak_kind else ""),
+            "Scoring (min)": f"{row.scoring_seconds / 60:.1f}" + ("*" if row.resumed else ""),
+            "Load (s)": "–" if row.load_seconds is None else f"{row.load_seconds:.0f}",
+        }
+        for name, row in zip(_row_labels(table), table.rows, strict=True)
+    }
     for pub in table.published:
         data[f"{pub.label} (published)"] = {
-            **{t: "–" if name not in pub.averages else f"{pub.averages[name]:.1f}"
-               + (f" ({pub.deltas[name]:+.1f})" if name in pub.deltas else "")
-               for name, t in table.titles.items()},
-            "GPU Mem (GB, published)": "–" if pub.memory_gb is None else f"{pub.memory_gb:.1f}"}
+            **{
+                t: "–"
+                if name not in pub.averages
+                else f"{pub.averages[name]:.1f}"
+                + (f" ({pub.deltas[name]:+.1f})" if name in pub.deltas else "")
+                for name, t in table.titles.items()
+            },
+            "GPU Mem (GB, published)": "–" if pub.memory_gb is None else f"{pub.memory_gb:.1f}",
+        }
     return pd.DataFrame.from_dict(data, orient="index").fillna("–").rename_axis("Model")
 
 
@@ -250,15 +308,19 @@ def divergence_frame(table: QuantTable) -> pd.DataFrame:
         cells = {t: row.cells[task].delta for task, t in table.titles.items() if task in row.cells}
         if all(d is None for d in cells.values()):
             continue  # no questions behind the row: nothing to measure
-        data[name] = {"against": row.baseline,
-                      **{t: "–" if d is None else divergence_cell(d.divergence) for t, d in cells.items()}}
+        data[name] = {
+            "against": row.baseline,
+            **{t: "–" if d is None else divergence_cell(d.divergence) for t, d in cells.items()},
+        }
     return pd.DataFrame.from_dict(data, orient="index").fillna("–").rename_axis("Model")
 
 
-DIVERGENCE_NOTE = ("Letter distributions: KL(P_A ‖ P_B) over the four letters, in nats, of the row (B) "
-                   "from its baseline (A): mean [95% CI], 95th and 99th percentile; agree: questions whose "
-                   "top letter is the same [95% CI]; abs Δp(gold): mean absolute change of the gold letter's "
-                   "probability. Paired bootstrap over the shared questions.")
+DIVERGENCE_NOTE = (
+    "Letter distributions: KL(P_A ‖ P_B) over the four letters, in nats, of the row (B) "
+    "from its baseline (A): mean [95% CI], 95th and 99th percentile; agree: questions whose "
+    "top letter is the same [95% CI]; abs Δp(gold): mean absolute change of the gold letter's "
+    "probability. Paired bootstrap over the shared questions."
+)
 
 
 def quant_markdown(table: QuantTable) -> str:
@@ -266,8 +328,10 @@ def quant_markdown(table: QuantTable) -> str:
     text = f"## Precision\n\n{markdown_table(quant_frame(table))}\n{notes}"
     divergence = divergence_frame(table)
     if len(divergence):
-        text += (f"\n### Letter distributions against full precision\n\n{markdown_table(divergence)}\n"
-                 f"- {DIVERGENCE_NOTE}\n")
+        text += (
+            f"\n### Letter distributions against full precision\n\n{markdown_table(divergence)}\n"
+            f"- {DIVERGENCE_NOTE}\n"
+        )
     return text
 
 

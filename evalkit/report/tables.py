@@ -7,6 +7,7 @@ accuracy, only a leaderboard submission file). Published figures (evalkit.publis
 the runs they match, each followed by a Δ row (measured − published); rows of other published models
 can be added for comparison. The same tables go to CSV (evalkit.report.csv).
 """
+
 from __future__ import annotations
 
 import math
@@ -78,13 +79,17 @@ class BenchmarkTable:
             if label in self.links:
                 delta = self.scores.loc[label] - self.published.loc[self.links[label][0]]
                 out.append((f"Δ {label}", "delta", delta))
-        out += [(name, "published", self.published.loc[name]) for name in self.published.index
-                if name not in placed]
+        out += [
+            (name, "published", self.published.loc[name])
+            for name in self.published.index
+            if name not in placed
+        ]
         return out
 
 
-def run_label(result: RunResult, eval_split: str, *, show_scheme: bool = False,
-              show_shots: bool = False) -> str:
+def run_label(
+    result: RunResult, eval_split: str, *, show_scheme: bool = False, show_shots: bool = False
+) -> str:
     """Model + precision (+ scheme, shots, split and --limit where they set the run apart)."""
     config = result.config
     label = f"{short_model_name(config.model)} {config.precision}"
@@ -108,8 +113,10 @@ def _labels(results: Sequence[RunResult], eval_split: str) -> list[str]:
     show_scheme = len({r.config.scheme for r in results}) > 1
     show_shots = len({r.config.shots for r in results}) > 1
     labels = [run_label(r, eval_split, show_scheme=show_scheme, show_shots=show_shots) for r in results]
-    return [f"{label} #{r.config_hash[:6]}" if labels.count(label) > 1 else label
-            for label, r in zip(labels, results, strict=True)]
+    return [
+        f"{label} #{r.config_hash[:6]}" if labels.count(label) > 1 else label
+        for label, r in zip(labels, results, strict=True)
+    ]
 
 
 def _figures(result: RunResult, columns: Sequence[str]) -> dict[str, Metric]:
@@ -131,21 +138,34 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
     notes = []
     aggregations = {run.result.scheme.aggregation for run in runs}
     for aggregation in sorted(aggregations):
-        who = "" if len(aggregations) == 1 else " for " + ", ".join(
-            lbl for lbl, run in zip(labels, runs, strict=True)
-            if run.result.scheme.aggregation == aggregation)
+        who = (
+            ""
+            if len(aggregations) == 1
+            else " for "
+            + ", ".join(
+                lbl
+                for lbl, run in zip(labels, runs, strict=True)
+                if run.result.scheme.aggregation == aggregation
+            )
+        )
         notes.append(f"Categories and Average{who}: {AGGREGATION_NOTES[aggregation]}.")
     for label, run in zip(labels, runs, strict=True):
         config = run.result.config
         if run.result.overall is None:
-            notes.append(f"{label}: split {config.split or task.eval_split} has no answers, no accuracy; "
-                         f"submission written: {_submission(run)}")
+            notes.append(
+                f"{label}: split {config.split or task.eval_split} has no answers, no accuracy; "
+                f"submission written: {_submission(run)}"
+            )
         if config.limit is not None:
-            notes.append(f"⚠ {label}: --limit {config.limit} questions per subject, a smoke run: "
-                         "not comparable with published figures.")
+            notes.append(
+                f"⚠ {label}: --limit {config.limit} questions per subject, a smoke run: "
+                "not comparable with published figures."
+            )
         if run.result.overall is not None and run.result.overall.n_subjects < len(task.subjects):
-            notes.append(f"⚠ {label}: {run.result.overall.n_subjects} of {len(task.subjects)} subjects; "
-                         "groups without results are blank.")
+            notes.append(
+                f"⚠ {label}: {run.result.overall.n_subjects} of {len(task.subjects)} subjects; "
+                "groups without results are blank."
+            )
     return notes
 
 
@@ -161,8 +181,12 @@ def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict
     return out
 
 
-def _frame(figures: dict[str, dict[str, Metric]], columns: list[str], value: Callable[[Metric], float],
-           dtype: str | type) -> pd.DataFrame:
+def _frame(
+    figures: dict[str, dict[str, Metric]],
+    columns: list[str],
+    value: Callable[[Metric], float],
+    dtype: str | type,
+) -> pd.DataFrame:
     rows = {label: {c: value(m) for c, m in row.items()} for label, row in figures.items()}
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns).astype(dtype)
 
@@ -179,9 +203,14 @@ def _place(shown: dict[str, PublishedRow], row: PublishedRow) -> str:
     return label
 
 
-def _published_notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str],
-                     shown: dict[str, PublishedRow], links: dict[str, tuple[str, ...]],
-                     intervals: dict[str, Interval]) -> list[str]:
+def _published_notes(
+    task: Task,
+    runs: Sequence[ReportRun],
+    labels: Sequence[str],
+    shown: dict[str, PublishedRow],
+    links: dict[str, tuple[str, ...]],
+    intervals: dict[str, Interval],
+) -> list[str]:
     notes = []
     for label, row in shown.items():
         scheme = f"; code reproduced by scheme {row.scheme}" if row.scheme else ""
@@ -195,19 +224,24 @@ def _published_notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str
         row, config = shown[links[label][0]], run.result.config
         if AVERAGE in row.scores and (interval := intervals.get(label)):
             inside = "inside" if interval.low <= row.scores[AVERAGE] / 100 <= interval.high else "outside"
-            notes.append(f"{label}: the published Average {row.scores[AVERAGE]:.1f} lies {inside} the "
-                         f"measured 95% CI {100 * interval.low:.1f}–{100 * interval.high:.1f}.")
+            notes.append(
+                f"{label}: the published Average {row.scores[AVERAGE]:.1f} lies {inside} the "
+                f"measured 95% CI {100 * interval.low:.1f}–{100 * interval.high:.1f}."
+            )
         if row.scheme and row.scheme != config.scheme:
-            notes.append(f"⚠ {label}: measured with scheme {config.scheme}; the published figures come from "
-                         f"the code that scheme {row.scheme} reproduces.")
+            notes.append(
+                f"⚠ {label}: measured with scheme {config.scheme}; the published figures come from "
+                f"the code that scheme {row.scheme} reproduces."
+            )
         if row.split and row.split != (config.split or task.eval_split):
             measured_on = config.split or task.eval_split
             notes.append(f"⚠ {label}: measured on {measured_on}, published on {row.split}.")
     return notes
 
 
-def _table(task: Task, runs: Sequence[ReportRun], published: Sequence[PublishedRow],
-           extra: Sequence[str]) -> BenchmarkTable:
+def _table(
+    task: Task, runs: Sequence[ReportRun], published: Sequence[PublishedRow], extra: Sequence[str]
+) -> BenchmarkTable:
     columns = [*task.categories, *task.extra_groups, AVERAGE]
     labels = _labels([run.result for run in runs], task.eval_split)
     figures: dict[str, dict[str, Metric]] = {}
@@ -234,19 +268,25 @@ def _table(task: Task, runs: Sequence[ReportRun], published: Sequence[PublishedR
         subjects=_frame(figures, columns, lambda m: m.n_subjects, "Int64"),
         intervals=intervals,
         group_intervals=group_intervals,
-        configs={label: run.result.config for label, run in zip(labels, runs, strict=True)
-                 if label in figures},
-        notes=tuple(footnote(note) for note in _notes(task, runs, labels)
-                    + _published_notes(task, runs, labels, shown, links, intervals)),
-        published=pd.DataFrame.from_dict({label: row.scores for label, row in shown.items()}, orient="index",
-                                         columns=columns).astype(float),
+        configs={
+            label: run.result.config for label, run in zip(labels, runs, strict=True) if label in figures
+        },
+        notes=tuple(
+            footnote(note)
+            for note in _notes(task, runs, labels)
+            + _published_notes(task, runs, labels, shown, links, intervals)
+        ),
+        published=pd.DataFrame.from_dict(
+            {label: row.scores for label, row in shown.items()}, orient="index", columns=columns
+        ).astype(float),
         published_rows=shown,
         links=links,
     )
 
 
-def build_tables(runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (),
-                 extra: Sequence[str] = ()) -> dict[str, BenchmarkTable]:
+def build_tables(
+    runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (), extra: Sequence[str] = ()
+) -> dict[str, BenchmarkTable]:
     """One table per benchmark (task name), benchmarks and rows in the order the runs come.
 
     `published`: the known published rows (tasks.references.published_rows()); a run is set beside the
@@ -263,11 +303,16 @@ def build_tables(runs: Sequence[ReportRun | tuple], published: Sequence[Publishe
 def display_frame(table: BenchmarkTable) -> pd.DataFrame:
     """Every row as one-decimal strings ("–" where absent, Δ signed), plus the CI column when there is one."""
     rows = table.rows()
-    shown = pd.DataFrame([[_cell(v, kind) for v in figures] for _, kind, figures in rows],
-                         index=[label for label, _, _ in rows], columns=table.scores.columns)
+    shown = pd.DataFrame(
+        [[_cell(v, kind) for v in figures] for _, kind, figures in rows],
+        index=[label for label, _, _ in rows],
+        columns=table.scores.columns,
+    )
     if table.intervals:
-        shown["95% CI"] = [f"{100 * i.low:.1f}–{100 * i.high:.1f}" if (i := table.intervals.get(label))
-                           else "–" for label in shown.index]
+        shown["95% CI"] = [
+            f"{100 * i.low:.1f}–{100 * i.high:.1f}" if (i := table.intervals.get(label)) else "–"
+            for label in shown.index
+        ]
     return shown.rename_axis(table.first_column)
 
 
@@ -287,8 +332,9 @@ def count_frame(table: BenchmarkTable) -> pd.DataFrame:
     return counts.where(table.questions.notna(), "–").rename_axis(table.first_column)
 
 
-def to_markdown(runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (),
-                extra: Sequence[str] = ()) -> str:
+def to_markdown(
+    runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (), extra: Sequence[str] = ()
+) -> str:
     """The README-style markdown: per benchmark the scores, the counts behind them, and the notes."""
     parts = []
     for table in build_tables(runs, published, extra).values():
