@@ -123,6 +123,17 @@ def tiny_bpe_model_dir(tmp_path_factory) -> Path:
     return model_dir
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on a busy machine extra threads only spin."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
     if not SMOLLM_GGUF.exists():

@@ -34,6 +34,17 @@ EXPECTED = {  # checkpoint -> (implementation, model class)
     "baichuan2-13b-tiny": ("Baichuan2-13B (ALiBi, W_pack, NormHead)", "BaichuanAlibiForCausalLM"),
 }
 
+# the fixtures' shapes (../shared/models/baichuan/README.md), for checkpoints built here
+TINY_BAICHUAN_SHAPE = dict(
+    vocab_size=64000,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    tie_word_embeddings=False,
+)
+
 
 def _checkpoint(name: str) -> Path:
     path = BAICHUAN / name
@@ -284,18 +295,7 @@ def baichuan2_7b_dir(tmp_path_factory) -> Path:
     for name in ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(_checkpoint("baichuan-13b-tiny") / name, out / name)
     torch.manual_seed(0)
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64000,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            initializer_range=0.1,
-            tie_word_embeddings=False,
-        )
-    )
+    llama = LlamaForCausalLM(LlamaConfig(**TINY_BAICHUAN_SHAPE, initializer_range=0.1))
     state = _baichuan_layout({k: v for k, v in llama.state_dict().items()}, 2)
     names = sorted(state)
     shards = {
@@ -321,17 +321,7 @@ def _llama_by_hand(directory: Path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     state = _baichuan2_7b_state(directory)
-    llama = LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=64000,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
-            tie_word_embeddings=False,
-        )
-    ).eval()
+    llama = LlamaForCausalLM(LlamaConfig(**TINY_BAICHUAN_SHAPE)).eval()
     by_hand = {k: v for k, v in state.items() if "W_pack" not in k}
     for i in range(2):
         stem = f"model.layers.{i}.self_attn."

@@ -42,13 +42,7 @@ SMALL = dict(
 )  # (0.02 by default: far tokens would barely move the letters)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a busy machine extra threads only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def shared_prefix_prompts(prefix: int, longest: int, n: int = 7, seed: int = 0) -> list[list[int]]:
