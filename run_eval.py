@@ -77,6 +77,7 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
     tasks/), the loop in evalkit.sweep."""
     from evalkit.sweep import run_sweep
 
+    check_backend_flags(args)
     tasks = [get_task(name) for name in args.tasks]
     config = RunConfig(
         model=args.model,
@@ -92,11 +93,37 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         trust_remote_code=args.trust_remote_code,
         seed=args.seed,
         batch_tokens=args.batch_tokens,
-        engine=args.engine,
+        engine=args.engine or DEFAULTS.engine,
         output_dir=args.output_dir,
         progress=not args.no_progress,
+        backend=args.backend,
+        **{name: getattr(args, name) for name in VLLM_FLAGS if getattr(args, name) is not None},
     )
     return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
+
+
+# --backend vllm's engine flags (RunConfig fields), and the flags only the HF scorer reads
+VLLM_FLAGS = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "enforce_eager",
+    "distributed_executor_backend",
+)
+HF_FLAGS = ("engine", "device_map", "quant_backend", "batch_tokens")
+
+
+def check_backend_flags(args: argparse.Namespace) -> None:
+    """Flags of the other backend are refused (they would be silently ignored), before anything loads."""
+    other = HF_FLAGS if args.backend == "vllm" else VLLM_FLAGS
+    given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) not in (None, False)]
+    if given:
+        owner = "--backend hf" if args.backend == "vllm" else "--backend vllm"
+        raise EvalkitError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for {owner} only; "
+            f"this run is --backend {args.backend}"
+        )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -363,10 +390,10 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     parser.add_argument(
         "--engine",
         choices=_literal_choices(RunConfig, "engine"),
-        default=DEFAULTS.engine,
         help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
-        "prompts; auto: prefix where it saves enough",
+        f"prompts; auto: prefix where it saves enough (default: {DEFAULTS.engine}; --backend hf only)",
     )
+    _add_backend_flags(parser)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
     parser.add_argument(
         "--threads",
@@ -375,6 +402,68 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     )
     parser.add_argument("--output-dir", default=DEFAULTS.output_dir, help="where run directories go")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _unit_fraction(text: str) -> float:
+    """An argparse type: a float in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
+    """--backend and the vLLM engine's flags (evalkit.backends.vllm.VllmSettings); left unset (None), the
+    RunConfig defaults apply, so that a flag of the other backend can be told from a default."""
+    from evalkit.backends.base import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=DEFAULTS.backend,
+        help="scoring engine: hf (transformers, evalkit's prefix engine) or vllm (vLLM with its "
+        "prefix cache; needs vLLM installed, a local model directory or .gguf file)",
+    )
+    vllm = parser.add_argument_group(
+        "--backend vllm", "how the vLLM engine is started (not in the config hash)"
+    )
+    vllm.add_argument(
+        "--tensor-parallel-size",
+        type=_int_at_least(1),
+        help=f"GPUs sharing each layer (default: {DEFAULTS.tensor_parallel_size})",
+    )
+    vllm.add_argument(
+        "--pipeline-parallel-size",
+        type=_int_at_least(1),
+        help=f"pipeline stages splitting the layers (default: {DEFAULTS.pipeline_parallel_size})",
+    )
+    vllm.add_argument(
+        "--gpu-memory-utilization",
+        type=_unit_fraction,
+        help=f"share of each GPU's memory vLLM may take, weights and KV cache "
+        f"(default: {DEFAULTS.gpu_memory_utilization})",
+    )
+    vllm.add_argument(
+        "--max-model-len",
+        type=_int_at_least(2),
+        help="tokens per request, prompt + 1 (default: the model's max_position_embeddings); "
+        "lower it to fit the KV cache",
+    )
+    vllm.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="no CUDA graphs / torch.compile: a faster start, slower steps",
+    )
+    vllm.add_argument(
+        "--distributed-executor-backend",
+        choices=("ray", "mp"),
+        help="ray: spread tensor x pipeline ranks over the nodes of a running Ray cluster "
+        "(default: vLLM's choice, one node)",
+    )
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:

@@ -71,7 +71,7 @@ class ModelSource:
 
 @dataclass
 class LoadedModel:
-    model: Any  # a transformers PreTrainedModel in eval mode
+    model: Any  # a transformers PreTrainedModel in eval mode (--backend vllm: backends.vllm.VllmModel)
     tokenizer: Any
     source: ModelSource
     info: ModelInfo = field(default_factory=ModelInfo)  # precision, backend, method, weight bytes, peak

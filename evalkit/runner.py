@@ -21,6 +21,7 @@ from accelerate import PartialState
 from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
+from evalkit.backends.base import ScoringBackend, backend_record
 from evalkit.data import SubjectData
 from evalkit.machine import environment
 from evalkit.metrics import aggregate
@@ -270,7 +271,7 @@ def _score_subjects(
     config: RunConfig,
     run_dir: RunDir,
     done: dict[str, QuestionResult],
-    scorer: Scorer,
+    scorer: ScoringBackend,
     title: str,
     estimate: FirstBatchEstimate | None = None,
 ) -> set[str]:
@@ -331,14 +332,7 @@ def run_task(
     state = PartialState()
     scheme = resolve_scheme(task, config)
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
-    scorer = Scorer(
-        loaded.model,
-        letters.ids,
-        batch_tokens=config.batch_tokens,
-        engine=config.engine,
-        progress=False,
-        isolated=loaded.info.activation_quantization is not None,
-    )
+    scorer = _scorer(loaded, letters, config)
     started = time.perf_counter()
     prepared, long_prompts = _prepare(loaded, scheme, data, config)
     _report_long_prompts(task, scheme, long_prompts, state.is_main_process)
@@ -367,7 +361,9 @@ def run_task(
         state.wait_for_everyone()
         if state.is_main_process:
             result_of = _Finished(loaded, task, config, scheme, letters, state, long_prompts)
-            saved = result_of.write(run_dir, data, done, scoring_seconds, engines, modes, fallbacks)
+            saved = result_of.write(
+                run_dir, data, done, scoring_seconds, engines, modes, fallbacks, backend_record(scorer)
+            )
         state.wait_for_everyone()
     finally:
         run_dir.release()
@@ -397,6 +393,7 @@ class _Finished:
         engines: set[str],
         modes: set[str],
         fallbacks: list,
+        backend: dict,
     ) -> SavedRun:
         """Merge the shards, check every question was scored, write run.json (main process only)."""
         order = [q.id for d in data for q in d.questions]
@@ -435,12 +432,31 @@ class _Finished:
             reuse_mode="+".join(sorted(modes)) or "none (all resumed)",
             fallbacks=tuple(fallbacks),
             long_prompts=self.long_prompts,
+            backend=backend,
         )
         run_dir.finish(result)
         return SavedRun(result, results)
 
 
-def _reuse_note(config: RunConfig, scorer: Scorer) -> str:
+def _scorer(loaded: LoadedModel, letters: LetterTokens, config: RunConfig) -> ScoringBackend:
+    """The run's scoring backend: the HF scorer, or (--backend vllm) the engine sweep started."""
+    if config.backend == "vllm":
+        from evalkit.backends.vllm import VllmModel, VllmScorer
+
+        if not isinstance(loaded.model, VllmModel):
+            raise EvalkitError("--backend vllm needs a model loaded by evalkit.backends.vllm.load_for_run")
+        return VllmScorer(loaded.model.llm, letters.ids, settings=loaded.model.settings)
+    return Scorer(
+        loaded.model,
+        letters.ids,
+        batch_tokens=config.batch_tokens,
+        engine=config.engine,
+        progress=False,
+        isolated=loaded.info.activation_quantization is not None,
+    )
+
+
+def _reuse_note(config: RunConfig, scorer: ScoringBackend) -> str:
     """Why this run computes the tokens without reuse, where it will."""
     if scorer.isolated:
         return "; this model quantizes activations per forward: one prompt per forward, no reuse"

@@ -2,17 +2,26 @@
 every task on it, free it before the next (the `eval` and `sweep` commands).
 
 The tasks come from the caller (evalkit does not import tasks/); `--subjects` names are routed to them here.
+With `--backend vllm` each precision starts one vLLM engine (evalkit.backends.vllm.load_for_run); a GGUF
+file is dequantized once, into a temporary directory, for all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from evalkit.report.tables import ReportRun
 from evalkit.types import EvalkitError, RunConfig, Task, unknown
+
+if TYPE_CHECKING:
+    from evalkit.data import SubjectData
+    from evalkit.model import LoadedModel
 
 log = logging.getLogger("evalkit")
 
@@ -73,7 +82,6 @@ def run_sweep(
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
     from evalkit.model import load_model
     from evalkit.results import check_output_dir
-    from evalkit.runner import run_task
 
     by_name = {task.name: task for task in tasks}
     routed = subjects_by_task(tasks, subjects)
@@ -81,6 +89,16 @@ def run_sweep(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    vllm = config.backend == "vllm"
+    if vllm:  # vLLM importable, its settings and precisions runnable: before any data or model is read
+        from evalkit.backends.vllm import check_run
+
+        if not is_single_process():
+            raise EvalkitError(
+                "--backend vllm spreads one engine over GPUs itself (--tensor-parallel-size, "
+                "--pipeline-parallel-size); do not start it under accelerate launch"
+            )
+        check_run(config, precisions)
     device = process_device(config.device)
     if device_map and not is_single_process():
         raise EvalkitError(
@@ -95,7 +113,7 @@ def run_sweep(
     }
     if is_main_process():
         check_output_dir(config.output_dir)
-    backend_for = _quant_backends(precisions, config, device)
+    backend_for = {p: None for p in precisions} if vllm else _quant_backends(precisions, config, device)
     if config.limit is not None:
         log.warning(
             "--limit %d: only the first %d questions of each subject are scored; a smoke run, "
@@ -104,18 +122,48 @@ def run_sweep(
             config.limit,
         )
     runs = []
-    for precision in precisions:
-        loaded = load_model(
-            config.model, precision, device, config.trust_remote_code, backend_for[precision], device_map
-        )
-        for name, task_config in base.items():
-            task_config = dataclasses.replace(
-                task_config, precision=precision, quant_backend=backend_for[precision]
-            )
-            run_dir, saved = run_task(loaded, by_name[name], data[name], task_config)
-            if is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
-                print(f"{by_name[name].title} {precision}: {run_dir.path}", file=sys.stderr)
-                runs.append(ReportRun(saved.result, by_name[name], run_dir.path, saved.questions))
-        del loaded
-        free_memory()
+    with contextlib.ExitStack() as stack:
+        model_dir = None
+        if vllm:
+            from evalkit.backends.vllm import load_for_run, prepare_model_dir
+
+            work = stack.enter_context(tempfile.TemporaryDirectory(prefix="evalkit-vllm-"))
+            model_dir = prepare_model_dir(config.model, work)
+        for precision in precisions:
+            if model_dir is not None:
+                loaded = load_for_run(config, precision, model_dir)
+            else:
+                loaded = load_model(
+                    config.model,
+                    precision,
+                    device,
+                    config.trust_remote_code,
+                    backend_for[precision],
+                    device_map,
+                )
+            runs += _run_tasks(loaded, by_name, base, data, precision, backend_for[precision])
+            del loaded
+            free_memory()
+    return runs
+
+
+def _run_tasks(
+    loaded: LoadedModel,
+    by_name: dict[str, Task],
+    base: dict[str, RunConfig],
+    data: dict[str, list[SubjectData]],
+    precision: str,
+    quant_backend: str | None,
+) -> list[ReportRun]:
+    """Every task on one loaded model (one precision)."""
+    from evalkit.machine import is_main_process
+    from evalkit.runner import run_task
+
+    runs = []
+    for name, task_config in base.items():
+        task_config = dataclasses.replace(task_config, precision=precision, quant_backend=quant_backend)
+        run_dir, saved = run_task(loaded, by_name[name], data[name], task_config)
+        if is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
+            print(f"{by_name[name].title} {precision}: {run_dir.path}", file=sys.stderr)
+            runs.append(ReportRun(saved.result, by_name[name], run_dir.path, saved.questions))
     return runs

@@ -22,6 +22,7 @@ ShotOrder = Literal["file", "shuffled_per_question"]
 LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
 Aggregation = Literal["micro", "macro"]
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
+Backend = Literal["hf", "vllm"]  # --backend: evalkit.scoring.Scorer, or evalkit.backends.vllm.VllmScorer
 
 
 class EvalkitError(Exception):
@@ -167,8 +168,26 @@ def token_ids_hash(token_ids: Sequence[int]) -> str:
     return hashlib.sha256(",".join(map(str, token_ids)).encode("ascii")).hexdigest()[:16]
 
 
-# Fields of RunConfig that do not change any score, so they are left out of the config hash.
-NON_RESULT_FIELDS = frozenset({"batch_tokens", "output_dir", "device", "engine", "progress"})
+# Fields of RunConfig that do not change any score, so they are left out of the config hash (the vLLM
+# engine's scale settings among them: how it is spread over GPUs, not what it computes).
+NON_RESULT_FIELDS = frozenset(
+    {
+        "batch_tokens",
+        "output_dir",
+        "device",
+        "engine",
+        "progress",
+        "tensor_parallel_size",
+        "pipeline_parallel_size",
+        "gpu_memory_utilization",
+        "max_model_len",
+        "enforce_eager",
+        "distributed_executor_backend",
+    }
+)
+# Result fields left out of the hash while they hold their default, so that the runs made before the field
+# existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).
+HASHED_UNLESS_DEFAULT = frozenset({"backend"})
 
 
 @dataclass(frozen=True)
@@ -193,9 +212,22 @@ class RunConfig:
     engine: EngineChoice = "auto"
     output_dir: str = "results"
     progress: bool = True
+    backend: Backend = "hf"  # the scoring engine (evalkit.backends)
+    # ---- --backend vllm: how the engine is started (evalkit.backends.vllm.VllmSettings) ----
+    tensor_parallel_size: int = 1  # GPUs sharing each layer
+    pipeline_parallel_size: int = 1  # stages splitting the layers
+    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
+    max_model_len: int | None = None  # tokens per request; None: the model's own limit
+    enforce_eager: bool = False  # no CUDA graphs / torch.compile
+    distributed_executor_backend: str | None = None  # "ray": across nodes; None: vLLM's choice
 
     def result_fields(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in NON_RESULT_FIELDS}
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in HASHED_UNLESS_DEFAULT}
+        return {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in NON_RESULT_FIELDS and not (k in defaults and v == defaults[k])
+        }
 
     def config_hash(self) -> str:
         """Identifies runs whose scores must be identical; resume matches on it."""
@@ -347,3 +379,6 @@ class RunResult:
     # prompts longer than the model's context: {"context": positions, "policy": the scheme's length policy,
     # "subjects": {subject: {"prompts": n, "of": questions, "longest": tokens}}}; {} where none was
     long_prompts: dict = field(default_factory=dict)
+    # the scoring backend (evalkit.backends.base.backend_record): {"backend": "hf"}, or vLLM's version,
+    # settings and prefix-cache statistics; {} in runs written before it was recorded
+    backend: dict = field(default_factory=dict)

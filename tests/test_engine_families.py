@@ -266,7 +266,7 @@ def test_no_deprecation_warning_from_our_calls(family):
 
 def test_run_json_records_the_reuse_mode_and_fallbacks(tiny_bpe_model_dir, tiny_data_dir, tmp_path):
     """A Bloom built on the tiny BPE tokenizer, end to end: run.json names the mode (rows) and why packed
-    was given up; a run.json written before these fields existed still loads."""
+    was given up, and the backend; a run.json written before these fields existed still loads."""
     from datafiles import TINY_SUBJECTS
 
     from evalkit.results import load_run
@@ -305,13 +305,16 @@ def test_run_json_records_the_reuse_mode_and_fallbacks(tiny_bpe_model_dir, tiny_
     )
     [run_file] = out.glob("*/run.json")
     run = json.loads(run_file.read_text(encoding="utf-8"))
-    assert run["engine"] == "prefix" and run["reuse_mode"] == "rows"
+    assert run["engine"] == "prefix" and run["reuse_mode"] == "rows" and run["backend"] == {"backend": "hf"}
     [fallback] = run["fallbacks"]
     assert fallback["mode"] == "packed" and fallback["reason"] == "unsupported"
     assert "ALiBi" in fallback["detail"]
     saved = load_run(run_file.parent)
     assert saved.result.reuse_mode == "rows" and saved.result.fallbacks[0].reason == "unsupported"
-    del run["reuse_mode"], run["fallbacks"]  # as written before they were recorded
+    del run["reuse_mode"], run["fallbacks"], run["backend"]  # as written before they were recorded
+    for name in ("backend", "tensor_parallel_size", "max_model_len", "enforce_eager"):
+        del run["config"][name]
     run_file.write_text(json.dumps(run), encoding="utf-8")
     old = load_run(run_file.parent).result
-    assert old.reuse_mode is None and old.fallbacks == ()
+    assert old.reuse_mode is None and old.fallbacks == () and old.backend == {}
+    assert old.config.backend == "hf" and old.config_hash == old.config.config_hash()

@@ -418,7 +418,8 @@ def test_smollm2_sweep_fp32_int8_int4_on_real_data(smollm_gguf, shared_data, tmp
     assert {r["engine"] for r in runs if r["config"]["precision"] == "int8"} == {
         "isolated"
     }  # LLM.int8: see above
-    rows = [line for line in printed[printed.index("## Precision") :].splitlines() if "SmolLM2" in line]
+    precision_table = printed[printed.index("## Precision") :].split("### Letter distributions", 1)[0]
+    rows = [line for line in precision_table.splitlines() if "SmolLM2" in line]
     assert [row.split("|")[1].split("⚠")[0].strip() for row in rows] == [
         "SmolLM2-135M-Instruct.Q4_1 fp32",
         "SmolLM2-135M-Instruct.Q4_1 int8/bnb",

@@ -245,3 +245,67 @@ def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_
     assert resumed.result.timings.resumed_questions == 4
     got = {q.id: q.logprobs for q in resumed.questions}
     assert _max_difference(got, {q.id: q.logprobs for q in first.questions}) <= 1e-5
+
+
+# ---- the command line: eval --backend vllm ----
+
+
+def test_eval_backend_vllm_equals_backend_hf_and_records_the_backend(
+    tiny, tiny_data_dir, tmp_path, monkeypatch
+):
+    """`run_eval eval --backend vllm` end to end (its own engine, started by the sweep): questions.jsonl
+    equals the `--backend hf` run's question by question within 1e-4; run.json records vLLM's version,
+    settings and prefix-cache hit rate, and the two runs have different config hashes."""
+    import json
+
+    import run_eval
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: vLLM's CPU default takes several
+    common = ["eval", "--model", str(tiny.model_dir), "--data-dir", str(tiny_data_dir), "--tasks", "mmlu"]
+    common += ["--subjects", "abstract_algebra,anatomy", "--no-progress"]
+    assert run_eval.main([*common, "--backend", "hf", "--output-dir", str(tmp_path / "hf")]) == 0
+    vllm_flags = ["--backend", "vllm", "--enforce-eager", "--max-model-len", "2048"]
+    assert run_eval.main([*common, *vllm_flags, "--output-dir", str(tmp_path / "vllm")]) == 0
+
+    def read(out):
+        [run_file] = (tmp_path / out).glob("*/run.json")
+        rows = (run_file.parent / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+        return json.loads(run_file.read_text(encoding="utf-8")), {
+            row["id"]: tuple(row["logprobs"]) for row in map(json.loads, rows)
+        }
+
+    (hf_run, hf), (vllm_run, got) = read("hf"), read("vllm")
+    assert len(got) == len(hf) > 0
+    assert _max_difference(got, hf) <= TOLERANCE
+    assert hf_run["backend"] == {"backend": "hf"}
+    record = vllm_run["backend"]
+    assert record["backend"] == "vllm" and record["vllm_version"] == vllm.__version__
+    assert record["settings"]["enforce_eager"] and record["settings"]["max_model_len"] == 2048
+    assert record["prefix_cache"]["hit_rate"] > 0.5
+    assert vllm_run["engine"] == "vllm" and vllm_run["reuse_mode"] == "prefix_cache"
+    assert vllm_run["config"]["backend"] == "vllm" and vllm_run["config_hash"] != hf_run["config_hash"]
+    assert vllm_run["model_info"]["implementation"] == f"vllm {vllm.__version__}"
+
+
+def test_eval_backend_vllm_dequantizes_a_gguf_file_once(smollm_gguf, shared_data, tmp_path, monkeypatch):
+    """A .gguf --model: dequantized into a temporary directory for vLLM, the same answers as the HF
+    backend's own dequantized load (SmolLM2, 2 questions of one real subject), the source recorded."""
+    import json
+
+    import run_eval
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    common = ["eval", "--model", str(smollm_gguf), "--data-dir", str(shared_data), "--tasks", "mmlu"]
+    common += ["--subjects", "abstract_algebra", "--limit", "2", "--no-progress"]
+    assert run_eval.main([*common, "--output-dir", str(tmp_path / "hf")]) == 0
+    vllm_flags = ["--backend", "vllm", "--enforce-eager", "--max-model-len", "2048"]
+    assert run_eval.main([*common, *vllm_flags, "--output-dir", str(tmp_path / "vllm")]) == 0
+    runs = {}
+    for out in ("hf", "vllm"):
+        [run_file] = (tmp_path / out).glob("*/run.json")
+        rows = (run_file.parent / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+        runs[out] = {row["id"]: tuple(row["logprobs"]) for row in map(json.loads, rows)}
+        info = json.loads(run_file.read_text(encoding="utf-8"))["model_info"]
+    assert len(runs["vllm"]) == 2 and _max_difference(runs["vllm"], runs["hf"]) <= TOLERANCE
+    assert info["source"] == "gguf" and info["weights_format"] == f"vllm: dequantized from {smollm_gguf.name}"
+    assert info["source_quantization"].startswith("gguf ")

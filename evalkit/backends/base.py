@@ -32,10 +32,12 @@ evalkit.scoring.Scorer satisfies this Protocol structurally (no base class, noth
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import Protocol, runtime_checkable
+from typing import Protocol, get_args, runtime_checkable
+
+from evalkit.types import Backend
 
 Scores = tuple[float, float, float, float]  # log-softmax over the letters A, B, C, D (fp32 values)
-BACKENDS = ("hf", "vllm")  # the --backend choices; "hf" (evalkit.scoring.Scorer) is the default
+BACKENDS: tuple[str, ...] = get_args(Backend)  # --backend choices; "hf" (evalkit.scoring.Scorer): default
 
 
 @runtime_checkable

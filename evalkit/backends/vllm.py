@@ -20,6 +20,11 @@ Start the engine with `load_vllm(model_dir, VllmSettings(...))`. Offline vLLM st
 (spawn): call it under `if __name__ == "__main__":`, or set VLLM_ENABLE_V1_MULTIPROCESSING=0 to run the
 engine in this process (one device only; the tests do this).
 
+`load_for_run(config, precision, model_dir)` is what `eval`/`sweep --backend vllm` load per precision:
+the tokenizer and HF config as the HF path reads them (no HF weights) and the started engine, as an
+evalkit.model.LoadedModel whose `model` is a VllmModel; `prepare_model_dir` dequantizes a GGUF file once
+(for every precision of a sweep) and `check_run` refuses what cannot run before anything loads.
+
 Scale is vLLM's own: `tensor_parallel_size` GPUs share each layer, `pipeline_parallel_size` stages
 split the layers. Across nodes, start a Ray cluster first (`ray start --head` on one node,
 `ray start --address=HEAD:6379` on the others) and set `distributed_executor_backend="ray"`, with
@@ -40,7 +45,7 @@ from typing import Any
 from tqdm import tqdm
 
 from evalkit.backends.base import Scores
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, ModelInfo, RunConfig
 
 LOG = logging.getLogger(__name__)
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # evalkit precision -> vLLM dtype
@@ -213,6 +218,122 @@ def dequantize_gguf(gguf_file: str | Path, out_dir: str | Path) -> Path:
     model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name).save_pretrained(out_dir)
     return out_dir
+
+
+# ---- eval / sweep --backend vllm ----
+
+
+@dataclasses.dataclass
+class VllmModel:
+    """`LoadedModel.model` under --backend vllm: the HF config (the runner reads its position limit) and
+    the started engine, with the settings it was started with; no HF weights are loaded."""
+
+    config: Any  # a transformers PretrainedConfig
+    llm: Any  # vllm.LLM
+    settings: VllmSettings
+
+
+def settings_for(config: RunConfig, precision: str) -> VllmSettings:
+    """The engine settings of a run: the --backend vllm flags of `config` at `precision`."""
+    return VllmSettings(
+        precision=precision,
+        tensor_parallel_size=config.tensor_parallel_size,
+        pipeline_parallel_size=config.pipeline_parallel_size,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        max_model_len=config.max_model_len,
+        enforce_eager=config.enforce_eager,
+        distributed_executor_backend=config.distributed_executor_backend,
+        trust_remote_code=config.trust_remote_code,
+    )
+
+
+def check_run(config: RunConfig, precisions: Sequence[str]) -> None:
+    """Before anything loads: vLLM importable with logprob_token_ids, and every precision runnable on the
+    model (a GGUF file is dequantized to floats: fp32, bf16 or fp16 only)."""
+    from evalkit.model import resolve_source
+
+    require_logprob_token_ids()
+    source = resolve_source(config.model)
+    for precision in precisions:
+        settings = settings_for(config, precision)
+        if source.kind == "local":
+            settings.engine_kwargs(source.location)
+        elif source.kind == "gguf":
+            if precision not in DTYPES:
+                raise EvalkitError(
+                    f"--backend vllm scores a GGUF file from its dequantized floats: --precision "
+                    f"{precision} is not one of {', '.join(DTYPES)} (use --backend hf to quantize it)"
+                )
+        else:
+            raise EvalkitError(
+                f"--backend vllm needs a local model directory or .gguf file, got the hub id "
+                f"{config.model!r}: download it first and pass its directory"
+            )
+
+
+def prepare_model_dir(model: str, work_dir: str | Path) -> Path:
+    """The model directory vLLM loads: the local directory itself, or a GGUF file dequantized once into
+    `work_dir` (every precision of a sweep reads it)."""
+    from evalkit.model import resolve_source
+
+    source = resolve_source(model)
+    if source.kind == "gguf":
+        assert source.gguf_file is not None
+        LOG.info("dequantizing %s for vLLM into %s", source.gguf_file, work_dir)
+        return dequantize_gguf(Path(source.location) / source.gguf_file, Path(work_dir) / "model")
+    return Path(source.location)
+
+
+def load_for_run(config: RunConfig, precision: str, model_dir: str | Path):
+    """An evalkit.model.LoadedModel for --backend vllm: tokenizer and HF config read as the HF path reads
+    them (evalkit's own tokenizer for a native Baichuan checkpoint: its remote code never runs), and a
+    vLLM engine started on `model_dir` (prepare_model_dir) at `precision`."""
+    import time
+
+    from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+    from evalkit.model import LoadedModel, _from_pretrained, native_variant, resolve_device, resolve_source
+
+    source = resolve_source(config.model)
+    local = resolve_source(str(model_dir))
+    native = native_variant(local)
+    settings = settings_for(config, precision)
+    started = time.perf_counter()
+    if native is not None:  # vLLM has its own Baichuan classes; config and tokenizer without remote code
+        from evalkit.models.baichuan_tokenizer import load_baichuan_tokenizer
+
+        tokenizer = load_baichuan_tokenizer(local.location)
+        hf_config = PretrainedConfig.from_pretrained(local.location)
+    else:
+        tokenizer = _from_pretrained(AutoTokenizer, local, trust_remote_code=config.trust_remote_code)
+        hf_config = _from_pretrained(AutoConfig, local, trust_remote_code=config.trust_remote_code)
+    llm = load_vllm(model_dir, settings)
+    info = ModelInfo(
+        precision=precision,
+        quant_backend="pre-quantized" if precision in QUANTIZED else "none",
+        quant_method=_quant_method(hf_config.to_dict()) or "none",
+        source_quantization=_gguf_quantization(source),
+        dtype=DTYPES.get(precision, str(llm.llm_engine.model_config.dtype).removeprefix("torch.")),
+        device=resolve_device(config.device),
+        source=source.kind,
+        weights_format=f"vllm: dequantized from {source.gguf_file}"
+        if source.gguf_file
+        else "vllm: checkpoint",
+        load_seconds=round(time.perf_counter() - started, 2),
+        model_class=(getattr(hf_config, "architectures", None) or ["?"])[0],
+        trust_remote_code=config.trust_remote_code,
+        implementation=f"vllm {require_logprob_token_ids()}",
+    )
+    return LoadedModel(VllmModel(hf_config, llm, settings), tokenizer, source, info)
+
+
+def _gguf_quantization(source) -> str | None:
+    if not source.gguf_file:
+        return None
+    from evalkit.model import source_quantization
+
+    found = source_quantization(source)
+    return f"gguf {found.method}" if found is not None else None
 
 
 # ---- scoring ----
