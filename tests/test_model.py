@@ -103,7 +103,8 @@ def test_measure_peak_memory_sees_a_temporary_allocation() -> None:
         resident = _resident_bytes()  # the block's tensor is resident now (pages an allocator kept count too)
         del block
     assert peak.rss_scope in ("block", "process") and peak.cuda_bytes is None
-    assert peak.rss_bytes >= max(resident, 128 * 2**20)  # the peak saw the block's allocation
+    # the peak saw the block's allocation (the kernel syncs its high-water mark in steps: 16 MiB slack)
+    assert peak.rss_bytes >= max(resident - 16 * 2**20, 128 * 2**20)
 
 
 def test_missing_weights_are_an_evalkit_error(tiny_spm_model_dir: Path, tmp_path: Path) -> None:
