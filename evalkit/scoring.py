@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 from transformers import Cache, DynamicCache
 
+from evalkit.backends.base import OneByOne, Scores
 from evalkit.batching import Batch, Group, prefix_groups, split_batches
 from evalkit.types import EngineChoice, EvalkitError, Fallback, ReuseMode, unknown
 
@@ -46,7 +47,6 @@ PACK_TOKENS = {"cpu": 256, "other": 1024}
 # (fp16) or 2^-3 (bf16), and another order of the same arithmetic moves it by a step or two: on
 # SmolLM2 bf16 (CMMLU) the prefix forms differed by 0.16-0.19, where a 0.1 bound threw them out.
 PROBE_TOLERANCE = {torch.float16: 0.1, torch.bfloat16: 0.5}
-Scores = tuple[float, float, float, float]
 
 
 def default_batch_tokens(model) -> int:
@@ -162,7 +162,7 @@ class NonFiniteLogits(EvalkitError):
         self.indices = indices
 
 
-class Scorer:
+class Scorer(OneByOne):
     """Scores token-id prompts: the fp32 log-softmax over the four letter ids after each prompt's last token.
 
     `batch_tokens` bounds each forward: rows x padded length, the reused prefix counted in every row
@@ -225,13 +225,6 @@ class Scorer:
             return max(windows)
         window = getattr(self.model.config.get_text_config(), "sliding_window", None)  # models not packed
         return window if isinstance(window, int) else None
-
-    def score(
-        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[tuple[int, Scores]]:
-        """Yield (index, log-probs) one question at a time, in the order of `score_batches`."""
-        for batch in self.score_batches(token_ids, only):
-            yield from batch
 
     def score_batches(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None

@@ -62,6 +62,17 @@ class ScoringBackend(Protocol):
         ...
 
 
+class OneByOne:
+    """`score` for a backend that defines `score_batches`: the same pairs, one question at a time."""
+
+    def score(
+        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
+    ) -> Iterator[tuple[int, Scores]]:
+        """Yield (index, log-probs) one question at a time, in the order of `score_batches`."""
+        for batch in self.score_batches(token_ids, only):
+            yield from batch
+
+
 def backend_record(backend: ScoringBackend) -> dict:
     """What run.json records of the backend: its own `describe()` where it has one, else its name."""
     describe = getattr(backend, "describe", None)

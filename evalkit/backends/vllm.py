@@ -44,7 +44,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from evalkit.backends.base import Scores
+from evalkit.backends.base import OneByOne, Scores
 from evalkit.types import EvalkitError, ModelInfo, RunConfig
 
 LOG = logging.getLogger(__name__)
@@ -352,7 +352,7 @@ class CacheStats:
         return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None
 
 
-class VllmScorer:
+class VllmScorer(OneByOne):
     """Scores token-id prompts on a vLLM engine: the fp32 log-softmax over the four letter ids after each
     prompt's last token (the contract of evalkit.backends.base.ScoringBackend).
 
@@ -384,13 +384,6 @@ class VllmScorer:
         self.fallbacks: list = []
         self.cache = CacheStats()
         self._calls = 0  # score_batches calls: they make each request id unique
-
-    def score(
-        self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[tuple[int, Scores]]:
-        """Yield (index, log-probs) one question at a time, in the order of `score_batches`."""
-        for batch in self.score_batches(token_ids, only):
-            yield from batch
 
     def score_batches(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
