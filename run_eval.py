@@ -29,8 +29,8 @@ from evalkit.types import EvalkitError, RunConfig
 from tasks import TASKS, get_task
 
 if TYPE_CHECKING:
+    from evalkit.records import SavedRun
     from evalkit.report.tables import ReportRun
-    from evalkit.results import SavedRun
 
 log = logging.getLogger("evalkit")
 DEFAULTS = RunConfig(model="", task="")
@@ -210,7 +210,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from evalkit.bench.report import format_table, write_outputs
     from evalkit.bench.run import BenchSettings, device_defaults, run_bench
-    from evalkit.model import resolve_device
+    from evalkit.models.loading import resolve_device
 
     fitting = device_defaults(resolve_device(args.device))  # what was not given, fitted to the device
     precisions = args.precision or [fitting.precision]
@@ -305,8 +305,8 @@ def _literal_choices(cls: type, field_name: str) -> tuple[str, ...]:
 
 
 def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
-    from evalkit.model import DEVICE_MAPS, DEVICES
-    from evalkit.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
+    from evalkit.models.loading import DEVICE_MAPS, DEVICES
+    from evalkit.models.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
 
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
@@ -469,8 +469,8 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     from evalkit.bench.report import OUTPUT_DIR
     from evalkit.bench.run import DEVICE_DEFAULTS, MODES, BenchSettings
-    from evalkit.model import DEVICES
-    from evalkit.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS
+    from evalkit.models.loading import DEVICES
+    from evalkit.models.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS
 
     bench = BenchSettings()
     kinds = DEVICE_DEFAULTS.items()

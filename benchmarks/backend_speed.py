@@ -67,8 +67,8 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from evalkit.backends.hf import Scorer
     from evalkit.backends.vllm import VllmScorer, VllmSettings, dequantize_gguf, load_vllm
-    from evalkit.scoring import Scorer
 
     model_dir = dequantize_gguf(args.gguf, Path(tempfile.mkdtemp(prefix="backend-speed-")) / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -20,7 +20,7 @@ import torch
 from tabulate import tabulate
 
 from evalkit.bench.run import MODES, BenchRow, BenchSettings, bench_loaded
-from evalkit.model import load_model, resolve_device
+from evalkit.models.loading import load_model, resolve_device
 from evalkit.types import EvalkitError
 
 SMOLLM = Path(__file__).resolve().parents[2] / "shared" / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

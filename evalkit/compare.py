@@ -29,9 +29,9 @@ from evalkit.divergence import (
     per_question,
 )
 from evalkit.metrics import Interval, bootstrap_ci, combine, group_members
+from evalkit.records import Metric, SavedRun
 from evalkit.report.tables import run_label
-from evalkit.results import SavedRun
-from evalkit.types import Aggregation, EvalkitError, Metric, QuestionResult, Task
+from evalkit.types import Aggregation, EvalkitError, QuestionResult, Task
 
 SAMPLE_IDS = 3  # question ids quoted in a mismatch error
 

@@ -21,25 +21,14 @@ import csv
 import hashlib
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from evalkit.hub import require_hub_dataset
-from evalkit.types import LETTERS, EvalkitError, Question, Subject, Task, unknown
+from evalkit.types import LETTERS, EvalkitError, Question, Subject, SubjectData, Task, unknown
 
 # the column order of header-less files (MMLU): question, A, B, C, D, answer
 HEADERLESS_COLUMNS = ("question", "A", "B", "C", "D", "answer")
 _ROLES = tuple(c.lower() for c in HEADERLESS_COLUMNS)  # field roles; headers match them in any case
-
-
-@dataclass(frozen=True)
-class SubjectData:
-    """One subject's questions to score and the rows its few-shot examples come from."""
-
-    subject: Subject
-    questions: tuple[Question, ...]  # the evaluated split (after --limit: its first N rows in file order)
-    shots: tuple[Question, ...]  # the shot split (dev), every row in file order
-    files: tuple[tuple[str, str], ...] = ()  # (path under the data dir, sha256 prefix) of each file read
 
 
 def load_task_data(

@@ -15,7 +15,7 @@ from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 
-from evalkit.types import Environment
+from evalkit.records import Environment
 
 # versions recorded with every run and bench report
 PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")
@@ -30,7 +30,7 @@ def process_device(device: str) -> str:
     import torch
     from accelerate import PartialState
 
-    from evalkit.model import resolve_device
+    from evalkit.models.loading import resolve_device
 
     resolved = resolve_device(device)
     # a long timeout: the processes meet only at the end of each task, after hours of scoring

@@ -14,7 +14,8 @@ from typing import get_args
 
 import numpy as np
 
-from evalkit.types import Aggregation, EvalkitError, Metric, QuestionResult, Task, unknown
+from evalkit.records import Metric
+from evalkit.types import Aggregation, EvalkitError, QuestionResult, Task, unknown
 
 
 @dataclass(frozen=True)

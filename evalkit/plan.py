@@ -1,6 +1,6 @@
 """What a run is about to compute, told before scoring starts, and how long it should take.
 
-The plan is arithmetic on token ids (evalkit.batching's prefix groups), so it is exact before the
+The plan is arithmetic on token ids (evalkit.backends.batching's prefix groups), so it is exact before the
 first forward: prompt tokens without reuse are the sum of the prompts' lengths; with reuse each
 prefix group's shared prefix is computed once, saving (members - 1) * prefix tokens. The time
 estimate extrapolates the first batch's measured seconds by prompt tokens. No torch.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from evalkit.batching import prefix_groups
+from evalkit.backends.batching import prefix_groups
 
 
 @dataclass(frozen=True)

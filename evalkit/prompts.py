@@ -10,19 +10,8 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from evalkit.data import SubjectData
-from evalkit.types import EvalkitError, Question, Scheme, Subject
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """The full prompt text of one question (ending with the answer cue) and how many shots it holds."""
-
-    question: Question
-    text: str
-    shots_used: int
+from evalkit.types import EvalkitError, Prompt, Question, Scheme, Subject, SubjectData
 
 
 def build_prompts(

@@ -37,18 +37,8 @@ from typing import NamedTuple
 
 from filelock import FileLock, Timeout
 
-from evalkit.types import (
-    Environment,
-    EvalkitError,
-    Fallback,
-    Metric,
-    ModelInfo,
-    QuestionResult,
-    RunConfig,
-    RunResult,
-    Scheme,
-    Timings,
-)
+from evalkit.records import Environment, Fallback, Metric, ModelInfo, RunResult, SavedRun, Timings
+from evalkit.types import EvalkitError, QuestionResult, RunConfig, Scheme
 
 CONFIG_FILE = "config.json"
 QUESTIONS_FILE = "questions.jsonl"
@@ -59,13 +49,6 @@ LOCK_FILE = ".lock"  # in a run directory: held (flock) by the one process that 
 HOLDER_FILE = ".lock-holder.json"  # who holds it, for the message of a process refused
 ROOT_LOCK = ".evalkit.lock"  # in --output-dir: held while a run directory is found or made
 log = logging.getLogger(__name__)
-
-
-class SavedRun(NamedTuple):
-    """A finished run: run.json's record and every question result (as read back, or as just written)."""
-
-    result: RunResult
-    questions: list[QuestionResult]
 
 
 def short_model_name(model: str) -> str:

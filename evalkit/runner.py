@@ -22,24 +22,24 @@ from accelerate.utils import broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
 from evalkit.backends.base import ScoringBackend, backend_record
-from evalkit.data import SubjectData
+from evalkit.backends.hf import NonFiniteLogits, Scorer
 from evalkit.machine import environment
 from evalkit.metrics import aggregate
-from evalkit.model import LoadedModel
+from evalkit.models.loading import LoadedModel
 from evalkit.plan import FirstBatchEstimate, TokenPlan, describe_plan, describe_resume, token_plan
-from evalkit.prompts import Prompt, build_prompts
-from evalkit.results import SUBMISSION_FILE, RunDir, SavedRun, load_run, write_submission
-from evalkit.scoring import NonFiniteLogits, Scorer
+from evalkit.prompts import build_prompts
+from evalkit.records import RunResult, SavedRun, Timings
+from evalkit.results import SUBMISSION_FILE, RunDir, load_run, write_submission
 from evalkit.tokens import LetterTokens, count_tokens_fn, encode_prompts, letter_tokens
 from evalkit.types import (
     LETTERS,
     EvalkitError,
+    Prompt,
     QuestionResult,
     RunConfig,
-    RunResult,
     Scheme,
+    SubjectData,
     Task,
-    Timings,
     token_ids_hash,
     unknown,
 )

@@ -20,8 +20,8 @@ from evalkit.report.tables import ReportRun
 from evalkit.types import EvalkitError, RunConfig, Task, unknown
 
 if TYPE_CHECKING:
-    from evalkit.data import SubjectData
-    from evalkit.model import LoadedModel
+    from evalkit.models.loading import LoadedModel
+    from evalkit.types import SubjectData
 
 log = logging.getLogger("evalkit")
 
@@ -53,8 +53,8 @@ def subjects_by_task(
 def _quant_backends(precisions: Sequence[str], config: RunConfig, device: str) -> dict[str, str | None]:
     """Each precision's backend, checked before anything loads; the default named where it was not given
     (one config, and one label, however it was asked); float precisions take none."""
-    from evalkit.model import check_precision
-    from evalkit.quantize import QUANT_BITS
+    from evalkit.models.loading import check_precision
+    from evalkit.models.quantize import QUANT_BITS
 
     backend_for = {p: config.quant_backend if p in QUANT_BITS else None for p in precisions}
     for precision in precisions:
@@ -80,7 +80,7 @@ def run_sweep(
     """
     from evalkit.data import load_task_data
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
-    from evalkit.model import load_model
+    from evalkit.models.loading import load_model
     from evalkit.results import check_output_dir
 
     by_name = {task.name: task for task in tasks}

@@ -10,17 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 
 from evalkit.metrics import aggregate
-from evalkit.results import SavedRun
-from evalkit.types import (
-    Environment,
-    ModelInfo,
-    QuestionResult,
-    RunConfig,
-    RunResult,
-    Subject,
-    Task,
-    Timings,
-)
+from evalkit.records import Environment, ModelInfo, RunResult, SavedRun, Timings
+from evalkit.types import QuestionResult, RunConfig, Subject, Task
 from tasks import get_task
 
 LOGPROBS = (-1.0, -2.0, -3.0, -4.0)

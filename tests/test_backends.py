@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from evalkit.backends.base import BACKENDS, ScoringBackend, backend_record
+from evalkit.backends.hf import Scorer
 from evalkit.backends.vllm import VllmSettings, load_vllm
-from evalkit.scoring import Scorer
 from evalkit.types import EvalkitError
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import SHARED
 
-from evalkit.model import check_precision, load_model
+from evalkit.models.loading import check_precision, load_model
 from evalkit.types import EvalkitError
 
 torch.set_num_threads(1)

@@ -16,7 +16,7 @@ from evalkit.bench.machine import probe_bandwidth
 from evalkit.bench.model import check_exact, generate_exactly, prompt_ids
 from evalkit.bench.report import format_table, write_outputs
 from evalkit.bench.run import BenchSettings, bench_loaded, run_bench
-from evalkit.model import LoadedModel, load_model
+from evalkit.models.loading import LoadedModel, load_model
 from evalkit.types import EvalkitError
 
 SMALL = BenchSettings(
@@ -127,7 +127,7 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     import dataclasses
 
     from evalkit.bench.run import BenchReport, _notes
-    from evalkit.types import Environment
+    from evalkit.records import Environment
 
     row = bench_loaded(eos_loving, 1, SMALL)
     noisy = dataclasses.replace(row, decode_tok_s=None, achieved_fraction=None)

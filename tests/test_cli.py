@@ -58,8 +58,8 @@ def test_every_subcommand_has_a_description_two_examples_and_one_default_per_fla
 
 def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
     from evalkit.bench.run import DEVICE_DEFAULTS, BenchSettings
-    from evalkit.model import DEVICE_MAPS
-    from evalkit.quantize import PRECISIONS, QUANT_BITS
+    from evalkit.models.loading import DEVICE_MAPS
+    from evalkit.models.quantize import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
     from tasks import TASKS
 
@@ -141,7 +141,7 @@ def expected_tokens(model_dir: Path, data_dir: Path, task_name: str) -> tuple[in
     """(questions, tokens without reuse, with reuse), from the prompts' token ids and the prefix groups."""
     from transformers import AutoTokenizer
 
-    from evalkit.batching import prefix_groups
+    from evalkit.backends.batching import prefix_groups
     from evalkit.data import load_task_data
     from evalkit.prompts import build_prompts
     from evalkit.tokens import count_tokens_fn, encode_prompts

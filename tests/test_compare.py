@@ -8,8 +8,9 @@ import pytest
 from builders import answers, saved_run
 
 from evalkit.compare import compare, compare_pair, mcnemar_p, pair_by_task
+from evalkit.records import SavedRun
 from evalkit.report.compare import to_markdown
-from evalkit.results import RunDir, SavedRun, load_run
+from evalkit.results import RunDir, load_run
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 

@@ -31,7 +31,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from evalkit.scoring import PROBE_TOLERANCE, Scorer
+from evalkit.backends.hf import PROBE_TOLERANCE, Scorer
 
 VOCAB = 256
 LETTERS = (10, 11, 12, 13)

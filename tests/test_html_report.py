@@ -16,9 +16,10 @@ import pytest
 from builders import answers, saved_run
 
 from evalkit.published import PublishedRow
+from evalkit.records import ModelInfo
 from evalkit.report.html import category_figure, write_html
 from evalkit.report.tables import ReportRun, build_tables
-from evalkit.types import ModelInfo, RunConfig
+from evalkit.types import RunConfig
 from tasks import get_task
 
 CEVAL = get_task("ceval")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.model import (
+from evalkit.models.loading import (
     FLOAT_PRECISIONS,
     ModelSource,
     check_precision,

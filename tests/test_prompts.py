@@ -10,9 +10,8 @@ import random
 import pytest
 from upstream import official_prompts
 
-from evalkit.data import SubjectData
 from evalkit.prompts import build_prompts, letter_continuation
-from evalkit.types import EvalkitError, Question
+from evalkit.types import EvalkitError, Question, SubjectData
 from tasks import get_task
 
 

@@ -10,10 +10,10 @@ from builders import answers, saved_run
 
 from evalkit.compare import compare_pair
 from evalkit.published import PublishedRow
+from evalkit.records import ModelInfo, SavedRun, Timings
 from evalkit.report.quantization import build_quant_table, quant_frame, quant_markdown, show_precision
 from evalkit.report.tables import ReportRun
-from evalkit.results import SavedRun
-from evalkit.types import EvalkitError, ModelInfo, QuestionResult, RunConfig, Timings
+from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_quantization
 

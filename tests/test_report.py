@@ -11,10 +11,11 @@ import pytest
 from builders import run_result
 
 from evalkit.published import PublishedRow
+from evalkit.records import RunResult
 from evalkit.report.csv import write_csv
 from evalkit.report.tables import ReportRun, build_tables, run_label, to_markdown
 from evalkit.results import RunDir, find_runs, load_run, write_submission
-from evalkit.types import EvalkitError, QuestionResult, RunConfig, RunResult
+from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_rows
 

@@ -236,7 +236,7 @@ def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_di
     import torch
 
     from evalkit.data import load_task_data
-    from evalkit.model import load_model
+    from evalkit.models.loading import load_model
     from evalkit.prompts import build_prompts
     from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
     from evalkit.types import token_ids_hash

@@ -17,7 +17,7 @@ LIMIT = 3
 @pytest.mark.slow
 def test_official_and_lm_eval_score_the_prompts_their_sources_build(smollm_gguf, shared_data, tmp_path):
     from evalkit.data import load_task_data
-    from evalkit.model import load_model
+    from evalkit.models.loading import load_model
     from evalkit.runner import run_task
     from evalkit.types import RunConfig
     from tasks import get_task

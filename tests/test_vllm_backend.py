@@ -20,10 +20,10 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
+from evalkit.backends.hf import Scorer  # noqa: E402
 from evalkit.backends.vllm import VllmScorer, VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
 from evalkit.data import load_task_data  # noqa: E402
 from evalkit.prompts import build_prompts  # noqa: E402
-from evalkit.scoring import Scorer  # noqa: E402
 from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
 from evalkit.types import EvalkitError  # noqa: E402
 from tasks import get_task  # noqa: E402
@@ -217,7 +217,7 @@ def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_
     import dataclasses
 
     from evalkit import runner
-    from evalkit.model import load_model
+    from evalkit.models.loading import load_model
     from evalkit.results import QUESTIONS_FILE, RUN_FILE
     from evalkit.types import RunConfig
 

@@ -12,20 +12,20 @@ it is done, so the runner appends it to questions.jsonl at once (a killed run ke
 - a question's log-probs do not depend on `only`, on the batch it lands in or on its neighbours beyond
   float rounding (~1e-5 in fp32): a resumed run (`only` = what is not done) equals a fresh one;
 - out-of-range indices in `only` and empty prompts are an EvalkitError before anything is scored;
-- NaN/inf letter logits raise evalkit.scoring.NonFiniteLogits naming the prompt indices.
+- NaN/inf letter logits raise evalkit.backends.hf.NonFiniteLogits naming the prompt indices.
 `score(token_ids, only=None)` yields the same (index, log-probs) pairs one at a time.
 
 Reporting attributes, which the runner copies into run.json:
 - `engine_used`: how the last `score_batches` call scored ("prefix" | "plain" | "isolated" for the HF
   scorer, "vllm" for vLLM); "" before the first call;
-- `mode`: the prefix-reuse mode (evalkit.types.ReuseMode for the HF scorer: "packed" | "rows" | "plain" |
+- `mode`: the prefix-reuse mode (evalkit.records.ReuseMode for the HF scorer: "packed" | "rows" | "plain" |
   "isolated", None before its probe; "prefix_cache" for vLLM's automatic prefix caching);
-- `fallbacks`: every reuse mode given up, with its reason (evalkit.types.Fallback; empty for vLLM);
+- `fallbacks`: every reuse mode given up, with its reason (evalkit.records.Fallback; empty for vLLM);
 - `isolated`: True where one prompt is scored per forward (activation-quantizing models).
 A backend may also offer `describe() -> dict` (JSON-ready: engine version, settings, cache statistics)
 for run.json's model_info; `backend_record` reads it where present.
 
-evalkit.scoring.Scorer satisfies this Protocol structurally (no base class, nothing to register):
+evalkit.backends.hf.Scorer satisfies this Protocol structurally (no base class, nothing to register):
 `isinstance(Scorer(...), ScoringBackend)` holds, and so does it for evalkit.backends.vllm.VllmScorer.
 """
 
@@ -37,7 +37,7 @@ from typing import Protocol, get_args, runtime_checkable
 from evalkit.types import Backend
 
 Scores = tuple[float, float, float, float]  # log-softmax over the letters A, B, C, D (fp32 values)
-BACKENDS: tuple[str, ...] = get_args(Backend)  # --backend choices; "hf" (evalkit.scoring.Scorer): default
+BACKENDS: tuple[str, ...] = get_args(Backend)  # --backend choices; "hf" (evalkit.backends.hf.Scorer): default
 
 
 @runtime_checkable

@@ -22,7 +22,8 @@ engine in this process (one device only; the tests do this).
 
 `load_for_run(config, precision, model_dir)` is what `eval`/`sweep --backend vllm` load per precision:
 the tokenizer and HF config as the HF path reads them (no HF weights) and the started engine, as an
-evalkit.model.LoadedModel whose `model` is a VllmModel; `prepare_model_dir` dequantizes a GGUF file once
+evalkit.models.loading.LoadedModel whose `model` is a VllmModel; `prepare_model_dir` dequantizes a GGUF
+file once
 (for every precision of a sweep) and `check_run` refuses what cannot run before anything loads.
 
 Scale is vLLM's own: `tensor_parallel_size` GPUs share each layer, `pipeline_parallel_size` stages
@@ -45,7 +46,8 @@ from typing import Any
 from tqdm import tqdm
 
 from evalkit.backends.base import OneByOne, Scores
-from evalkit.types import EvalkitError, ModelInfo, RunConfig
+from evalkit.records import ModelInfo
+from evalkit.types import EvalkitError, RunConfig
 
 LOG = logging.getLogger(__name__)
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # evalkit precision -> vLLM dtype
@@ -250,7 +252,7 @@ def settings_for(config: RunConfig, precision: str) -> VllmSettings:
 def check_run(config: RunConfig, precisions: Sequence[str]) -> None:
     """Before anything loads: vLLM importable with logprob_token_ids, and every precision runnable on the
     model (a GGUF file is dequantized to floats: fp32, bf16 or fp16 only)."""
-    from evalkit.model import resolve_source
+    from evalkit.models.loading import resolve_source
 
     require_logprob_token_ids()
     source = resolve_source(config.model)
@@ -274,7 +276,7 @@ def check_run(config: RunConfig, precisions: Sequence[str]) -> None:
 def prepare_model_dir(model: str, work_dir: str | Path) -> Path:
     """The model directory vLLM loads: the local directory itself, or a GGUF file dequantized once into
     `work_dir` (every precision of a sweep reads it)."""
-    from evalkit.model import resolve_source
+    from evalkit.models.loading import resolve_source
 
     source = resolve_source(model)
     if source.kind == "gguf":
@@ -285,14 +287,20 @@ def prepare_model_dir(model: str, work_dir: str | Path) -> Path:
 
 
 def load_for_run(config: RunConfig, precision: str, model_dir: str | Path):
-    """An evalkit.model.LoadedModel for --backend vllm: tokenizer and HF config read as the HF path reads
-    them (evalkit's own tokenizer for a native Baichuan checkpoint: its remote code never runs), and a
+    """An evalkit.models.loading.LoadedModel for --backend vllm: tokenizer and HF config read as the HF path
+    reads them (evalkit's own tokenizer for a native Baichuan checkpoint: its remote code never runs), and a
     vLLM engine started on `model_dir` (prepare_model_dir) at `precision`."""
     import time
 
     from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-    from evalkit.model import LoadedModel, _from_pretrained, native_variant, resolve_device, resolve_source
+    from evalkit.models.loading import (
+        LoadedModel,
+        _from_pretrained,
+        native_variant,
+        resolve_device,
+        resolve_source,
+    )
 
     source = resolve_source(config.model)
     local = resolve_source(str(model_dir))
@@ -330,7 +338,7 @@ def load_for_run(config: RunConfig, precision: str, model_dir: str | Path):
 def _gguf_quantization(source) -> str | None:
     if not source.gguf_file:
         return None
-    from evalkit.model import source_quantization
+    from evalkit.models.loading import source_quantization
 
     found = source_quantization(source)
     return f"gguf {found.method}" if found is not None else None
@@ -427,7 +435,7 @@ class VllmScorer(OneByOne):
                 if batch:
                     bad = [i for i, scores in batch if not all(math.isfinite(x) for x in scores)]
                     if bad:
-                        from evalkit.scoring import NonFiniteLogits
+                        from evalkit.backends.hf import NonFiniteLogits
 
                         raise NonFiniteLogits(sorted(bad))
                     bar.update(len(batch))

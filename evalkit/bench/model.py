@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from evalkit.model import LoadedModel
+from evalkit.models.loading import LoadedModel
 from evalkit.types import EvalkitError
 
 # Natural text tiled to exactly P tokens: all rows identical, so no padding enters the timing.
@@ -96,7 +96,7 @@ def kv_bytes_per_token(loaded: LoadedModel, input_ids: torch.Tensor) -> int:
 
 def weight_read_bytes(loaded: LoadedModel) -> int:
     """A decode step reads all weights, except an untied input embedding (only B rows of it)."""
-    total = loaded.info.weight_bytes  # real tensor bytes, quantized storage included (evalkit.model)
+    total = loaded.info.weight_bytes  # real tensor bytes, quantized storage included (evalkit.models.loading)
     emb_in, emb_out = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
     if emb_out is not None and emb_in.weight.data_ptr() == emb_out.weight.data_ptr():
         return int(total)

@@ -43,7 +43,7 @@ from evalkit.bench.model import (
     weight_read_bytes,
 )
 from evalkit.machine import environment, free_memory
-from evalkit.model import (
+from evalkit.models.loading import (
     LoadedModel,
     check_precision,
     load_model,
@@ -51,7 +51,8 @@ from evalkit.model import (
     resolve_device,
     resolve_source,
 )
-from evalkit.types import Environment, EvalkitError, ModelInfo, unknown
+from evalkit.records import Environment, ModelInfo
+from evalkit.types import EvalkitError, unknown
 
 log = logging.getLogger(__name__)
 MODES = ("eager", "compiled")

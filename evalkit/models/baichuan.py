@@ -479,7 +479,7 @@ class _BaichuanMixin:
             # LLM.int8 (threshold 6.0, int8 weights) or NF4 with double-quantized block scales,
             # computing in the activations' dtype (the model's), on all linear layers but the head;
             # quantized as they move to CPU here (the original: at its `.cuda()`), then moved on
-            from evalkit.quantize import quantize_bnb_modules
+            from evalkit.models.quantize import quantize_bnb_modules
 
             return quantize_bnb_modules(self, bits, compute_dtype=self.dtype, double_quant=True, device="cpu")
         for layer in self.model.layers:

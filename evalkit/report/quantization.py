@@ -23,9 +23,10 @@ import pandas as pd
 from evalkit.compare import Delta, compare_pair
 from evalkit.divergence import divergence_cell
 from evalkit.published import FULL, FULL_PRECISIONS, PublishedRow, matching
+from evalkit.records import Metric, SavedRun
 from evalkit.report.tables import AVERAGE, ReportRun, footnote, markdown_table, run_label
-from evalkit.results import SavedRun, short_model_name
-from evalkit.types import EvalkitError, Metric
+from evalkit.results import short_model_name
+from evalkit.types import EvalkitError
 
 GIB = 2**30
 EXPLAINED = (

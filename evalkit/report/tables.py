@@ -21,8 +21,9 @@ import pandas as pd
 
 from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
 from evalkit.published import PublishedRow, check_names, matching, named_rows
+from evalkit.records import Metric, RunResult
 from evalkit.results import SUBMISSION_FILE, short_model_name
-from evalkit.types import Metric, QuestionResult, RunConfig, RunResult, Task
+from evalkit.types import QuestionResult, RunConfig, Task
 
 AVERAGE = "Average"
 AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}

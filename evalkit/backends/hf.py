@@ -1,7 +1,7 @@
 """The scoring engine: fp32 log-softmax over the four letter ids after each token-id prompt.
 
 Speed comes from shared-prefix KV reuse. The prompts of a subject share their header and shots, so
-the engine groups prompts by their longest common token prefix (the plan: evalkit.batching), runs
+the engine groups prompts by their longest common token prefix (the plan: evalkit.backends.batching), runs
 each prefix once (batch 1) and scores every question's remaining tokens against its KV cache:
 - `packed` (transformers or evalkit.models code, sdpa/eager attention, no mask-built ALiBi): several
   suffixes in ONE row after the prefix, a 4D mask letting each suffix see the prefix and itself (in
@@ -33,8 +33,9 @@ from tqdm import tqdm
 from transformers import Cache, DynamicCache
 
 from evalkit.backends.base import OneByOne, Scores
-from evalkit.batching import Batch, Group, prefix_groups, split_batches
-from evalkit.types import EngineChoice, EvalkitError, Fallback, ReuseMode, unknown
+from evalkit.backends.batching import Batch, Group, prefix_groups, split_batches
+from evalkit.records import Fallback, ReuseMode
+from evalkit.types import EngineChoice, EvalkitError, unknown
 
 LOG = logging.getLogger(__name__)
 CPU_BATCH_TOKENS = 4096  # a CPU forward is compute-bound: larger batches are not faster, only bigger
@@ -171,7 +172,7 @@ class Scorer(OneByOne):
 
     Public state: `mode` is the reuse mode ("packed" | "rows" | "plain", settled by the first probe;
     "isolated" from the start; None before), `candidates` the modes the probe tries in order, `fallbacks`
-    every mode given up with its reason (evalkit.types.Fallback; run.json keeps them), `keep` how
+    every mode given up with its reason (evalkit.records.Fallback; run.json keeps them), `keep` how
     last-token logits are asked for (see _keep_mode), `cache_argument` the forward's name for the KV
     cache, `attention_kinds` {layer type: sliding window or None} of a packable model ({} otherwise).
     """

@@ -6,7 +6,7 @@ only when no such path exists, and a failure says how to point evalkit at a loca
 runs natively (evalkit.models, recognised from its config) and its remote code never runs, flag or
 not; remote code that raises ends in one EvalkitError naming what failed. The precision/backend
 combination is checked (`check_precision`) before anything heavy is loaded; quantization itself
-lives in evalkit.quantize. Memory is counted from the real tensors and the measured peak of the load.
+lives in evalkit.models.quantize. Memory is counted from the real tensors and the measured peak of the load.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from evalkit.hub import require_hub_model
-from evalkit.quantize import (
+from evalkit.models.quantize import (
     FLOAT_PRECISIONS,
     LLM_INT8_ACTIVATIONS,
     Prequantized,
@@ -39,7 +39,8 @@ from evalkit.quantize import (
     quantize_torchao,
     quantize_with_model_code,
 )
-from evalkit.types import EvalkitError, ModelInfo, unknown
+from evalkit.records import ModelInfo
+from evalkit.types import EvalkitError, unknown
 
 __all__ = [
     "FLOAT_PRECISIONS",
