@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evalkit.backends.vllm_run import ENGINE_FIELDS
 from evalkit.types import EvalkitError, RunConfig
 from tasks import TASKS, get_task
 
@@ -97,26 +98,20 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         output_dir=args.output_dir,
         progress=not args.no_progress,
         backend=args.backend,
-        **{name: getattr(args, name) for name in VLLM_FLAGS if getattr(args, name) is not None},
+        **{name: getattr(args, name) for name in ENGINE_FIELDS if getattr(args, name) is not None},
     )
     return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
 
 
-# --backend vllm's engine flags (RunConfig fields), and the flags only the HF scorer reads
-VLLM_FLAGS = (
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "enforce_eager",
-    "distributed_executor_backend",
-)
+# the flags only the HF scorer reads, and those only HF generate (bench) reads
 HF_FLAGS = ("engine", "device_map", "quant_backend", "batch_tokens")
+HF_BENCH_FLAGS = ("mode", "compile_backend", "quant_backend")
 
 
-def check_backend_flags(args: argparse.Namespace) -> None:
-    """Flags of the other backend are refused (they would be silently ignored), before anything loads."""
-    other = HF_FLAGS if args.backend == "vllm" else VLLM_FLAGS
+def check_backend_flags(args: argparse.Namespace, hf_only: Sequence[str] = HF_FLAGS) -> None:
+    """Flags of the other backend are refused (they would be silently ignored), before anything loads;
+    `hf_only`: the command's flags that --backend vllm has no use for."""
+    other = hf_only if args.backend == "vllm" else ENGINE_FIELDS
     given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) not in (None, False)]
     if given:
         owner = "--backend hf" if args.backend == "vllm" else "--backend vllm"
@@ -128,7 +123,7 @@ def check_backend_flags(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evalkit.machine import is_main_process
-    from evalkit.report.tables import to_markdown
+    from evalkit.report.tables_markdown import to_markdown
     from tasks.references import published_rows
 
     runs = _sweep(args, [args.precision])
@@ -139,8 +134,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from evalkit.machine import is_main_process
-    from evalkit.report.quantization import build_quant_table, quant_markdown
-    from evalkit.report.tables import to_markdown
+    from evalkit.report.quantization import build_quant_table
+    from evalkit.report.quantization_markdown import quant_markdown
+    from evalkit.report.tables_markdown import to_markdown
     from tasks.references import published_quantization, published_rows
 
     runs = _sweep(args, args.precision)
@@ -152,7 +148,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _saved_runs(paths: Sequence[str]) -> dict[Path, SavedRun]:
     """Finished runs found under `paths`, by directory."""
-    from evalkit.results import find_runs, load_run
+    from evalkit.saved_runs import find_runs, load_run
 
     runs = {path: load_run(path) for path in find_runs(paths)}
     if not runs:
@@ -163,9 +159,11 @@ def _saved_runs(paths: Sequence[str]) -> dict[Path, SavedRun]:
 def cmd_report(args: argparse.Namespace) -> int:
     from evalkit.report.csv import write_csv
     from evalkit.report.html import write_html
-    from evalkit.report.quantization import PRECISION_TABLE, build_quant_table, quant_markdown, show_precision
-    from evalkit.report.tables import ReportRun, to_markdown
-    from evalkit.results import short_model_name
+    from evalkit.report.quantization import PRECISION_TABLE, build_quant_table, show_precision
+    from evalkit.report.quantization_markdown import quant_markdown
+    from evalkit.report.tables import ReportRun
+    from evalkit.report.tables_markdown import to_markdown
+    from evalkit.saved_runs import short_model_name
     from tasks.references import published_quantization, published_rows
 
     published = () if args.no_published else published_rows()
@@ -208,25 +206,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from evalkit.bench.records import BenchSettings, device_defaults
     from evalkit.bench.report import format_table, write_outputs
-    from evalkit.bench.run import BenchSettings, device_defaults, run_bench
+    from evalkit.bench.run import run_bench
     from evalkit.models.loading import resolve_device
 
+    check_backend_flags(args, HF_BENCH_FLAGS)
     fitting = device_defaults(resolve_device(args.device))  # what was not given, fitted to the device
     precisions = args.precision or [fitting.precision]
     new_tokens = fitting.new_tokens if args.new_tokens is None else args.new_tokens
+    defaults = BenchSettings()
+    vllm = None
+    if args.backend == "vllm":
+        from evalkit.backends.vllm_engine import VllmSettings
+
+        given = {name: getattr(args, name) for name in ENGINE_FIELDS if getattr(args, name) is not None}
+        vllm = VllmSettings(trust_remote_code=args.trust_remote_code, **given)
     settings = BenchSettings(
         new_tokens=new_tokens,
         prompt_tokens=args.prompt_tokens,
         batch_sizes=tuple(args.batch_sizes),
         repeats=args.repeats,
         warmup=args.warmup,
-        mode=args.mode,
+        mode=args.mode or defaults.mode,
         device=args.device,
         quant_backend=args.quant_backend,
         trust_remote_code=args.trust_remote_code,
         threads=args.threads,
-        compile_backend=args.compile_backend,
+        compile_backend=args.compile_backend or defaults.compile_backend,
+        backend=args.backend,
+        vllm=vllm,
     )
     report = run_bench(args.model, precisions, settings)
     print(format_table(report))
@@ -415,17 +424,22 @@ def _unit_fraction(text: str) -> float:
     return value
 
 
-def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
-    """--backend and the vLLM engine's flags (evalkit.backends.vllm.VllmSettings); left unset (None), the
-    RunConfig defaults apply, so that a flag of the other backend can be told from a default."""
+SCORING_BACKENDS = (
+    "scoring engine: hf (transformers, evalkit's prefix engine) or vllm (vLLM with its "
+    "prefix cache; needs vLLM installed, a local model directory or .gguf file)"
+)
+
+
+def _add_backend_flags(parser: argparse.ArgumentParser, backend_help: str = SCORING_BACKENDS) -> None:
+    """--backend and the vLLM engine's flags (evalkit.backends.vllm_engine.VllmSettings); left unset (None),
+    the RunConfig defaults apply, so that a flag of the other backend can be told from a default."""
     from evalkit.backends.base import BACKENDS
 
     parser.add_argument(
         "--backend",
         choices=BACKENDS,
         default=DEFAULTS.backend,
-        help="scoring engine: hf (transformers, evalkit's prefix engine) or vllm (vLLM with its "
-        "prefix cache; needs vLLM installed, a local model directory or .gguf file)",
+        help=backend_help,
     )
     vllm = parser.add_argument_group(
         "--backend vllm", "how the vLLM engine is started (not in the config hash)"
@@ -467,8 +481,8 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
+    from evalkit.bench.records import DEVICE_DEFAULTS, MODES, BenchSettings
     from evalkit.bench.report import OUTPUT_DIR
-    from evalkit.bench.run import DEVICE_DEFAULTS, MODES, BenchSettings
     from evalkit.models.loading import DEVICES
     from evalkit.models.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS
 
@@ -507,7 +521,9 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         help=f"comma list from {', '.join(PRECISIONS)} (default: {by_device['precision']})",
     )
     p.add_argument(
-        "--quant-backend", choices=QUANT_BACKENDS, help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND})"
+        "--quant-backend",
+        choices=QUANT_BACKENDS,
+        help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND}; --backend hf only)",
     )
     p.add_argument(
         "--new-tokens",
@@ -535,11 +551,13 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     p.add_argument(
         "--mode",
         choices=MODES,
-        default=bench.mode,
-        help="eager, or compiled: static KV cache + torch.compile (reported separately)",
+        help=f"eager, or compiled: static KV cache + torch.compile (reported separately; default: "
+        f"{bench.mode}; --backend hf only)",
     )
     p.add_argument(
-        "--compile-backend", default=bench.compile_backend, help="torch.compile backend for --mode compiled"
+        "--compile-backend",
+        help=f"torch.compile backend for --mode compiled (default: {bench.compile_backend}; "
+        "--backend hf only)",
     )
     p.add_argument("--device", default=bench.device, help=f"one of {', '.join(DEVICES)}")
     p.add_argument(
@@ -547,6 +565,11 @@ def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     )
     p.add_argument("--trust-remote-code", action="store_true", help="run the model repository's own code")
     p.add_argument("--output-dir", default=OUTPUT_DIR, help="JSON, markdown table and PNG plot go here")
+    _add_backend_flags(
+        p,
+        "generation engine: hf (transformers generate) or vllm (LLM.generate, prefix cache off; needs vLLM "
+        "installed, a local model directory or .gguf file)",
+    )
     p.set_defaults(func=cmd_bench)
 
 

@@ -68,7 +68,8 @@ def main() -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from evalkit.backends.hf import Scorer
-    from evalkit.backends.vllm import VllmScorer, VllmSettings, dequantize_gguf, load_vllm
+    from evalkit.backends.vllm import VllmScorer
+    from evalkit.backends.vllm_engine import VllmSettings, dequantize_gguf, load_vllm
 
     model_dir = dequantize_gguf(args.gguf, Path(tempfile.mkdtemp(prefix="backend-speed-")) / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

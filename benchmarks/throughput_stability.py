@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from evalkit.bench.run import MODES, BenchRow, BenchSettings, bench_loaded
+from evalkit.bench.records import MODES, BenchRow, BenchSettings
+from evalkit.bench.run import bench_loaded
 from evalkit.models.loading import load_model, resolve_device
 from evalkit.types import EvalkitError
 

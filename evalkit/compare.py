@@ -9,7 +9,8 @@ and 95th/99th percentile KL(P_A || P_B) in nats, top-letter agreement, mean |Δ 
 bootstrap intervals) and a power note (the smallest drop McNemar's test could detect). Three gates
 judge quantized models on each benchmark's Average: `max_drop` (accuracy points it may lose),
 `max_kl` (nats of mean KL it may reach) and `min_agreement` (the share of top letters it must keep);
-any failing gate fails the comparison, and the CLI exits 1. evalkit.report.compare writes it out.
+any failing gate fails the comparison, and the CLI exits 1. Which runs and questions pair up:
+evalkit.pairing; evalkit.report.compare writes it out.
 """
 
 from __future__ import annotations
@@ -29,11 +30,10 @@ from evalkit.divergence import (
     per_question,
 )
 from evalkit.metrics import Interval, bootstrap_ci, combine, group_members
+from evalkit.pairing import check_comparable, pair_by_task, shared_ids
 from evalkit.records import Metric, SavedRun
-from evalkit.report.tables import run_label
+from evalkit.report.text import run_label
 from evalkit.types import Aggregation, EvalkitError, QuestionResult, Task
-
-SAMPLE_IDS = 3  # question ids quoted in a mismatch error
 
 
 @dataclass(frozen=True)
@@ -129,57 +129,6 @@ def mcnemar_p(right_to_wrong: int, wrong_to_right: int) -> float:
     return 1.0 if discordant == 0 else float(binomtest(right_to_wrong, discordant, 0.5).pvalue)
 
 
-def _check_comparable(task: Task, a: SavedRun, b: SavedRun) -> None:
-    """Scores from different prompts, shots or splits are not a paired comparison: refuse them."""
-    ca, cb = a.result.config, b.result.config
-    settings = {
-        "task": (ca.task, cb.task),
-        "scheme": (ca.scheme, cb.scheme),
-        "letter rule": (
-            ca.letter_rule or a.result.scheme.letter_rule,
-            cb.letter_rule or b.result.scheme.letter_rule,
-        ),
-        "shots": (ca.shots, cb.shots),
-        "split": (ca.split or task.eval_split, cb.split or task.eval_split),
-    }
-    if a.result.scheme.shot_order == "shuffled_per_question":
-        settings["shot shuffle seed"] = (ca.seed, cb.seed)
-    for name, (va, vb) in settings.items():
-        if va != vb:
-            raise EvalkitError(
-                f"cannot compare: {name} differs (A: {va!r}, B: {vb!r}); a paired comparison "
-                "needs the same prompts on the same questions"
-            )
-    if a.result.scheme != b.result.scheme:
-        raise EvalkitError(
-            f"cannot compare: scheme {ca.scheme!r} was recorded with different contents in A "
-            "and B (made by different evalkit versions?)"
-        )
-    for side, run in (("A", a), ("B", b)):
-        if run.result.overall is None:
-            raise EvalkitError(
-                f"cannot compare: run {side} ({task.name} {ca.split or task.eval_split}) has no gold answers"
-            )
-
-
-def _shared_ids(a: SavedRun, b: SavedRun, allow_subset: bool) -> tuple[list[str], int, int]:
-    ids_a = [q.id for q in a.questions]
-    ids_b = {q.id for q in b.questions}
-    shared = [i for i in ids_a if i in ids_b]
-    only_a, only_b = len(ids_a) - len(shared), len(ids_b) - len(shared)
-    if (only_a or only_b) and not allow_subset:
-        examples_a = [i for i in ids_a if i not in ids_b][:SAMPLE_IDS]
-        examples_b = sorted(ids_b - set(ids_a))[:SAMPLE_IDS]
-        raise EvalkitError(
-            f"cannot compare: the question sets differ ({only_a} only in A, e.g. "
-            f"{examples_a}; {only_b} only in B, e.g. {examples_b}); pass --allow-subset to "
-            f"compare the {len(shared)} questions both scored"
-        )
-    if not shared:
-        raise EvalkitError("cannot compare: the runs share no question")
-    return shared, only_a, only_b
-
-
 def _delta(
     xa: Mapping[str, np.ndarray],
     xb: Mapping[str, np.ndarray],
@@ -215,8 +164,8 @@ def compare_pair(
     task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = False, n_boot: int = 2000, seed: int = 0
 ) -> BenchmarkComparison:
     """B against A on one benchmark, question by question."""
-    _check_comparable(task, a, b)
-    shared, only_a, only_b = _shared_ids(a, b, allow_subset)
+    check_comparable(task, a, b)
+    shared, only_a, only_b = shared_ids(a, b, allow_subset)
     by_id_a, by_id_b = {q.id: q for q in a.questions}, {q.id: q for q in b.questions}
     xa: dict[str, list[float]] = {}
     xb: dict[str, list[float]] = {}
@@ -265,25 +214,6 @@ def compare_pair(
         only_a=only_a,
         only_b=only_b,
     )
-
-
-def pair_by_task(runs_a: Sequence[SavedRun], runs_b: Sequence[SavedRun]) -> list[tuple[SavedRun, SavedRun]]:
-    """Match two sets of runs by task: each task once per set, and in both sets."""
-    sides = {}
-    for side, runs in (("A", runs_a), ("B", runs_b)):
-        tasks = [r.result.config.task for r in runs]
-        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
-        if repeated:
-            raise EvalkitError(
-                f"cannot compare: side {side} has several runs of {', '.join(repeated)}; give one each"
-            )
-        sides[side] = {r.result.config.task: r for r in runs}
-    if sides["A"].keys() != sides["B"].keys():
-        raise EvalkitError(
-            f"cannot compare: A has tasks {sorted(sides['A'])}, B has {sorted(sides['B'])}; "
-            "give the same tasks on both sides"
-        )
-    return [(sides["A"][t], sides["B"][t]) for t in sides["A"]]
 
 
 def compare(

@@ -62,12 +62,12 @@ class ModelInfo:
     dtype: str | None = None  # the compute dtype as loaded, e.g. "float32"
     device: str | None = None  # the resolved device, e.g. "cpu", "cuda:0"
     device_map: dict[str, int] | None = None  # --device-map: modules per device; None on one device
-    source: str | None = None  # "hub" | "local" | "gguf" (evalkit.models.loading.ModelSource.kind)
+    source: str | None = None  # "hub" | "local" | "gguf" (evalkit.models.source.ModelSource.kind)
     weights_format: str | None = None  # "transformers", or how a GGUF file's blocks are held
     quantized_layers: int | None = None  # linear layers holding quantized weights
     skipped_layers: list[str] = field(default_factory=list)  # linear layers a quantizing backend left float
     weight_bytes: int | None = None  # real tensor bytes of the weights, quantized storage included
-    # ---- the load (evalkit.models.loading.PeakMemory.info) ----
+    # ---- the load (evalkit.models.memory.PeakMemory.info) ----
     peak_rss_bytes: int | None = None  # host peak resident set size while loading
     peak_rss_scope: str | None = None  # "block": reset at the load's start; "process": since it began
     peak_cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated while loading; None off CUDA

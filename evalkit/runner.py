@@ -1,24 +1,21 @@
 """Run one task on a loaded model: prompts -> token ids -> scores -> questions.jsonl -> run.json.
 
 Every scored question is appended to the run directory as soon as its batch is done, so an
-interrupted run loses at most one batch and a rerun of the same config resumes where it stopped.
-Resume reuses only what the data still backs: a result whose prompt (prompt_hash) or gold answer no
-longer matches, or whose question is gone, is dropped and scored again, and the run says how many.
-The run directory is made and locked (one process at a time) only once scoring can start.
+interrupted run loses at most one batch and a rerun of the same config resumes where it stopped,
+reusing only what the data still backs (evalkit.sharing). The run directory is made and locked (one
+process at a time) only once scoring can start: the prompts are prepared first (evalkit.prepare).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import sys
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from accelerate import PartialState
-from accelerate.utils import broadcast_object_list, gather_object
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from evalkit.backends.base import ScoringBackend, backend_record
@@ -26,11 +23,13 @@ from evalkit.backends.hf import NonFiniteLogits, Scorer
 from evalkit.machine import environment
 from evalkit.metrics import aggregate
 from evalkit.models.loading import LoadedModel
-from evalkit.plan import FirstBatchEstimate, TokenPlan, describe_plan, describe_resume, token_plan
-from evalkit.prompts import build_prompts
+from evalkit.plan import FirstBatchEstimate, describe_plan, describe_resume
+from evalkit.prepare import Prepared, prepare_subjects, report_long_prompts
 from evalkit.records import RunResult, SavedRun, Timings
-from evalkit.results import SUBMISSION_FILE, RunDir, load_run, write_submission
-from evalkit.tokens import LetterTokens, count_tokens_fn, encode_prompts, letter_tokens
+from evalkit.results import RunDir, write_submission
+from evalkit.saved_runs import SUBMISSION_FILE, load_run
+from evalkit.sharing import my_share, open_shared_run_dir
+from evalkit.tokens import LetterTokens, encode_prompts, letter_tokens
 from evalkit.types import (
     LETTERS,
     EvalkitError,
@@ -43,8 +42,6 @@ from evalkit.types import (
     token_ids_hash,
     unknown,
 )
-
-log = logging.getLogger(__name__)
 
 
 def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
@@ -78,191 +75,6 @@ def _question_result(
         prompt_tokens=len(token_ids),
         prompt_hash=token_ids_hash(token_ids),
     )
-
-
-def _subject_token_ids(
-    loaded: LoadedModel, scheme: Scheme, data: SubjectData, config: RunConfig
-) -> tuple[list[Prompt], list[list[int]]]:
-    count = count_tokens_fn(loaded.tokenizer, scheme.bos)
-    prompts = build_prompts(scheme, data, count, n_shots=config.shots, seed=config.seed)
-    return prompts, encode_prompts(loaded.tokenizer, [p.text for p in prompts], scheme.bos)
-
-
-def lm_eval_max_length(loaded: LoadedModel) -> int:
-    """lm-evaluation-harness's context limit: the model config's length, else the tokenizer's, else 2048."""
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        if isinstance(getattr(loaded.model.config, attr, None), int):
-            return getattr(loaded.model.config, attr)
-    tokenizer_limit = getattr(loaded.tokenizer, "model_max_length", None)
-    return tokenizer_limit if isinstance(tokenizer_limit, int) and tokenizer_limit < 10**12 else 2048
-
-
-def assign_subjects(costs: dict[str, int], processes: int) -> list[list[str]]:
-    """Subjects per process, balanced by tokens still to score (greedy: largest first, to the lightest)."""
-    shares: list[list[str]] = [[] for _ in range(processes)]
-    loads = [0] * processes
-    for subject in sorted(costs, key=lambda name: (-costs[name], name)):
-        lightest = min(range(processes), key=lambda rank: (loads[rank], rank))
-        shares[lightest].append(subject)
-        loads[lightest] += costs[subject]
-    return shares
-
-
-def _open_shared_run_dir(
-    state: PartialState,
-    config: RunConfig,
-    label: str,
-    data_files: dict[str, str] | None,
-    prepared: list[Prepared],
-) -> tuple[RunDir, dict[str, QuestionResult]]:
-    """The main process locks and opens (or resumes) the run, merges shards a killed run left and drops
-    results the data no longer backs; all processes share its path and what is done."""
-    shared: list = [None, None, None]  # path, resumed, the main process's error
-    run_dir = None
-    if state.is_main_process:
-        try:
-            run_dir = RunDir.open(config, label, data_files)
-            run_dir.merge_shards()
-            _drop_stale(run_dir, prepared, run_dir.completed())
-            shared = [str(run_dir.path), run_dir.resumed, None]
-        except EvalkitError as err:
-            if run_dir is not None:
-                run_dir.release()
-            if state.num_processes == 1:
-                raise
-            shared = [None, None, str(err)]  # every process stops with it, none waits at a barrier
-    if state.num_processes > 1:
-        broadcast_object_list(shared)
-    state.wait_for_everyone()
-    if shared[2] is not None:
-        raise EvalkitError(shared[2])
-    if run_dir is None:  # only the main process holds the lock; the others write their shards
-        run_dir = RunDir(Path(shared[0]), resumed=shared[1])
-    run_dir.shard = state.process_index if state.num_processes > 1 else None
-    return run_dir, run_dir.completed(repair=state.is_main_process)
-
-
-def _drop_stale(run_dir: RunDir, prepared: list[Prepared], done: dict[str, QuestionResult]) -> None:
-    """Results whose prompt (prompt_hash) or gold answer no longer match the data, or whose question is
-    gone from it, are removed to be scored again, and the run says how many."""
-    current = {
-        p.question.id: (p.question.answer, token_ids_hash(ids))
-        for _, prompts, token_ids in prepared
-        for p, ids in zip(prompts, token_ids, strict=True)
-    }
-    changed, gone = [], []
-    for qid, result in done.items():
-        if qid not in current:
-            gone.append(qid)
-        elif result.gold != current[qid][0] or result.prompt_hash not in (None, current[qid][1]):
-            changed.append(qid)  # a record from before prompt_hash existed is checked on its answer only
-    if changed:
-        log.warning(
-            "%s: %d questions scored before are scored again: their prompt or gold answer no longer "
-            "matches the data (e.g. %s); the data files changed since",
-            run_dir.path,
-            len(changed),
-            changed[0],
-        )
-    if gone:
-        log.warning(
-            "%s: %d results dropped: their questions are no longer in the data (e.g. %s)",
-            run_dir.path,
-            len(gone),
-            gone[0],
-        )
-    if changed or gone:
-        run_dir.drop(changed + gone)
-    run_dir.rescored = len(changed)
-
-
-Prepared = tuple[SubjectData, list[Prompt], list[list[int]]]  # a subject with its prompts and their token ids
-
-
-def _prepare(
-    loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], config: RunConfig
-) -> tuple[list[Prepared], dict]:
-    """Every subject's prompts and token ids (as scored: lm-eval's are cut from the left to the model's
-    length), and the record of prompts longer than the model's context (run.json `long_prompts`)."""
-    context = lm_eval_max_length(loaded)
-    prepared, long = [], {}
-    for subject_data in data:
-        prompts, token_ids = _subject_token_ids(loaded, scheme, subject_data, config)
-        over = [
-            (len(ids), p.question.id) for p, ids in zip(prompts, token_ids, strict=True) if len(ids) > context
-        ]
-        if over:
-            long[subject_data.subject.name] = {
-                "prompts": len(over),
-                "of": len(prompts),
-                "longest": max(over)[0],
-                "first": over[0][1],
-            }
-        if scheme.length_policy == "left_truncate":  # lm-eval keeps the last max_length tokens of the context
-            token_ids = [ids[-context:] for ids in token_ids]
-        prepared.append((subject_data, prompts, token_ids))
-    return prepared, ({"context": context, "policy": scheme.length_policy, "subjects": long} if long else {})
-
-
-def _report_long_prompts(task: Task, scheme: Scheme, long_prompts: dict, main: bool) -> None:
-    """Prompts longer than the model's context: an error where the scheme has no length policy, else a
-    warning per subject (what the policy did or could not do); never silent."""
-    if not long_prompts:
-        return
-    context, subjects = long_prompts["context"], long_prompts["subjects"]
-    if scheme.length_policy == "none":
-        first = next(iter(subjects.values()))
-        counts = ", ".join(f"{name} {info['prompts']}" for name, info in subjects.items())
-        raise EvalkitError(
-            f"{task.title} {scheme.name}: prompts longer than the model's context of "
-            f"{context} positions (subjects: {counts}; e.g. {first['first']}, "
-            f"{first['longest']} tokens), and this scheme has no length policy: use --scheme "
-            "lm-eval (cuts prompts from the left), fewer --shots, or leave those subjects out "
-            "with --subjects"
-        )
-    if not main:
-        return
-    done = (
-        "cut from the left to the context"
-        if scheme.length_policy == "left_truncate"
-        else f"still longer after the scheme's {scheme.length_policy} policy: scored as they are"
-    )
-    for name, info in subjects.items():
-        log.warning(
-            "%s %s/%s: %d of %d prompts are longer than the model's context of %d positions "
-            "(longest %d tokens, e.g. %s): %s (recorded in run.json)",
-            task.title,
-            scheme.name,
-            name,
-            info["prompts"],
-            info["of"],
-            context,
-            info["longest"],
-            info["first"],
-            done,
-        )
-
-
-def _my_subjects(
-    state: PartialState, data: list[SubjectData], prepared: list[Prepared], done: dict
-) -> tuple[list[SubjectData], Iterable[Prepared], TokenPlan]:
-    """This process's share of the subjects (shared out by token counts still to score), and the whole
-    task's plan (every subject is tokenized before scoring starts, so the plan is exact)."""
-    plan = token_plan(
-        [
-            (ids, [i for i, p in enumerate(prompts) if p.question.id not in done])
-            for _, prompts, ids in prepared
-        ]
-    )
-    if state.num_processes == 1:
-        return data, prepared, plan
-    costs = {
-        d.subject.name: sum(len(t) for p, t in zip(prompts, ids, strict=True) if p.question.id not in done)
-        for d, prompts, ids in prepared
-    }
-    mine = set(assign_subjects(costs, state.num_processes)[state.process_index])
-    mine_prepared = [item for item in prepared if item[0].subject.name in mine]
-    return [d for d in data if d.subject.name in mine], mine_prepared, plan
 
 
 def _score_subjects(
@@ -334,12 +146,12 @@ def run_task(
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
     scorer = _scorer(loaded, letters, config)
     started = time.perf_counter()
-    prepared, long_prompts = _prepare(loaded, scheme, data, config)
-    _report_long_prompts(task, scheme, long_prompts, state.is_main_process)
+    prepared, long_prompts = prepare_subjects(loaded, scheme, data, config)
+    report_long_prompts(task, scheme, long_prompts, state.is_main_process)
     data_files = {path: digest for d in data for path, digest in d.files} or None
-    run_dir, done = _open_shared_run_dir(state, config, loaded.source.label, data_files, prepared)
+    run_dir, done = open_shared_run_dir(state, config, loaded.source.label, data_files, prepared)
     try:
-        own, mine, plan = _my_subjects(state, data, prepared, done)
+        own, mine, plan = my_share(state, data, prepared, done)
         rank = f" [{state.process_index}]" if state.num_processes > 1 else ""
         title = f"{task.title} {config.scheme}{rank}"
         estimate = None
@@ -441,10 +253,11 @@ class _Finished:
 def _scorer(loaded: LoadedModel, letters: LetterTokens, config: RunConfig) -> ScoringBackend:
     """The run's scoring backend: the HF scorer, or (--backend vllm) the engine sweep started."""
     if config.backend == "vllm":
-        from evalkit.backends.vllm import VllmModel, VllmScorer
+        from evalkit.backends.vllm import VllmScorer
+        from evalkit.backends.vllm_run import VllmModel
 
         if not isinstance(loaded.model, VllmModel):
-            raise EvalkitError("--backend vllm needs a model loaded by evalkit.backends.vllm.load_for_run")
+            raise EvalkitError("--backend vllm needs a model loaded by evalkit.backends.vllm_run.load_for_run")
         return VllmScorer(loaded.model.llm, letters.ids, settings=loaded.model.settings)
     return Scorer(
         loaded.model,

@@ -2,7 +2,7 @@
 every task on it, free it before the next (the `eval` and `sweep` commands).
 
 The tasks come from the caller (evalkit does not import tasks/); `--subjects` names are routed to them here.
-With `--backend vllm` each precision starts one vLLM engine (evalkit.backends.vllm.load_for_run); a GGUF
+With `--backend vllm` each precision starts one vLLM engine (evalkit.backends.vllm_run.load_for_run); a GGUF
 file is dequantized once, into a temporary directory, for all of them.
 """
 
@@ -79,9 +79,9 @@ def run_sweep(
     the runs come back in order (main process only: the others return none).
     """
     from evalkit.data import load_task_data
+    from evalkit.disk import check_output_dir
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
     from evalkit.models.loading import load_model
-    from evalkit.results import check_output_dir
 
     by_name = {task.name: task for task in tasks}
     routed = subjects_by_task(tasks, subjects)
@@ -91,7 +91,7 @@ def run_sweep(
         hf_logging.disable_progress_bar()
     vllm = config.backend == "vllm"
     if vllm:  # vLLM importable, its settings and precisions runnable: before any data or model is read
-        from evalkit.backends.vllm import check_run
+        from evalkit.backends.vllm_run import check_run
 
         if not is_single_process():
             raise EvalkitError(
@@ -125,7 +125,7 @@ def run_sweep(
     with contextlib.ExitStack() as stack:
         model_dir = None
         if vllm:
-            from evalkit.backends.vllm import load_for_run, prepare_model_dir
+            from evalkit.backends.vllm_run import load_for_run, prepare_model_dir
 
             work = stack.enter_context(tempfile.TemporaryDirectory(prefix="evalkit-vllm-"))
             model_dir = prepare_model_dir(config.model, work)

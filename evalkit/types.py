@@ -214,7 +214,7 @@ class RunConfig:
     output_dir: str = "results"
     progress: bool = True
     backend: Backend = "hf"  # the scoring engine (evalkit.backends)
-    # ---- --backend vllm: how the engine is started (evalkit.backends.vllm.VllmSettings) ----
+    # ---- --backend vllm: how the engine is started (evalkit.backends.vllm_engine.VllmSettings) ----
     tensor_parallel_size: int = 1  # GPUs sharing each layer
     pipeline_parallel_size: int = 1  # stages splitting the layers
     gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from evalkit.backends.base import BACKENDS, ScoringBackend, backend_record
 from evalkit.backends.hf import Scorer
-from evalkit.backends.vllm import VllmSettings, load_vllm
+from evalkit.backends.vllm_engine import VllmSettings, load_vllm
 from evalkit.types import EvalkitError
 
 

@@ -217,7 +217,7 @@ def test_the_cache_is_named_as_the_installed_transformers_names_it(name: str) ->
     from transformers import DynamicCache
     from transformers.modeling_outputs import CausalLMOutputWithPast
 
-    from evalkit.models.baichuan import CACHE_ARGUMENT
+    from evalkit.models.cache_names import CACHE_ARGUMENT
 
     loaded = _loaded(name, "fp32")
     parameters = inspect.signature(loaded.model.forward).parameters

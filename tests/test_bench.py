@@ -14,8 +14,9 @@ import torch
 
 from evalkit.bench.machine import probe_bandwidth
 from evalkit.bench.model import check_exact, generate_exactly, prompt_ids
+from evalkit.bench.records import BenchSettings
 from evalkit.bench.report import format_table, write_outputs
-from evalkit.bench.run import BenchSettings, bench_loaded, run_bench
+from evalkit.bench.run import bench_loaded, run_bench
 from evalkit.models.loading import LoadedModel, load_model
 from evalkit.types import EvalkitError
 
@@ -126,7 +127,8 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     note; the table says n/a and the plot and JSON still come out."""
     import dataclasses
 
-    from evalkit.bench.run import BenchReport, _notes
+    from evalkit.bench.records import BenchReport
+    from evalkit.bench.run import _notes
     from evalkit.records import Environment
 
     row = bench_loaded(eos_loving, 1, SMALL)
@@ -248,3 +250,14 @@ def test_smollm_row_reads_all_tied_weights_from_memory(smollm_gguf: Path) -> Non
     assert row.weight_read_bytes == row.weight_bytes  # tied embeddings: the lm_head reads the whole table
     assert row.kv_bytes_per_token == 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, fp32
     assert row.cache_resident is False and row.achieved_fraction > 0  # 0.5 GB of weights stream from DRAM
+
+
+def test_vllm_settings_refuse_what_only_hf_generate_reads() -> None:
+    """BenchSettings itself (not only the CLI) refuses a --backend vllm bench with HF-only settings."""
+    from evalkit.backends.vllm_engine import VllmSettings
+
+    with pytest.raises(EvalkitError, match="mode, quant_backend are for --backend hf only"):
+        BenchSettings(backend="vllm", mode="compiled", quant_backend="rtn")
+    with pytest.raises(EvalkitError, match="vLLM engine settings are for --backend vllm only"):
+        BenchSettings(vllm=VllmSettings())
+    assert BenchSettings(backend="vllm", vllm=VllmSettings(enforce_eager=True)).vllm.enforce_eager

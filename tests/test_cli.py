@@ -57,7 +57,7 @@ def test_every_subcommand_has_a_description_two_examples_and_one_default_per_fla
 
 
 def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
-    from evalkit.bench.run import DEVICE_DEFAULTS, BenchSettings
+    from evalkit.bench.records import DEVICE_DEFAULTS, BenchSettings
     from evalkit.models.loading import DEVICE_MAPS
     from evalkit.models.quantize import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
@@ -82,7 +82,7 @@ def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
 
 
 def test_bench_defaults_fit_the_device(tiny_bpe_model_dir, tmp_path, capsys):
-    from evalkit.bench.run import DEVICE_DEFAULTS
+    from evalkit.bench.records import DEVICE_DEFAULTS
 
     assert (
         main(
@@ -284,3 +284,25 @@ def test_the_plan_counts_a_shared_prefix_once_and_only_questions_left():
     resumed = token_plan([(prompts, [0, 2]), ([[7, 8, 9]], [])])
     assert (resumed.subjects, resumed.questions, resumed.done) == (1, 4, 2)
     assert (resumed.plain_tokens, resumed.reuse_tokens) == (405, 405 - 200)
+
+
+@pytest.mark.parametrize(
+    "backend, flag",
+    [
+        ("vllm", ["--mode", "compiled"]),
+        ("vllm", ["--compile-backend", "aot_eager"]),
+        ("vllm", ["--quant-backend", "rtn"]),
+        ("hf", ["--tensor-parallel-size", "2"]),
+        ("hf", ["--enforce-eager"]),
+    ],
+)
+def test_bench_refuses_the_other_backends_flags_before_loading(backend, flag, tmp_path, capsys, monkeypatch):
+    def no_bench(*args, **kwargs):  # nothing may load: the refusal comes first
+        raise AssertionError("run_bench reached")
+
+    monkeypatch.setattr("evalkit.bench.run.run_bench", no_bench)
+    argv = ["bench", "--model", str(tmp_path / "absent"), "--backend", backend, *flag]
+    assert main([*argv, "--output-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    other = "vllm" if backend == "hf" else "hf"
+    assert err == f"error: {flag[0]} is for --backend {other} only; this run is --backend {backend}\n"

@@ -14,7 +14,7 @@ from scipy.stats import binomtest
 
 from evalkit.compare import compare, compare_pair
 from evalkit.divergence import detectable_drop, letter_kl
-from evalkit.results import find_runs, load_run
+from evalkit.saved_runs import find_runs, load_run
 from evalkit.types import LETTERS, QuestionResult, RunConfig
 from tasks import get_task
 

@@ -31,7 +31,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from evalkit.backends.hf import PROBE_TOLERANCE, Scorer
+from evalkit.backends.hf import Scorer
+from evalkit.backends.hf_probe import PROBE_TOLERANCE
 
 VOCAB = 256
 LETTERS = (10, 11, 12, 13)
@@ -269,7 +270,7 @@ def test_run_json_records_the_reuse_mode_and_fallbacks(tiny_bpe_model_dir, tiny_
     was given up, and the backend; a run.json written before these fields existed still loads."""
     from datafiles import TINY_SUBJECTS
 
-    from evalkit.results import load_run
+    from evalkit.saved_runs import load_run
     from run_eval import main
 
     model_dir = tmp_path / "bloom"

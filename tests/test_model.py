@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.models.loading import (
-    FLOAT_PRECISIONS,
-    ModelSource,
-    check_precision,
-    load_model,
-    measure_peak_memory,
-    resolve_device,
-    resolve_source,
-    weight_bytes,
-)
+from evalkit.models.loading import check_precision, load_model, resolve_device
+from evalkit.models.memory import measure_peak_memory, weight_bytes
+from evalkit.models.quantize import FLOAT_PRECISIONS
+from evalkit.models.source import ModelSource, resolve_source
 from evalkit.types import EvalkitError
 
 torch.set_num_threads(1)

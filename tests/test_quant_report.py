@@ -11,7 +11,8 @@ from builders import answers, saved_run
 from evalkit.compare import compare_pair
 from evalkit.published import PublishedRow
 from evalkit.records import ModelInfo, SavedRun, Timings
-from evalkit.report.quantization import build_quant_table, quant_frame, quant_markdown, show_precision
+from evalkit.report.quantization import build_quant_table, show_precision
+from evalkit.report.quantization_markdown import quant_frame, quant_markdown
 from evalkit.report.tables import ReportRun
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
@@ -203,7 +204,7 @@ def test_a_subset_note_of_smoke_runs_carries_one_warning_sign():
 def test_divergence_table_stands_beside_the_accuracy_deltas():
     import numpy as np
 
-    from evalkit.report.quantization import divergence_frame
+    from evalkit.report.quantization_markdown import divergence_frame
 
     peaked, flat = tuple(np.log([0.7, 0.1, 0.1, 0.1]).tolist()), tuple(np.log([0.25] * 4).tolist())
     runs = []

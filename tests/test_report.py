@@ -13,8 +13,11 @@ from builders import run_result
 from evalkit.published import PublishedRow
 from evalkit.records import RunResult
 from evalkit.report.csv import write_csv
-from evalkit.report.tables import ReportRun, build_tables, run_label, to_markdown
-from evalkit.results import RunDir, find_runs, load_run, write_submission
+from evalkit.report.tables import ReportRun, build_tables
+from evalkit.report.tables_markdown import to_markdown
+from evalkit.report.text import run_label
+from evalkit.results import RunDir, write_submission
+from evalkit.saved_runs import find_runs, load_run
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_rows

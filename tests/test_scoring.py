@@ -461,7 +461,7 @@ def test_engine_matches_plain_forwards_on_smollm_and_real_mmlu(smollm_gguf, shar
 def test_bf16_engine_reuses_the_prefix_within_bf16_rounding_on_real_cmmlu(smollm_gguf, shared_data):
     """bf16 rounds a letter logit near 20 to steps of 0.125: the prefix forms of CMMLU agronomy differ
     from lone forwards by a step or two, which the probe must accept rather than fall back to plain."""
-    from evalkit.backends.hf import PROBE_TOLERANCE
+    from evalkit.backends.hf_probe import PROBE_TOLERANCE
     from evalkit.data import load_task_data
     from evalkit.prompts import build_prompts
     from tasks import get_task

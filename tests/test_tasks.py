@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import string
@@ -10,7 +11,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 import pytest
 
 from evalkit.prompts import render_header
-from evalkit.types import LETTERS, EvalkitError, Scheme
+from evalkit.types import LETTERS, EvalkitError, RunConfig, Scheme
 from tasks import DATA_DIR, TASKS, get_task
 from tasks.convert_categories import convert
 
@@ -26,24 +27,70 @@ def test_registry_and_did_you_mean():
         get_task("gsm8k")
 
 
-@pytest.mark.parametrize(
-    "name, n_subjects, groups",
-    [
-        ("mmlu", 57, {"STEM": 18, "Humanities": 13, "Social Sciences": 12, "Others": 14}),
-        ("ceval", 52, {"STEM": 20, "Social Sciences": 10, "Humanities": 11, "Others": 11, "Avg(Hard)": 8}),
-        (
-            "cmmlu",
-            67,
-            {"STEM": 17, "Humanities": 13, "Social Sciences": 22, "Others": 15, "China Specific": 15},
-        ),
-    ],
-)
-def test_subjects_and_groups(name, n_subjects, groups):
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_subject_names_are_unique_and_chinese_names_present_where_a_scheme_uses_them(name):
     task = get_task(name)
-    assert len(task.subjects) == n_subjects == len({s.name for s in task.subjects})
-    assert {g: len(task.group_subjects(g)) for g in task.categories + task.extra_groups} == groups
-    if name != "mmlu":
-        assert all(s.name_zh for s in task.subjects)
+    names = [s.name for s in task.subjects]
+    assert len(names) == len(set(names))
+    templates = [getattr(scheme, t) for scheme in task.schemes.values() for t in TEMPLATES]
+    if any("subject_zh" in _fields(template) for template in templates):
+        assert [s.name for s in task.subjects if not s.name_zh] == []
+
+
+def _official_groups(official: dict) -> dict[str, set[str]]:
+    """Official group name -> subjects, as the official category file lists them."""
+    if "category_subjects" in official:  # C-Eval, CMMLU
+        return {group: set(subjects) for group, subjects in official["category_subjects"].items()}
+    groups: dict[str, set[str]] = {}  # MMLU: subject -> category
+    for subject, category in official["subject_to_category"].items():
+        groups.setdefault(category, set()).add(subject)
+    return groups
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_subject_is_in_exactly_the_groups_of_the_official_map(name, shared_data):
+    """The task's subjects and groups against the official file's own listing (not through convert())."""
+    official = json.loads((shared_data / name / "categories.json").read_text(encoding="utf-8"))
+    ours_to_official = json.loads((DATA_DIR / f"{name}.json").read_text(encoding="utf-8"))[
+        "official_category_names"
+    ]
+    task = get_task(name)
+    assert {s.name for s in task.subjects} == set(official["subjects"])
+    listed = _official_groups(official)
+    expected = {ours: listed[theirs] for ours, theirs in ours_to_official.items()}
+    if "hard_subjects" in official:  # C-Eval's hard leaderboard, from its README, kept in the same file
+        expected["Avg(Hard)"] = set(official["hard_subjects"])
+    groups = task.categories + task.extra_groups
+    assert {group: set(task.group_subjects(group)) for group in groups} == expected
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_shared_data_has_one_file_per_split_and_subject_and_no_other(name, shared_data):
+    task = get_task(name)
+    for split in task.splits:
+        on_disk = {
+            p.relative_to(shared_data / name).as_posix() for p in (shared_data / name / split).iterdir()
+        }
+        expected = {task.local_path.format(split=split, subject=s.name) for s in task.subjects}
+        assert on_disk == expected, split
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_the_measured_row_counts_cover_every_split_and_subject_with_enough_shots(name, shared_data):
+    counts_file = shared_data / "COUNTS.tsv"
+    if not counts_file.is_file():
+        pytest.skip(f"no measured row counts at {counts_file}")
+    task = get_task(name)
+    rows: dict[str, dict[str, int]] = {}  # split -> subject -> rows
+    with open(counts_file, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            if row["dataset"] == name:
+                rows.setdefault(row["split"], {})[row["subject"]] = int(row["rows"])
+    assert set(rows) == set(task.splits)
+    for split, subjects in rows.items():
+        assert set(subjects) == {s.name for s in task.subjects}, split
+    short = {s: n for s, n in rows[task.shot_split].items() if n < RunConfig(model="m", task=name).shots}
+    assert short == {}  # the default shots come from the shot split of every subject
 
 
 def test_anatomy_is_in_others_for_mmlu_and_stem_for_cmmlu():

@@ -21,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
 from evalkit.backends.hf import Scorer  # noqa: E402
-from evalkit.backends.vllm import VllmScorer, VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
+from evalkit.backends.vllm import VllmScorer  # noqa: E402
+from evalkit.backends.vllm_engine import VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
 from evalkit.data import load_task_data  # noqa: E402
 from evalkit.prompts import build_prompts  # noqa: E402
 from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
@@ -218,7 +219,7 @@ def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_
 
     from evalkit import runner
     from evalkit.models.loading import load_model
-    from evalkit.results import QUESTIONS_FILE, RUN_FILE
+    from evalkit.saved_runs import QUESTIONS_FILE, RUN_FILE
     from evalkit.types import RunConfig
 
     loaded, task = load_model(str(tiny.model_dir), "fp32", "cpu"), get_task("mmlu")

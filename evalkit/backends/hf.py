@@ -4,9 +4,8 @@ Speed comes from shared-prefix KV reuse. The prompts of a subject share their he
 the engine groups prompts by their longest common token prefix (the plan: evalkit.backends.batching), runs
 each prefix once (batch 1) and scores every question's remaining tokens against its KV cache:
 - `packed` (transformers or evalkit.models code, sdpa/eager attention, no mask-built ALiBi): several
-  suffixes in ONE row after the prefix, a 4D mask letting each suffix see the prefix and itself (in
-  sliding-window layers only the keys within the window of its own positions), positions continuing
-  from the prefix; the prefix cache is never replicated.
+  suffixes in ONE row after the prefix, each under a 4D mask as in its own forward
+  (hf_model.packed_inputs); the prefix cache is never replicated.
 - `rows` (other models, e.g. remote code with legacy tuple caches, Bloom/Falcon ALiBi): right-padded
   rows, the prefix cache repeated per row.
 Before trusting a model with either, a probe scores the longest and shortest prompts of the first
@@ -22,136 +21,26 @@ batch-1 scripts do; anything else would make a question's scores depend on its n
 
 from __future__ import annotations
 
-import copy
-import inspect
 import logging
 from collections.abc import Collection, Iterator, Sequence
 from typing import get_args
 
 import torch
 from tqdm import tqdm
-from transformers import Cache, DynamicCache
+from transformers import DynamicCache
 
+from evalkit.backends import hf_model
 from evalkit.backends.base import OneByOne, Scores
 from evalkit.backends.batching import Batch, Group, prefix_groups, split_batches
+from evalkit.backends.hf_probe import PROBE_TOLERANCE, largest_difference, probe_prompts
 from evalkit.records import Fallback, ReuseMode
 from evalkit.types import EngineChoice, EvalkitError, unknown
 
 LOG = logging.getLogger(__name__)
-CPU_BATCH_TOKENS = 4096  # a CPU forward is compute-bound: larger batches are not faster, only bigger
 AUTO_MIN_SHARE = 0.3  # engine="auto" reuses prefixes when they save this fraction of all tokens
 # suffix tokens per packed row: on CPU (compute-bound) 256 balances GEMM efficiency against the
 # attention a row spends across its neighbours' tokens; accelerators want larger matrices (untested guess)
 PACK_TOKENS = {"cpu": 256, "other": 1024}
-# The probe's bound on a log-prob's difference from a lone forward (1e-3 for other dtypes: fp32
-# rounding moves it ~1e-5). A 16-bit letter logit of magnitude 16-32 is rounded to steps of 2^-6
-# (fp16) or 2^-3 (bf16), and another order of the same arithmetic moves it by a step or two: on
-# SmolLM2 bf16 (CMMLU) the prefix forms differed by 0.16-0.19, where a 0.1 bound threw them out.
-PROBE_TOLERANCE = {torch.float16: 0.1, torch.bfloat16: 0.5}
-
-
-def default_batch_tokens(model) -> int:
-    """CPU: CPU_BATCH_TOKENS. CUDA: a third of the free memory over an estimate of one token's bytes
-    (its KV over all layers, a few activations, its logits where a model lacks logits_to_keep)."""
-    device = model.get_input_embeddings().weight.device
-    if device.type != "cuda":
-        return CPU_BATCH_TOKENS
-    cfg = model.config.get_text_config()
-    hidden, layers = cfg.hidden_size, cfg.num_hidden_layers
-    heads = cfg.num_attention_heads
-    kv = getattr(cfg, "num_key_value_heads", None) or heads
-    elem = torch.finfo(model.dtype).bits // 8 if model.dtype.is_floating_point else 2
-    intermediate = getattr(cfg, "intermediate_size", 4 * hidden)
-    per_token = elem * (2 * layers * kv * (hidden // heads) + 8 * hidden + 3 * intermediate)
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        per_token += 4 * cfg.vocab_size
-    free, _ = torch.cuda.mem_get_info(device)
-    return int(min(max(free // 3 // per_token, 1024), 131072))
-
-
-def _keep_mode(model) -> str:
-    """How to ask the forward for the last-token logits only (no full-vocabulary projection everywhere).
-
-    "2d": per-row positions (transformers versions whose `slice_logits_to_keep` takes them);
-    "1d": distinct positions for every row (native models since 4.49); "int": the last K positions
-    (remote code that has the argument, and models spread over devices, where a positions tensor could
-    sit on the wrong one); "full": all logits (remote code without it).
-    """
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        return "full"
-    spread = len(set(getattr(model, "hf_device_map", {}).values())) > 1  # last hidden states: device unknown
-    if spread or not type(model).__module__.startswith("transformers."):
-        return "int"
-    from transformers import modeling_utils
-
-    slicer = getattr(modeling_utils, "slice_logits_to_keep", None)
-    if slicer is not None and slicer(torch.zeros(2, 3, 1), torch.tensor([[2], [0]])).shape == (2, 1, 1):
-        return "2d"
-    return "1d"
-
-
-def _cache_argument(model) -> str | None:
-    """The forward's name for a KV cache: `cache` (transformers >= 5.24, where `past_key_values` is
-    deprecated), `past_key_values` (older versions, remote code, and a forward taking **kwargs), or
-    None where it takes neither."""
-    parameters = inspect.signature(model.forward).parameters
-    for name in ("cache", "past_key_values"):
-        if name in parameters:
-            return name
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return "past_key_values"
-    return None
-
-
-def _returned_cache(out):
-    """The KV cache of a forward's output, read under the name its output class declares."""
-    fields = getattr(out, "__dataclass_fields__", {})
-    return getattr(out, "cache" if "cache" in fields else "past_key_values", None)
-
-
-def _attention_kinds(model) -> dict[str, int | None] | str:
-    """The attention kinds of a model's layers ({layer type: sliding window or None}) that a packed
-    row can reproduce with a custom 4D mask, or the reason it cannot.
-
-    A 4D mask given to a transformers model is used as it is, in every layer of its kind: the model no
-    longer applies sliding windows itself, so the mask must carry them. One kind takes one 4D mask;
-    full and sliding layers mixed (`layer_types`) take {layer type: mask}, as those models index it.
-    ALiBi models (Bloom, Falcon with alibi, MPT) build their bias from a 2D mask over key indices: a
-    packed row would give each suffix's keys another bias than its own forward gives them.
-    """
-    if not type(model).__module__.startswith(("transformers.", "evalkit.models.")):
-        return f"{type(model).__module__} is neither transformers nor evalkit.models code"
-    cfg = model.config.get_text_config()
-    implementation = getattr(model.config, "_attn_implementation", None)
-    if implementation not in ("sdpa", "eager"):
-        return f"attention {implementation!r} takes no custom 4D mask (needs sdpa or eager)"
-    alibi = cfg.model_type in ("bloom", "mpt") or getattr(cfg, "alibi", False) is True
-    if alibi and type(model).__module__.startswith("transformers."):
-        return "transformers builds its ALiBi bias from a 2D mask over key indices"
-    if "position_ids" not in inspect.signature(model.forward).parameters:
-        return "its forward takes no position_ids"
-    window = getattr(cfg, "sliding_window", None)
-    types = getattr(cfg, "layer_types", None) or ["sliding_attention" if window else "full_attention"]
-    if not set(types) <= {"full_attention", "sliding_attention"}:
-        return f"layer types {sorted(set(types))} (only full and sliding attention can be packed)"
-    if "sliding_attention" in types and not isinstance(window, int):
-        return f"sliding layers without an integer sliding_window ({window!r})"
-    return {kind: window if kind == "sliding_attention" else None for kind in dict.fromkeys(types)}
-
-
-def _fork(cache, rows: int):
-    """A cache for one batch that leaves the prefix cache intact (updates concatenate into new tensors)."""
-    if isinstance(cache, Cache):
-        fork = copy.copy(cache)
-        fork.layers = [copy.copy(layer) for layer in cache.layers]
-        if rows > 1:
-            fork.batch_repeat_interleave(rows)
-        return fork
-    if rows == 1:
-        return cache
-    # legacy tuples: the batch is the outer factor of dim 0 in every layout seen ((B,H,T,D), Baichuan's
-    # (B*H,..))
-    return tuple(tuple(t.repeat(rows, *[1] * (t.dim() - 1)) for t in layer) for layer in cache)
 
 
 class NonFiniteLogits(EvalkitError):
@@ -173,8 +62,8 @@ class Scorer(OneByOne):
     Public state: `mode` is the reuse mode ("packed" | "rows" | "plain", settled by the first probe;
     "isolated" from the start; None before), `candidates` the modes the probe tries in order, `fallbacks`
     every mode given up with its reason (evalkit.records.Fallback; run.json keeps them), `keep` how
-    last-token logits are asked for (see _keep_mode), `cache_argument` the forward's name for the KV
-    cache, `attention_kinds` {layer type: sliding window or None} of a packable model ({} otherwise).
+    last-token logits are asked for (hf_model.keep_mode), `cache_argument` the forward's name for the
+    KV cache, `attention_kinds` {layer type: sliding window or None} of a packable model ({} otherwise).
     """
 
     def __init__(
@@ -197,12 +86,12 @@ class Scorer(OneByOne):
         self.model, self.device, self.engine, self.progress = model, embeddings.device, engine, progress
         self.dtype = embeddings.dtype if embeddings.dtype.is_floating_point else torch.float32
         self.letter_ids = torch.tensor(list(letter_ids), device=self.device)
-        self.batch_tokens = batch_tokens or default_batch_tokens(model)
+        self.batch_tokens = batch_tokens or hf_model.default_batch_tokens(model)
         self.engine_used = ""  # "prefix" | "plain" | "isolated" once score() has run
-        self.keep = _keep_mode(model)
-        self.cache_argument = _cache_argument(model)
+        self.keep = hf_model.keep_mode(model)
+        self.cache_argument = hf_model.cache_argument(model)
         self.fallbacks: list[Fallback] = []
-        kinds = _attention_kinds(model)
+        kinds = hf_model.attention_kinds(model)
         self.attention_kinds: dict[str, int | None] = kinds if isinstance(kinds, dict) else {}
         self.candidates: list[str] = ["packed", "rows"] if self.attention_kinds else ["rows"]
         if isinstance(kinds, str):
@@ -286,22 +175,6 @@ class Scorer(OneByOne):
 
     # ---- the probe: trust a reuse mode only where it agrees with plain forwards ----
 
-    def _probe_prompts(self, seqs: list[list[int]], group: Group) -> list[list[list[int]]]:
-        """The probe's forwards: the group's longest and shortest prompts together (padding, packing and
-        length effects), and where the model has a sliding window they do not exceed, a prompt longer
-        than it (the group's prefix, then its suffixes' tokens over again) with the shortest one."""
-        order = sorted(group.members, key=lambda i: (-len(seqs[i]), i))
-        longest, shortest = seqs[order[0]], seqs[order[-1]]
-        forwards = [[longest, shortest]]
-        window = self.window
-        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
-        length = (window or 0) + 8  # a few positions past the window see it cut their context
-        if window is not None and len(longest) <= window and (not isinstance(limit, int) or length <= limit):
-            pool = [t for i in order for t in seqs[i][group.prefix :]]
-            tail = [pool[k % len(pool)] for k in range(length - group.prefix)]
-            forwards.append([longest[: group.prefix] + tail, shortest])
-        return forwards
-
     def _probe(self, seqs: list[list[int]], group: Group) -> tuple[ReuseMode, object]:
         """The first reuse mode that this model runs and that agrees with a plain forward of every probe
         prompt, with the group's prefix cache; each mode given up is logged and kept in `fallbacks`."""
@@ -309,7 +182,8 @@ class Scorer(OneByOne):
         if not self.candidates:
             LOG.warning("%s cannot reuse a prefix KV cache: scoring with plain batches", name)
             return "plain", None
-        forwards = self._probe_prompts(seqs, group)
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        forwards = probe_prompts(seqs, group, self.window, limit)
         try:
             expected = [
                 [self._batch(prompts, [k], 0, None, "plain")[0] for k in range(len(prompts))]
@@ -339,12 +213,7 @@ class Scorer(OneByOne):
                 LOG.warning("prefix reuse (%s) fails on %s: %s", mode, name, err)
                 self.fallbacks.append(Fallback(mode, "error", f"{type(err).__name__}: {err}"[:500]))
                 continue
-            diff = max(
-                abs(a - b)
-                for part, want in zip(got, expected, strict=True)
-                for row, ref in zip(part, want, strict=True)
-                for a, b in zip(row, ref, strict=True)
-            )
+            diff = largest_difference(got, expected)
             if diff <= tolerance:
                 return mode, cache
             LOG.warning(
@@ -375,7 +244,7 @@ class Scorer(OneByOne):
             # row's masks then have one key length in every layer, and windows come from positions alone;
             # rows mode on it is exact as well (the model's own sliding mask, at the cache's offsets)
             inputs[self.cache_argument] = DynamicCache()
-        cache = _returned_cache(self._forward(inputs))
+        cache = hf_model.returned_cache(self._forward(inputs))
         if cache is None:  # a capability signal like the shape errors the probe catches
             raise RuntimeError("the model returned no KV cache")
         return cache
@@ -399,63 +268,23 @@ class Scorer(OneByOne):
         """fp32 letter logits (len(batch) x 4) of one forward in `mode` (plain, rows or packed)."""
         suffixes = [seqs[i][prefix:] for i in batch]
         if mode == "packed":
-            inputs, positions = self._packed(suffixes, prefix, cache)
+            inputs, positions = hf_model.packed_inputs(
+                suffixes, prefix, cache, self.attention_kinds, self.dtype, self.cache_argument
+            )
         else:
-            width = max(map(len, suffixes))
-            ids = torch.zeros(len(suffixes), width, dtype=torch.long)  # right padding: no mask needed
-            for row, suffix in enumerate(suffixes):
-                ids[row, : len(suffix)] = torch.tensor(suffix)
-            inputs = {"input_ids": ids}
-            if mode == "rows":
-                inputs.update({self.cache_argument: _fork(cache, len(suffixes)), "use_cache": True})
-            positions = torch.tensor([[len(s) - 1] for s in suffixes])
+            rows_cache = cache if mode == "rows" else None
+            inputs, positions = hf_model.padded_inputs(suffixes, rows_cache, self.cache_argument)
         return self._letter_logits(inputs, positions).reshape(-1, 4)
-
-    def _packed(self, suffixes: list[list[int]], prefix: int, cache) -> tuple[dict, torch.Tensor]:
-        """One row of suffixes after the prefix; each sees the prefix and its own earlier tokens only, at
-        the positions of its own forward, and in sliding layers only the keys within their window."""
-        lengths = torch.tensor([len(s) for s in suffixes])  # (k,)
-        total = int(lengths.sum())
-        segment = torch.repeat_interleave(torch.arange(len(suffixes)), lengths)  # (total,) suffix index
-        starts = torch.cumsum(lengths, 0) - lengths  # (k,) first packed index of each suffix
-        step = torch.arange(total)  # (total,)
-        positions = prefix + step - starts[segment]  # (total,) each token's position in its own prompt
-        own = (segment[:, None] == segment[None, :]) & (step[:, None] >= step[None, :])  # (total, total)
-        seen = torch.cat([torch.ones(total, prefix, dtype=torch.bool), own], dim=1)  # (total, prefix + total)
-        keys = torch.cat([torch.arange(prefix), positions])  # (prefix + total,) position of every key
-        masks = {}
-        for kind, window in self.attention_kinds.items():
-            allowed = seen if window is None else seen & (positions[:, None] - keys[None, :] < window)
-            mask = torch.zeros(total, prefix + total, dtype=self.dtype)
-            masks[kind] = mask.masked_fill_(~allowed, torch.finfo(self.dtype).min)[None, None]  # (1, 1, q, k)
-        inputs = {
-            "input_ids": torch.tensor([[t for s in suffixes for t in s]]),
-            "attention_mask": next(iter(masks.values())) if len(masks) == 1 else masks,
-            "position_ids": positions[None],
-            self.cache_argument: _fork(cache, 1),
-            "use_cache": True,
-        }
-        return inputs, (starts + lengths - 1)[None]
 
     def _letter_logits(self, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
         """fp32 logits of the four letters at `positions` (rows x k) of this forward."""
-        width = inputs["input_ids"].shape[1]
-        cols = torch.arange(positions.shape[1]).expand_as(positions)
-        if self.keep == "2d":
-            inputs["logits_to_keep"] = positions
-        elif self.keep == "1d":
-            inputs["logits_to_keep"], cols = torch.unique(positions, return_inverse=True)
-        elif self.keep == "int":
-            keep = width - int(positions.min())
-            inputs["logits_to_keep"], cols = keep, positions - (width - keep)
-        else:
-            cols = positions
+        cols = hf_model.keep_logits(self.keep, inputs, positions)
         logits = self._forward(inputs).logits[..., self.letter_ids]
         return logits.gather(1, cols.to(logits.device)[..., None].expand(-1, -1, 4)).float()
 
     def _forward(self, inputs: dict):
         """The model's own forward on its device; out-of-memory becomes an error naming --batch-tokens."""
-        inputs = {k: _to(v, self.device) for k, v in inputs.items()}
+        inputs = {k: hf_model.to_device(v, self.device) for k, v in inputs.items()}
         try:
             return self.model(**inputs)
         except RuntimeError as err:
@@ -464,12 +293,3 @@ class Scorer(OneByOne):
                     f"out of memory with --batch-tokens {self.batch_tokens}: lower --batch-tokens ({err})"
                 ) from err
             raise
-
-
-def _to(value, device):
-    """Tensors (also those in a {layer type: mask} mapping) moved to `device`; anything else as it is."""
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value

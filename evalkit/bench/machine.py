@@ -10,38 +10,15 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 
+from evalkit.bench.records import BandwidthProbe, MachineLoad
+
 PROBE_BYTES = 256 * 2**20
-
-
-@dataclass(frozen=True)
-class BandwidthProbe:
-    """Device memory bandwidth from a copy larger than the last-level cache, (read + write) / time."""
-
-    device: str
-    buffer_bytes: int
-    gb_s: float  # the best repeat: the bound must not be lower than what the memory can do
-    values_gb_s: tuple[float, ...]
-    threads: int
-    llc_bytes: int | None  # last-level cache (CPU L3 / GPU L2), None where unknown
-
-
-@dataclass(frozen=True)
-class MachineLoad:
-    """How busy the machine was during the timed repeats (a shared machine perturbs figures)."""
-
-    loadavg_1m_start: float
-    loadavg_1m_end: float
-    cpu_percent_system: float  # all CPUs, 0-100
-    cpu_percent_process: float  # this process, 100 = one core
-    other_cores_busy: float  # cores kept busy by other processes
-    cpu_count: int
 
 
 def _sync(device: str) -> None:

@@ -96,7 +96,7 @@ def kv_bytes_per_token(loaded: LoadedModel, input_ids: torch.Tensor) -> int:
 
 def weight_read_bytes(loaded: LoadedModel) -> int:
     """A decode step reads all weights, except an untied input embedding (only B rows of it)."""
-    total = loaded.info.weight_bytes  # real tensor bytes, quantized storage included (evalkit.models.loading)
+    total = loaded.info.weight_bytes  # real tensor bytes, quantized storage included (evalkit.models.memory)
     emb_in, emb_out = loaded.model.get_input_embeddings(), loaded.model.get_output_embeddings()
     if emb_out is not None and emb_in.weight.data_ptr() == emb_out.weight.data_ptr():
         return int(total)

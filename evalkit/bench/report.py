@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from evalkit.bench.run import MIB, BenchReport, BenchRow
+from evalkit.bench.records import MIB, BenchReport, BenchRow
 from evalkit.types import RunConfig
 
 OUTPUT_DIR = f"{RunConfig.output_dir}/bench"  # bench --output-dir: beside the evaluation runs
@@ -64,8 +64,9 @@ def format_table(report: BenchReport) -> str:
         table.append(_table_row(r) + ([f"{r.e2e_tok_s.median / base:.2f}"] if len(models) > 1 else []))
     headers = list(HEADERS) + ([f"× {models[0]}"] if len(models) > 1 else [])
     on_cuda = (env.device or "").startswith("cuda")
+    engine = report.mode + (f" {report.vllm_version}" if report.vllm_version else "")  # "vllm 0.32.0"
     title = (
-        f"Throughput ({report.mode}) on {env.device_name}: {s['new_tokens']} new tokens after "
+        f"Throughput ({engine}) on {env.device_name}: {s['new_tokens']} new tokens after "
         f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
         f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
         f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "

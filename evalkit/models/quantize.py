@@ -20,13 +20,15 @@ it comes at its own bit width and is never re-quantized. transformers dequantize
 float on load (it keeps the blocks packed only where the `kernels` package has a matmul for them;
 `weights_format` says which), so GGUF runs as it comes at a float precision; int8/int4 of a GGUF
 quantize the dequantized floats a second time: allowed, and labelled `requantized_from`.
+This module holds the plan and what every backend shares (which layers are targets, which came out
+quantized); the backends live in evalkit.models.quant_backends (bnb, torchao, model) and
+evalkit.models.rtn (rtn).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -199,210 +201,15 @@ def _plan_prequantized(precision: str, backend: str | None, source: Prequantized
     )
 
 
-def bnb_config(plan: QuantPlan) -> Any:
-    """The transformers BitsAndBytesConfig of a bnb plan (lm_head is left in float by transformers)."""
-    from transformers import BitsAndBytesConfig
-
-    if plan.bits == 8:
-        _quiet_int8_cast_notice()
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_threshold=LLM_INT8_THRESHOLD)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_compute_dtype=plan.compute_dtype,
-        bnb_4bit_use_double_quant=False,
-    )
-
-
-BNB_CPU_PACK_ROWS = 32  # bitsandbytes' AVX512-BF16 NF4 kernel repacks weights in blocks of 32 output rows
-
-
-def fit_nf4_cpu_kernel(model: nn.Module) -> list[str]:
-    """Keep NF4 layers whose shape the fast CPU kernel cannot take on bitsandbytes' generic path.
-
-    On a CPU with AVX512-BF16, bitsandbytes (0.48+) repacks each 4-bit weight at its first forward; that
-    needs the output features to divide by 32 and the input features by the quantization block (64):
-    a 2-layer llama with 48-wide layers and 24-wide k/v projections fails with "N must be divisible by
-    block_n" or a reshape error. Those layers keep the generic dequantize-and-matmul path, which takes
-    every shape bitsandbytes quantizes; the names of the layers so kept are returned.
-    """
-    kept = []
-    for name, module in model.named_modules():
-        if not getattr(module, "support_avx512bf16_for_cpu", False):
-            continue
-        block = getattr(getattr(module.weight, "quant_state", None), "blocksize", NF4_BLOCK)
-        if module.out_features % BNB_CPU_PACK_ROWS or module.in_features % block:
-            module.support_avx512bf16_for_cpu = False
-            kept.append(name)
-    return kept
-
-
-class _DropInt8CastNotice(logging.Filter):
-    """LLM.int8 logs this for every layer on every forward whose input is not fp16: thousands of lines
-    per run. The cast is its design and is recorded once, as `activation_quantization` in the info."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("MatMul8bitLt: inputs will be cast")
-
-
-def _quiet_int8_cast_notice() -> None:
-    bnb_logger = logging.getLogger("bitsandbytes.autograd._functions")
-    if not any(isinstance(f, _DropInt8CastNotice) for f in bnb_logger.filters):
-        bnb_logger.addFilter(_DropInt8CastNotice())
-
-
 def output_head_name(model: nn.Module) -> str | None:
     """The module name of the output embeddings (lm_head): every backend leaves it in float."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return next((name for name, module in model.named_modules() if module is head), None)
 
 
-def _linear_targets(model: nn.Module) -> dict[str, nn.Linear]:
+def linear_targets(model: nn.Module) -> dict[str, nn.Linear]:
     head = output_head_name(model)
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear) and name != head}
-
-
-def quantize_torchao(model: nn.Module, plan: QuantPlan) -> QuantPlan:
-    """Quantize in place with torchao; returns the plan with the int4 group size fitted to the model."""
-    from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-    targets = _linear_targets(model)
-    if plan.bits == 8:
-        config: Any = Int8WeightOnlyConfig()
-    else:
-        from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
-
-        widths = {m.in_features for m in targets.values()}
-        # the largest group dividing every input width; layers it cannot divide stay float and are reported
-        group = next(
-            (g for g in TORCHAO_INT4_GROUPS if all(w % g == 0 for w in widths)), TORCHAO_INT4_GROUPS[-1]
-        )
-        config, plan = PrototypeInt4WeightOnlyConfig(group_size=group), replace(plan, group_size=group)
-    quantize_(model, config, filter_fn=lambda module, fqn: fqn in targets)
-    return plan
-
-
-def quantize_bnb_modules(
-    model: nn.Module,
-    bits: int,
-    compute_dtype: torch.dtype | None = None,
-    double_quant: bool = False,
-    device: str = "cpu",
-) -> nn.Module:
-    """bitsandbytes layers in place of every nn.Linear but the output head, in place, for a model that
-    transformers did not load (evalkit.models): LLM.int8 (outlier threshold 6.0) or NF4 in blocks of
-    64, the layers transformers' bnb integration builds; each weight is quantized as it moves to
-    `device`. `double_quant` quantizes the NF4 block scales too (Baichuan2's own quantize)."""
-    import bitsandbytes as bnb
-
-    for name, linear in _linear_targets(model).items():
-        bias = linear.bias is not None
-        if bits == 8:
-            _quiet_int8_cast_notice()
-            layer: nn.Module = bnb.nn.Linear8bitLt(
-                linear.in_features,
-                linear.out_features,
-                bias=bias,
-                has_fp16_weights=False,
-                threshold=LLM_INT8_THRESHOLD,
-            )
-            layer.weight = bnb.nn.Int8Params(linear.weight.data, requires_grad=False, has_fp16_weights=False)
-        else:
-            layer = bnb.nn.Linear4bit(
-                linear.in_features,
-                linear.out_features,
-                bias=bias,
-                compute_dtype=compute_dtype,
-                compress_statistics=double_quant,
-                quant_type="nf4",
-            )
-            layer.weight = bnb.nn.Params4bit(
-                linear.weight.data,
-                requires_grad=False,
-                blocksize=NF4_BLOCK,
-                compress_statistics=double_quant,
-                quant_type="nf4",
-            )
-        if bias:
-            layer.bias = linear.bias
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, layer.to(device))
-    return model
-
-
-def quantize_with_model_code(model: nn.Module, bits: int) -> nn.Module:
-    """Call the checkpoint's own `quantize(bits)` (Baichuan's returns the model, quantized in place)."""
-    method = getattr(model, "quantize", None)
-    if not callable(method):
-        raise EvalkitError(
-            f"--quant-backend model: {type(model).__name__} has no quantize(bits) method; "
-            f"use --quant-backend rtn (per-channel absmax, the method of Baichuan's quantize) "
-            f"or bnb"
-        )
-    result = method(bits)
-    return result if isinstance(result, nn.Module) else model
-
-
-def pack_int4(q: torch.Tensor) -> torch.Tensor:
-    """Pack int4 codes in [-8, 7] two per byte along the last dim: low nibble = even column, as q + 8."""
-    if q.shape[-1] % 2:
-        q = torch.nn.functional.pad(q, (0, 1))
-    biased = (q.to(torch.int16) + 8).to(torch.uint8)
-    return biased[..., 0::2] | (biased[..., 1::2] << 4)
-
-
-def unpack_int4(packed: torch.Tensor, width: int) -> torch.Tensor:
-    """Inverse of pack_int4: int8 codes, the last dim cut back to `width`."""
-    low = (packed & 0x0F).to(torch.int8) - 8
-    high = (packed >> 4).to(torch.int8) - 8
-    return torch.stack((low, high), dim=-1).flatten(-2)[..., :width]
-
-
-class RTNLinear(nn.Module):
-    """A weight-only int8/int4 linear layer: int codes + one fp32 scale per output channel, dequantized per
-    call.
-
-    scale = absmax(row) / (2**(bits-1) - 1), computed in the weight's own dtype and then cast to fp32,
-    and codes = round(w / scale) (half to even) in fp32: exactly Baichuan's QLinear. Its int4 codes fall
-    in [-7, 7] (Baichuan clamps to [-16, 15], which never binds). An all-zero row gets scale 1 instead of
-    Baichuan's 0 (whose 0/0 would make NaN codes). int4 codes are stored packed, two per byte.
-    """
-
-    def __init__(self, linear: nn.Linear, bits: int) -> None:
-        super().__init__()
-        if bits not in (4, 8):
-            raise ValueError(f"RTNLinear supports 4 or 8 bits, not {bits}")
-        self.in_features, self.out_features, self.bits = linear.in_features, linear.out_features, bits
-        weight = linear.weight.detach()
-        qmax = 2 ** (bits - 1) - 1
-        scale = (weight.abs().amax(dim=1) / qmax).to(torch.float32)
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        codes = torch.round(weight.to(torch.float32) / scale[:, None]).clamp_(-qmax, qmax).to(torch.int8)
-        self.register_buffer("qweight", pack_int4(codes) if bits == 4 else codes)
-        self.register_buffer("scale", scale)
-        self.bias = linear.bias
-
-    def codes(self) -> torch.Tensor:
-        """The int8 codes, shape (out_features, in_features)."""
-        return unpack_int4(self.qweight, self.in_features) if self.bits == 4 else self.qweight
-
-    def dequantized(self, dtype: torch.dtype) -> torch.Tensor:
-        # codes and scale cast to the activation dtype before the product, as Baichuan's forward does
-        return self.codes().to(dtype) * self.scale.to(dtype)[:, None]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.dequantized(x.dtype), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
-
-
-def quantize_rtn(model: nn.Module, bits: int) -> nn.Module:
-    """Replace every nn.Linear but the output head by an RTNLinear, in place."""
-    for name, linear in _linear_targets(model).items():
-        parent_name, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), child, RTNLinear(linear, bits))
-    return model
 
 
 def _is_plain_float(tensor: torch.Tensor) -> bool:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from evalkit.compare import BenchmarkComparison, Comparison, Delta, Gate
 from evalkit.divergence import divergence_columns
-from evalkit.report.tables import markdown_table
+from evalkit.report.text import markdown_table
 
 DIVERGENCE_HEADING = (
     "Letter distributions of B against A: KL(P_A ‖ P_B) over the four letters in nats "

@@ -10,7 +10,7 @@ import pandas as pd
 
 from evalkit.published import PublishedRow
 from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
-from evalkit.results import short_model_name
+from evalkit.saved_runs import short_model_name
 
 CSV_COLUMNS = [
     "benchmark",

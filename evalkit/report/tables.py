@@ -5,13 +5,12 @@ run, accuracies x100 with one decimal; beside it a table of the questions (subje
 figure, and notes for smoke runs (`--limit`), subset runs and C-Eval test runs (which have no
 accuracy, only a leaderboard submission file). Published figures (evalkit.published) stand under
 the runs they match, each followed by a Δ row (measured − published); rows of other published models
-can be added for comparison. The same tables go to CSV (evalkit.report.csv).
+can be added for comparison. The same tables go to markdown (evalkit.report.tables_markdown)
+and CSV (evalkit.report.csv).
 """
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,22 +21,11 @@ import pandas as pd
 from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
 from evalkit.published import PublishedRow, check_names, matching, named_rows
 from evalkit.records import Metric, RunResult
-from evalkit.results import SUBMISSION_FILE, short_model_name
+from evalkit.report.text import AVERAGE, footnote, run_label
+from evalkit.saved_runs import SUBMISSION_FILE, short_model_name
 from evalkit.types import QuestionResult, RunConfig, Task
 
-AVERAGE = "Average"
 AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}
-WARN = "⚠"
-
-
-def footnote(text: str) -> str:
-    """A note with one ⚠ at most, and only in front: a warning is a note that starts with the sign.
-
-    Signs inside (a `--limit` run's label carries one, a published note may) are dropped, so a
-    footnote about a flagged run reads "⚠ X fp16 limit=10: ..." rather than stacking signs."""
-    warns = text.lstrip().startswith(WARN)
-    plain = re.sub(rf"\s*{WARN}\s*", " ", text).strip()
-    return f"{WARN} {plain}" if warns else plain
 
 
 class ReportRun(NamedTuple):
@@ -86,27 +74,6 @@ class BenchmarkTable:
             if name not in placed
         ]
         return out
-
-
-def run_label(
-    result: RunResult, eval_split: str, *, show_scheme: bool = False, show_shots: bool = False
-) -> str:
-    """Model + precision (+ scheme, shots, split and --limit where they set the run apart)."""
-    config = result.config
-    label = f"{short_model_name(config.model)} {config.precision}"
-    if config.quant_backend:
-        label += f"/{config.quant_backend}"
-    if show_scheme or config.scheme != "official":
-        label += f" [{config.scheme}]"
-    if config.letter_rule:
-        label += f" letters={config.letter_rule}"
-    if show_shots:
-        label += f" {config.shots}-shot"
-    if config.split not in (None, eval_split):
-        label += f" ({config.split})"
-    if config.limit is not None:
-        label += f" ⚠ limit={config.limit}"
-    return label
 
 
 def _labels(results: Sequence[RunResult], eval_split: str) -> list[str]:
@@ -299,52 +266,3 @@ def build_tables(
     for run in runs:
         by_task.setdefault(run.task.name, []).append(run)
     return {name: _table(group[0].task, group, published, extra) for name, group in by_task.items()}
-
-
-def display_frame(table: BenchmarkTable) -> pd.DataFrame:
-    """Every row as one-decimal strings ("–" where absent, Δ signed), plus the CI column when there is one."""
-    rows = table.rows()
-    shown = pd.DataFrame(
-        [[_cell(v, kind) for v in figures] for _, kind, figures in rows],
-        index=[label for label, _, _ in rows],
-        columns=table.scores.columns,
-    )
-    if table.intervals:
-        shown["95% CI"] = [
-            f"{100 * i.low:.1f}–{100 * i.high:.1f}" if (i := table.intervals.get(label)) else "–"
-            for label in shown.index
-        ]
-    return shown.rename_axis(table.first_column)
-
-
-def _cell(value: float, kind: str) -> str:
-    return "–" if math.isnan(value) else f"{value:+.1f}" if kind == "delta" else f"{value:.1f}"
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """Label column left, figures centred as in the README; strings kept as formatted ("50.0", not 50)."""
-    align = ("left",) + ("center",) * len(frame.columns)
-    return frame.to_markdown(colalign=align, disable_numparse=True) + "\n"
-
-
-def count_frame(table: BenchmarkTable) -> pd.DataFrame:
-    """The "questions (subjects)" behind each measured figure."""
-    counts = table.questions.astype(str) + " (" + table.subjects.astype(str) + ")"
-    return counts.where(table.questions.notna(), "–").rename_axis(table.first_column)
-
-
-def to_markdown(
-    runs: Sequence[ReportRun | tuple], published: Sequence[PublishedRow] = (), extra: Sequence[str] = ()
-) -> str:
-    """The README-style markdown: per benchmark the scores, the counts behind them, and the notes."""
-    parts = []
-    for table in build_tables(runs, published, extra).values():
-        parts.append(f"## {table.title}\n")
-        if len(table.scores) or len(table.published):
-            parts.append(markdown_table(display_frame(table)))
-        if len(table.scores):
-            parts.append("Questions (subjects) behind each figure:\n")
-            parts.append(markdown_table(count_frame(table)))
-        parts.extend(f"- {note}" for note in table.notes)
-        parts.append("")
-    return "\n".join(parts)
