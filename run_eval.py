@@ -25,8 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from evalkit.backends.vllm_run import ENGINE_FIELDS
-from evalkit.types import EvalkitError, RunConfig
+from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
 from tasks import TASKS, get_task
 
 if TYPE_CHECKING:
@@ -98,7 +97,7 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         output_dir=args.output_dir,
         progress=not args.no_progress,
         backend=args.backend,
-        **{name: getattr(args, name) for name in ENGINE_FIELDS if getattr(args, name) is not None},
+        **{name: getattr(args, name) for name in VLLM_ENGINE_FIELDS if getattr(args, name) is not None},
     )
     return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
 
@@ -111,7 +110,7 @@ HF_BENCH_FLAGS = ("mode", "compile_backend", "quant_backend")
 def check_backend_flags(args: argparse.Namespace, hf_only: Sequence[str] = HF_FLAGS) -> None:
     """Flags of the other backend are refused (they would be silently ignored), before anything loads;
     `hf_only`: the command's flags that --backend vllm has no use for."""
-    other = hf_only if args.backend == "vllm" else ENGINE_FIELDS
+    other = hf_only if args.backend == "vllm" else VLLM_ENGINE_FIELDS
     given = [f"--{name.replace('_', '-')}" for name in other if getattr(args, name) not in (None, False)]
     if given:
         owner = "--backend hf" if args.backend == "vllm" else "--backend vllm"
@@ -220,7 +219,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.backend == "vllm":
         from evalkit.backends.vllm_engine import VllmSettings
 
-        given = {name: getattr(args, name) for name in ENGINE_FIELDS if getattr(args, name) is not None}
+        given = {name: getattr(args, name) for name in VLLM_ENGINE_FIELDS if getattr(args, name) is not None}
         vllm = VllmSettings(trust_remote_code=args.trust_remote_code, **given)
     settings = BenchSettings(
         new_tokens=new_tokens,

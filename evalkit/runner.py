@@ -257,7 +257,7 @@ def _scorer(loaded: LoadedModel, letters: LetterTokens, config: RunConfig) -> Sc
         from evalkit.backends.vllm_run import VllmModel
 
         if not isinstance(loaded.model, VllmModel):
-            raise EvalkitError("--backend vllm needs a model loaded by evalkit.backends.vllm_run.load_for_run")
+            raise EvalkitError("--backend vllm needs a model loaded by backends.vllm_run.load_for_run")
         return VllmScorer(loaded.model.llm, letters.ids, settings=loaded.model.settings)
     return Scorer(
         loaded.model,

@@ -169,22 +169,19 @@ def token_ids_hash(token_ids: Sequence[int]) -> str:
     return hashlib.sha256(",".join(map(str, token_ids)).encode("ascii")).hexdigest()[:16]
 
 
+# the RunConfig fields (and --backend vllm flags) that say how a vLLM engine starts: VllmSettings fields too
+VLLM_ENGINE_FIELDS = (
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "enforce_eager",
+    "distributed_executor_backend",
+)
 # Fields of RunConfig that do not change any score, so they are left out of the config hash (the vLLM
 # engine's scale settings among them: how it is spread over GPUs, not what it computes).
 NON_RESULT_FIELDS = frozenset(
-    {
-        "batch_tokens",
-        "output_dir",
-        "device",
-        "engine",
-        "progress",
-        "tensor_parallel_size",
-        "pipeline_parallel_size",
-        "gpu_memory_utilization",
-        "max_model_len",
-        "enforce_eager",
-        "distributed_executor_backend",
-    }
+    {"batch_tokens", "output_dir", "device", "engine", "progress", *VLLM_ENGINE_FIELDS}
 )
 # Result fields left out of the hash while they hold their default, so that the runs made before the field
 # existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).

@@ -25,7 +25,7 @@ from evalkit.backends.vllm_engine import (
     require_logprob_token_ids,
 )
 from evalkit.records import ModelInfo
-from evalkit.types import EvalkitError, RunConfig
+from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
 
 LOG = logging.getLogger(__name__)
 
@@ -40,20 +40,9 @@ class VllmModel:
     settings: VllmSettings
 
 
-# the RunConfig fields (and --backend vllm flags) that say how the engine starts: VllmSettings fields too
-ENGINE_FIELDS = (
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "enforce_eager",
-    "distributed_executor_backend",
-)
-
-
 def settings_for(config: RunConfig, precision: str) -> VllmSettings:
     """The engine settings of a run: the --backend vllm flags of `config` at `precision`."""
-    engine = {name: getattr(config, name) for name in ENGINE_FIELDS}
+    engine = {name: getattr(config, name) for name in VLLM_ENGINE_FIELDS}
     return VllmSettings(precision=precision, trust_remote_code=config.trust_remote_code, **engine)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from evalkit.backends.vllm_engine import require_logprob_token_ids
-from evalkit.backends.vllm_run import ENGINE_FIELDS, check_run, load_for_run, prepare_model_dir
+from evalkit.backends.vllm_run import check_run, load_for_run, prepare_model_dir
 from evalkit.bench.machine import timed
 from evalkit.bench.model import prompt_ids
 from evalkit.bench.records import BenchReport, BenchRow, BenchSettings
@@ -34,7 +34,7 @@ from evalkit.bench.run import log_row, make_row, measure, torch_threads
 from evalkit.machine import environment, free_memory
 from evalkit.models.loading import resolve_device
 from evalkit.records import ModelInfo
-from evalkit.types import EvalkitError, RunConfig
+from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
 
 MODE = "vllm"  # the report's and rows' mode
 SAFETENSORS_DTYPES = {
@@ -147,7 +147,7 @@ def run_config(model: str, settings: BenchSettings) -> RunConfig:
     config = RunConfig(
         model=model, task="bench", device=settings.device, trust_remote_code=settings.trust_remote_code
     )
-    engine = {name: getattr(settings.vllm, name) for name in ENGINE_FIELDS} if settings.vllm else {}
+    engine = {name: getattr(settings.vllm, name) for name in VLLM_ENGINE_FIELDS} if settings.vllm else {}
     return dataclasses.replace(config, backend="vllm", **engine)
 
 
