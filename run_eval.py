@@ -473,7 +473,7 @@ def _add_backend_flags(parser: argparse.ArgumentParser, backend_help: str = SCOR
     )
     vllm.add_argument(
         "--distributed-executor-backend",
-        choices=("ray", "mp"),
+        choices=_literal_choices(RunConfig, "distributed_executor_backend"),
         help="ray: spread tensor x pipeline ranks over the nodes of a running Ray cluster "
         "(default: vLLM's choice, one node)",
     )

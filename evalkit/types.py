@@ -23,6 +23,7 @@ ShotOrder = Literal["file", "shuffled_per_question"]
 LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
 Aggregation = Literal["micro", "macro"]
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
+DistributedExecutor = Literal["ray", "mp"]  # vLLM's executors: across nodes (Ray) or one node
 Backend = Literal["hf", "vllm"]  # --backend: evalkit.backends.hf.Scorer, or evalkit.backends.vllm.VllmScorer
 
 
@@ -217,7 +218,7 @@ class RunConfig:
     gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
     max_model_len: int | None = None  # tokens per request; None: the model's own limit
     enforce_eager: bool = False  # no CUDA graphs / torch.compile
-    distributed_executor_backend: str | None = None  # "ray": across nodes; None: vLLM's choice
+    distributed_executor_backend: DistributedExecutor | None = None  # None: vLLM's choice
 
     def result_fields(self) -> dict:
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in HASHED_UNLESS_DEFAULT}
