@@ -382,12 +382,14 @@ def _letters(loaded, logprobs: torch.Tensor) -> torch.Tensor:
 
 
 # Measured on this prompt (fp32 letters: -0.98 -2.06 -1.05 -1.92). KL(fp32 || quantized) of the next
-# token over the whole vocabulary: int8 0.0007 (rtn) / 0.0027 (LLM.int8); int4 0.07 (NF4) / 0.14 (rtn
+# token over the whole vocabulary: int8 0.0007 (rtn) / 0.0027-0.020 (LLM.int8); int4 0.07 (NF4) / 0.14 (rtn
 # per channel, the coarsest); rtn int4 with its scales made 1.5x too large: 5.0. The KL bound separates
-# a working quantizer from a broken one; the letter bound (max |delta log-prob|, measured 0.04 / 0.13 at
-# int8, 0.45 / 1.41 at int4) keeps the answer distribution within a sane distance of fp32.
+# a working quantizer from a broken one; the letter bound (max |delta log-prob|, measured 0.04 / 0.13-0.28
+# at int8, 0.45 / 1.41 at int4) keeps the answer distribution within a sane distance of fp32. LLM.int8's
+# figures differ by CPU: 0.0027 / 0.13 on an AVX-512 machine, 0.020 / 0.28 on an AVX2-only one (where
+# bitsandbytes' int8 product is the exact integer one: torch._int_mm in its place gives the same bits).
 SMOLLM_KL = {"int8": 0.05, "int4": 0.5}
-SMOLLM_LETTERS = {"int8": 0.25, "int4": 2.0}
+SMOLLM_LETTERS = {"int8": 0.5, "int4": 2.0}
 
 
 @pytest.mark.slow
