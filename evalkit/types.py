@@ -251,3 +251,8 @@ class Prompt:
     question: Question
     text: str
     shots_used: int
+
+
+def config_from_fields(fields: dict) -> RunConfig:
+    """A RunConfig from flat field names, as config.json and the CLI have always spelled them."""
+    return RunConfig(**fields)
