@@ -29,8 +29,8 @@ from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
 from tasks import TASKS, get_task
 
 if TYPE_CHECKING:
-    from evalkit.records import SavedRun
     from evalkit.report.tables import ReportRun
+    from evalkit.store.records import SavedRun
 
 log = logging.getLogger("evalkit")
 DEFAULTS = RunConfig(model="", task="")
@@ -74,8 +74,8 @@ def _model_match(text: str) -> tuple[str, str]:
 
 def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRun]:
     """`eval` and `sweep`: the flags as a RunConfig, the tasks resolved here (evalkit does not import
-    tasks/), the loop in evalkit.sweep."""
-    from evalkit.sweep import run_sweep
+    tasks/), the loop in evalkit.run.sweep."""
+    from evalkit.run.sweep import run_sweep
 
     check_backend_flags(args)
     tasks = [get_task(name) for name in args.tasks]
@@ -147,7 +147,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def _saved_runs(paths: Sequence[str]) -> dict[Path, SavedRun]:
     """Finished runs found under `paths`, by directory."""
-    from evalkit.saved_runs import find_runs, load_run
+    from evalkit.store.saved_runs import find_runs, load_run
 
     runs = {path: load_run(path) for path in find_runs(paths)}
     if not runs:
@@ -162,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from evalkit.report.quantization_markdown import quant_markdown
     from evalkit.report.tables import ReportRun
     from evalkit.report.tables_markdown import to_markdown
-    from evalkit.saved_runs import short_model_name
+    from evalkit.store.saved_runs import short_model_name
     from tasks.references import published_quantization, published_rows
 
     published = () if args.no_published else published_rows()
@@ -193,8 +193,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from evalkit.compare import check_thresholds, compare
-    from evalkit.report.compare import to_markdown
+    from evalkit.report.compare_tables import to_markdown
+    from evalkit.stats.compare import check_thresholds, compare
 
     gates = {"max_drop": args.max_drop, "max_kl": args.max_kl, "min_agreement": args.min_agreement}
     check_thresholds(**gates)  # before reading any run: a NaN gate is refused, never passed
@@ -205,9 +205,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from evalkit.bench.records import BenchSettings, device_defaults
+    from evalkit.bench.hf_bench import run_bench
     from evalkit.bench.report import format_table, write_outputs
-    from evalkit.bench.run import run_bench
+    from evalkit.bench.schema import BenchSettings, device_defaults
     from evalkit.models.loading import resolve_device
 
     check_backend_flags(args, HF_BENCH_FLAGS)
@@ -217,7 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     defaults = BenchSettings()
     vllm = None
     if args.backend == "vllm":
-        from evalkit.backends.vllm_engine import VllmSettings
+        from evalkit.backends.vllm.engine import VllmSettings
 
         given = {name: getattr(args, name) for name in VLLM_ENGINE_FIELDS if getattr(args, name) is not None}
         vllm = VllmSettings(trust_remote_code=args.trust_remote_code, **given)
@@ -244,7 +244,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from evalkit.data import count_rows
+    from evalkit.questions.data import count_rows
     from evalkit.report.listing import task_listing
 
     for name in args.tasks:
@@ -314,7 +314,7 @@ def _literal_choices(cls: type, field_name: str) -> tuple[str, ...]:
 
 def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     from evalkit.models.loading import DEVICE_MAPS, DEVICES
-    from evalkit.models.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
+    from evalkit.models.quant.plans import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
 
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
@@ -430,7 +430,7 @@ SCORING_BACKENDS = (
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser, backend_help: str = SCORING_BACKENDS) -> None:
-    """--backend and the vLLM engine's flags (evalkit.backends.vllm_engine.VllmSettings); left unset (None),
+    """--backend and the vLLM engine's flags (evalkit.backends.vllm.engine.VllmSettings); left unset (None),
     the RunConfig defaults apply, so that a flag of the other backend can be told from a default."""
     from evalkit.backends.base import BACKENDS
 
@@ -480,10 +480,10 @@ def _add_backend_flags(parser: argparse.ArgumentParser, backend_help: str = SCOR
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction, prog: str) -> None:
-    from evalkit.bench.records import DEVICE_DEFAULTS, MODES, BenchSettings
     from evalkit.bench.report import OUTPUT_DIR
+    from evalkit.bench.schema import DEVICE_DEFAULTS, MODES, BenchSettings
     from evalkit.models.loading import DEVICES
-    from evalkit.models.quantize import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS
+    from evalkit.models.quant.plans import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS
 
     bench = BenchSettings()
     kinds = DEVICE_DEFAULTS.items()

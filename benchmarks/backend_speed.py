@@ -28,9 +28,9 @@ sys.path.insert(0, str(REPO))
 
 def prompts(tokenizer, task_name: str, data_dir: Path, subjects: list[str], limit: int):
     """[(subject, token ids)] and the letter ids, exactly as the runner builds them."""
-    from evalkit.data import load_task_data
-    from evalkit.prompts import build_prompts
-    from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
+    from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
     from tasks import get_task
 
     task = get_task(task_name)
@@ -67,9 +67,9 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evalkit.backends.hf import Scorer
-    from evalkit.backends.vllm import VllmScorer
-    from evalkit.backends.vllm_engine import VllmSettings, dequantize_gguf, load_vllm
+    from evalkit.backends.hf.scorer import Scorer
+    from evalkit.backends.vllm.engine import VllmSettings, dequantize_gguf, load_vllm
+    from evalkit.backends.vllm.scorer import VllmScorer
 
     model_dir = dequantize_gguf(args.gguf, Path(tempfile.mkdtemp(prefix="backend-speed-")) / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -18,7 +18,7 @@ Sections, in order: plan; scoring (questions/s of
   B@N Scorer engine="prefix" with packed rows of N suffix tokens (hf.PACK_TOKENS, 1024 today on GPUs)
 interleaved, the order rotating per round, medians over rounds; top-letter agreement with A and max
 |log-prob difference|); the extrapolated time of all of MMLU (test, 14042 questions) at each engine's
-measured rate; the tokens/s bench (evalkit.bench.run.bench_loaded: exactly N greedy tokens, decode
+measured rate; the tokens/s bench (evalkit.bench.hf_bench.bench_loaded: exactly N greedy tokens, decode
 against the measured bandwidth bound). Every timer sits between torch.cuda.synchronize calls.
 
 Budget (an estimate, not yet measured): the default scores 200 questions of ~1000 tokens (199k tokens);
@@ -48,17 +48,17 @@ import transformers
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evalkit.backends.hf import PACK_TOKENS, Scorer  # noqa: E402
-from evalkit.bench.machine import timed  # noqa: E402
-from evalkit.bench.records import BenchSettings  # noqa: E402
-from evalkit.bench.run import bench_loaded  # noqa: E402
-from evalkit.data import load_task_data  # noqa: E402
+from evalkit.backends.hf.scorer import PACK_TOKENS, Scorer  # noqa: E402
+from evalkit.bench.hf_bench import bench_loaded  # noqa: E402
+from evalkit.bench.schema import BenchSettings  # noqa: E402
+from evalkit.bench.timing import timed  # noqa: E402
 from evalkit.machine import environment  # noqa: E402
 from evalkit.models.loading import LoadedModel  # noqa: E402
 from evalkit.models.source import ModelSource  # noqa: E402
-from evalkit.prompts import build_prompts  # noqa: E402
-from evalkit.records import ModelInfo  # noqa: E402
-from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
+from evalkit.questions.data import load_task_data  # noqa: E402
+from evalkit.questions.prompts import build_prompts  # noqa: E402
+from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
+from evalkit.store.records import ModelInfo  # noqa: E402
 from tasks import get_task  # noqa: E402
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -269,7 +269,7 @@ def argmax(scores: Sequence[float]) -> int:
 
 
 def generation(args, model, tokenizer, device: str) -> list:
-    """evalkit's tokens/s bench on the loaded model (bench_loaded: definitions in evalkit.bench.run)."""
+    """evalkit's tokens/s bench on the loaded model (bench_loaded: definitions in evalkit.bench.hf_bench)."""
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     info = ModelInfo(
         precision=args.dtype, quant_backend="none", dtype=str(model.dtype), weight_bytes=weight_bytes

@@ -36,12 +36,12 @@ from tabulate import tabulate
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from evalkit.backends.batching import prefix_groups
-from evalkit.backends.hf import Scorer
-from evalkit.data import load_task_data
+from evalkit.backends.hf.batching import prefix_groups
+from evalkit.backends.hf.scorer import Scorer
 from evalkit.models.loading import load_model
-from evalkit.prompts import build_prompts
-from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
+from evalkit.questions.data import load_task_data
+from evalkit.questions.prompts import build_prompts
+from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
 from tasks import get_task
 
 SHARED = ROOT.parent / "shared"

@@ -3,7 +3,8 @@
 Example (from the repository root):
   python -m benchmarks.throughput_stability --new-tokens 64 --repeats 3 --threads 1
 
-The model is loaded once; `evalkit.bench.run.bench_loaded` (with its bandwidth probes) then runs twice on it.
+The model is loaded once; `evalkit.bench.hf_bench.bench_loaded` (with its bandwidth probes) then runs
+twice on it.
 Printed per figure: each run's median, the relative difference of the medians (run 2 vs run 1) and
 each run's repeat spread ((max − min) / median), then how busy the machine was during each run.
 A difference well above the spreads means the machine changed between runs (other load, clocks).
@@ -19,8 +20,8 @@ from pathlib import Path
 import torch
 from tabulate import tabulate
 
-from evalkit.bench.records import MODES, BenchRow, BenchSettings
-from evalkit.bench.run import bench_loaded
+from evalkit.bench.hf_bench import bench_loaded
+from evalkit.bench.schema import MODES, BenchRow, BenchSettings
 from evalkit.models.loading import load_model, resolve_device
 from evalkit.types import EvalkitError
 

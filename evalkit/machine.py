@@ -15,7 +15,7 @@ from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 
-from evalkit.records import Environment
+from evalkit.store.records import Environment
 
 # versions recorded with every run and bench report
 PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")

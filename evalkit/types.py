@@ -1,5 +1,5 @@
 """The core records of evalkit: tasks, subjects, questions, prompts, the run's configuration and each
-question's result (a finished run's records are in evalkit.records).
+question's result (a finished run's records are in evalkit.store.records).
 
 Everything here is plain data (frozen dataclasses and literals) so that every other module, and
 the tests, can build and compare records without torch.
@@ -24,7 +24,9 @@ LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
 Aggregation = Literal["micro", "macro"]
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
 DistributedExecutor = Literal["ray", "mp"]  # vLLM's executors: across nodes (Ray) or one node
-Backend = Literal["hf", "vllm"]  # --backend: evalkit.backends.hf.Scorer, or evalkit.backends.vllm.VllmScorer
+Backend = Literal[
+    "hf", "vllm"
+]  # --backend: evalkit.backends.hf.scorer.Scorer, or evalkit.backends.vllm.scorer.VllmScorer
 
 
 class EvalkitError(Exception):
@@ -212,7 +214,7 @@ class RunConfig:
     output_dir: str = "results"
     progress: bool = True
     backend: Backend = "hf"  # the scoring engine (evalkit.backends)
-    # ---- --backend vllm: how the engine is started (evalkit.backends.vllm_engine.VllmSettings) ----
+    # ---- --backend vllm: how the engine is started (evalkit.backends.vllm.engine.VllmSettings) ----
     tensor_parallel_size: int = 1  # GPUs sharing each layer
     pipeline_parallel_size: int = 1  # stages splitting the layers
     gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take

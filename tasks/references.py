@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from evalkit.published import FULL, FULL_PRECISIONS, PublishedRow, name_key, precision_class
+from evalkit.stats.published import FULL, FULL_PRECISIONS, PublishedRow, name_key, precision_class
 from evalkit.types import EvalkitError, unknown
 from tasks import TASKS
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from evalkit.metrics import aggregate
-from evalkit.records import Environment, ModelInfo, RunResult, SavedRun, Timings
+from evalkit.stats.metrics import aggregate
+from evalkit.store.records import Environment, ModelInfo, RunResult, SavedRun, Timings
 from evalkit.types import QuestionResult, RunConfig, Subject, Task
 from tasks import get_task
 

@@ -11,8 +11,8 @@ import pytest
 from transformers import AutoModelForCausalLM
 
 from evalkit.backends.base import BACKENDS, ScoringBackend, backend_record
-from evalkit.backends.hf import Scorer
-from evalkit.backends.vllm_engine import VllmSettings, load_vllm
+from evalkit.backends.hf.scorer import Scorer
+from evalkit.backends.vllm.engine import VllmSettings, load_vllm
 from evalkit.types import EvalkitError
 
 
@@ -104,7 +104,7 @@ def test_flags_of_the_other_backend_are_refused_in_one_line(backend, command, tm
     def no_sweep(*args, **kwargs):  # nothing may load: the refusal comes first
         raise AssertionError("run_sweep reached")
 
-    monkeypatch.setattr("evalkit.sweep.run_sweep", no_sweep)
+    monkeypatch.setattr("evalkit.run.sweep.run_sweep", no_sweep)
     base = [command, "--model", str(tmp_path / "absent"), "--backend", backend, "--output-dir", str(tmp_path)]
     for flag in REFUSED_FLAGS[backend]:
         assert run_eval.main([*base, *flag]) == 2
@@ -159,7 +159,7 @@ def test_backend_flags_reach_the_run_config(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(
-        "evalkit.sweep.run_sweep", lambda tasks, config, *a, **k: seen.setdefault("c", config)
+        "evalkit.run.sweep.run_sweep", lambda tasks, config, *a, **k: seen.setdefault("c", config)
     )
     parser = run_eval.build_parser()
     argv = ["eval", "--model", "m", "--backend", "vllm", "--tensor-parallel-size", "2", "--enforce-eager"]

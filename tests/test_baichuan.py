@@ -89,10 +89,10 @@ def test_load_model_runs_the_native_implementation(name: str) -> None:
     assert loaded.info.implementation == f"evalkit.models.baichuan: {implementation}"
     assert loaded.info.model_class == model_class
     assert loaded.info.remote_code_executed is False
-    assert type(loaded.model).__module__ == "evalkit.models.baichuan"
+    assert type(loaded.model).__module__ == "evalkit.models.baichuan.model"
     assert loaded.model.config._attn_implementation in ("sdpa", "eager")  # what the Scorer packs for
     assert loaded.tokenizer.name_or_path == str(_checkpoint(name))
-    assert type(loaded.tokenizer).__module__ == "evalkit.models.baichuan_tokenizer"
+    assert type(loaded.tokenizer).__module__ == "evalkit.models.baichuan.tokenizer"
 
 
 @pytest.mark.parametrize("name", CHECKPOINTS)

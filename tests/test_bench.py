@@ -1,6 +1,6 @@
 """Throughput benchmark on tiny real models: exact token counts, consistent figures, outputs on disk.
 
-No test asserts a timing; they assert how the figures relate (definitions in evalkit/bench/run.py).
+No test asserts a timing; they assert how the figures relate (definitions in evalkit/bench/hf_bench.py).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.bench.machine import probe_bandwidth
-from evalkit.bench.model import check_exact, generate_exactly, prompt_ids
-from evalkit.bench.records import BenchSettings
+from evalkit.bench.generation import check_exact, generate_exactly, prompt_ids
+from evalkit.bench.hf_bench import bench_loaded, run_bench
 from evalkit.bench.report import format_table, write_outputs
-from evalkit.bench.run import bench_loaded, run_bench
+from evalkit.bench.schema import BenchSettings
+from evalkit.bench.timing import probe_bandwidth
 from evalkit.models.loading import LoadedModel, load_model
 from evalkit.types import EvalkitError
 
@@ -127,9 +127,9 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     note; the table says n/a and the plot and JSON still come out."""
     import dataclasses
 
-    from evalkit.bench.records import BenchReport
-    from evalkit.bench.run import _notes
-    from evalkit.records import Environment
+    from evalkit.bench.hf_bench import _notes
+    from evalkit.bench.schema import BenchReport
+    from evalkit.store.records import Environment
 
     row = bench_loaded(eos_loving, 1, SMALL)
     noisy = dataclasses.replace(row, decode_tok_s=None, achieved_fraction=None)
@@ -254,7 +254,7 @@ def test_smollm_row_reads_all_tied_weights_from_memory(smollm_gguf: Path) -> Non
 
 def test_vllm_settings_refuse_what_only_hf_generate_reads() -> None:
     """BenchSettings itself (not only the CLI) refuses a --backend vllm bench with HF-only settings."""
-    from evalkit.backends.vllm_engine import VllmSettings
+    from evalkit.backends.vllm.engine import VllmSettings
 
     with pytest.raises(EvalkitError, match="mode, quant_backend are for --backend hf only"):
         BenchSettings(backend="vllm", mode="compiled", quant_backend="rtn")

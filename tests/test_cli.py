@@ -57,9 +57,9 @@ def test_every_subcommand_has_a_description_two_examples_and_one_default_per_fla
 
 
 def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
-    from evalkit.bench.records import DEVICE_DEFAULTS, BenchSettings
+    from evalkit.bench.schema import DEVICE_DEFAULTS, BenchSettings
     from evalkit.models.loading import DEVICE_MAPS
-    from evalkit.models.quantize import PRECISIONS, QUANT_BITS
+    from evalkit.models.quant.plans import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
     from tasks import TASKS
 
@@ -82,7 +82,7 @@ def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
 
 
 def test_bench_defaults_fit_the_device(tiny_bpe_model_dir, tmp_path, capsys):
-    from evalkit.bench.records import DEVICE_DEFAULTS
+    from evalkit.bench.schema import DEVICE_DEFAULTS
 
     assert (
         main(
@@ -141,10 +141,10 @@ def expected_tokens(model_dir: Path, data_dir: Path, task_name: str) -> tuple[in
     """(questions, tokens without reuse, with reuse), from the prompts' token ids and the prefix groups."""
     from transformers import AutoTokenizer
 
-    from evalkit.backends.batching import prefix_groups
-    from evalkit.data import load_task_data
-    from evalkit.prompts import build_prompts
-    from evalkit.tokens import count_tokens_fn, encode_prompts
+    from evalkit.backends.hf.batching import prefix_groups
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
+    from evalkit.questions.tokens import count_tokens_fn, encode_prompts
     from tasks import get_task
 
     task = get_task(task_name)
@@ -274,7 +274,7 @@ def test_the_real_hub_id_fails_with_one_line(tiny_data_dir, tmp_path):
 
 
 def test_the_plan_counts_a_shared_prefix_once_and_only_questions_left():
-    from evalkit.plan import token_plan
+    from evalkit.run.plan import token_plan
 
     prefix = list(range(1000, 1200))  # 200 shared tokens: a prefix group of three
     prompts = [prefix + [1, 2], prefix + [3], prefix + [4, 5, 6]]
@@ -300,7 +300,7 @@ def test_bench_refuses_the_other_backends_flags_before_loading(backend, flag, tm
     def no_bench(*args, **kwargs):  # nothing may load: the refusal comes first
         raise AssertionError("run_bench reached")
 
-    monkeypatch.setattr("evalkit.bench.run.run_bench", no_bench)
+    monkeypatch.setattr("evalkit.bench.hf_bench.run_bench", no_bench)
     argv = ["bench", "--model", str(tmp_path / "absent"), "--backend", backend, *flag]
     assert main([*argv, "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -7,12 +7,12 @@ import dataclasses
 import pytest
 from builders import answers, saved_run
 
-from evalkit.compare import compare, compare_pair, mcnemar_p
-from evalkit.pairing import pair_by_task
-from evalkit.records import SavedRun
-from evalkit.report.compare import to_markdown
-from evalkit.results import RunDir
-from evalkit.saved_runs import load_run
+from evalkit.report.compare_tables import to_markdown
+from evalkit.stats.compare import compare, compare_pair, mcnemar_p
+from evalkit.stats.pairing import pair_by_task
+from evalkit.store.records import SavedRun
+from evalkit.store.run_dir import RunDir
+from evalkit.store.saved_runs import load_run
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 

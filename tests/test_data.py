@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from datafiles import TINY_SUBJECTS, answer_of, write_data_dir
 
-from evalkit.data import count_rows, load_task_data, question_from_hub_row
+from evalkit.questions.data import count_rows, load_task_data, question_from_hub_row
 from evalkit.types import EvalkitError
 from tasks import get_task
 

@@ -12,9 +12,9 @@ import pytest
 from builders import saved_run
 from scipy.stats import binomtest
 
-from evalkit.compare import compare, compare_pair
-from evalkit.divergence import detectable_drop, letter_kl
-from evalkit.saved_runs import find_runs, load_run
+from evalkit.stats.compare import compare, compare_pair
+from evalkit.stats.divergence import detectable_drop, letter_kl
+from evalkit.store.saved_runs import find_runs, load_run
 from evalkit.types import LETTERS, QuestionResult, RunConfig
 from tasks import get_task
 

@@ -31,8 +31,8 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from evalkit.backends.hf import Scorer
-from evalkit.backends.hf_probe import PROBE_TOLERANCE
+from evalkit.backends.hf.probe import PROBE_TOLERANCE
+from evalkit.backends.hf.scorer import Scorer
 
 VOCAB = 256
 LETTERS = (10, 11, 12, 13)
@@ -212,10 +212,10 @@ def test_falcon_alibi_uses_rows(attention):
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_native_baichuan_alibi_packs_exactly(attention):
     """evalkit's Baichuan-13B classes derive ALiBi from position ids: packed rows are exact."""
-    baichuan = pytest.importorskip("evalkit.models.baichuan")
+    baichuan = pytest.importorskip("evalkit.models.baichuan.model")
     config = LlamaConfig(**SMALL, intermediate_size=64, num_key_value_heads=4, max_position_embeddings=4096)
     model = build(baichuan.BaichuanAlibiForCausalLM, config, attention)
-    assert type(model).__module__ == "evalkit.models.baichuan"
+    assert type(model).__module__ == "evalkit.models.baichuan.model"
     seqs = shared_prefix_prompts(prefix=60, longest=130)
     assert far_token_effect(model, seqs) > 10 * TOLERANCE
     scorer = scorer_for(model)
@@ -270,7 +270,7 @@ def test_run_json_records_the_reuse_mode_and_fallbacks(tiny_bpe_model_dir, tiny_
     was given up, and the backend; a run.json written before these fields existed still loads."""
     from datafiles import TINY_SUBJECTS
 
-    from evalkit.saved_runs import load_run
+    from evalkit.store.saved_runs import load_run
     from run_eval import main
 
     model_dir = tmp_path / "bloom"

@@ -16,7 +16,9 @@ from tasks import get_task
 
 CONFIG_HASHES = {
     "4e50a9a2620b": dict(model="m", task="mmlu"),
-    "0ee2b1ba16b2": dict(model="/models/Baichuan-13B-Base", task="ceval", scheme="baichuan", precision="bf16"),
+    "0ee2b1ba16b2": dict(
+        model="/models/Baichuan-13B-Base", task="ceval", scheme="baichuan", precision="bf16"
+    ),
     "adc9db885bc2": dict(model="org/model", task="cmmlu", scheme="lm-eval", precision="fp16", shots=0),
     "96528a55809a": dict(model="m", task="mmlu", precision="int8", quant_backend="bnb"),
     "84aebe47ec8b": dict(
@@ -37,7 +39,15 @@ CONFIG_HASHES = {
 }
 # settings that change no score: the same hash as the plain default configuration
 NOT_HASHED = [
-    dict(model="m", task="mmlu", engine="plain", batch_tokens=512, device="cuda", output_dir="x", progress=False),
+    dict(
+        model="m",
+        task="mmlu",
+        engine="plain",
+        batch_tokens=512,
+        device="cuda",
+        output_dir="x",
+        progress=False,
+    ),
 ]
 VLLM_SCALED = dict(
     model="m",
@@ -88,8 +98,8 @@ PROMPT_HASHES = {
 
 @pytest.mark.parametrize("key", PROMPT_HASHES)
 def test_prompt_bytes_frozen(key, shared_data):
-    from evalkit.data import load_task_data
-    from evalkit.prompts import build_prompts
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
 
     task_name, scheme_name = key.split("/")
     task = get_task(task_name)

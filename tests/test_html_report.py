@@ -15,10 +15,10 @@ import matplotlib.image
 import pytest
 from builders import answers, saved_run
 
-from evalkit.published import PublishedRow
-from evalkit.records import ModelInfo
 from evalkit.report.html import category_figure, write_html
 from evalkit.report.tables import ReportRun, build_tables
+from evalkit.stats.published import PublishedRow
+from evalkit.store.records import ModelInfo
 from evalkit.types import RunConfig
 from tasks import get_task
 

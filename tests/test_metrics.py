@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from builders import answers, small_task
 
-from evalkit.metrics import aggregate, bootstrap_ci, combine, correct_by_subject
+from evalkit.stats.metrics import aggregate, bootstrap_ci, combine, correct_by_subject
 from evalkit.types import EvalkitError, QuestionResult, Task
 from tasks import get_task
 

@@ -10,7 +10,7 @@ import torch
 
 from evalkit.models.loading import check_precision, load_model, resolve_device
 from evalkit.models.memory import measure_peak_memory, weight_bytes
-from evalkit.models.quantize import FLOAT_PRECISIONS
+from evalkit.models.quant.plans import FLOAT_PRECISIONS
 from evalkit.models.source import ModelSource, resolve_source
 from evalkit.types import EvalkitError
 

@@ -100,7 +100,7 @@ def test_baichuan_13b_beside_llama_13b_in_one_report(
         by_model.setdefault(Path(run["config"]["model"]).name, []).append(run)
     assert set(by_model) == {"baichuan-13b-tiny", "LLaMA-13B"}
     for run in by_model["baichuan-13b-tiny"]:  # natively, no remote code, with the fast engine
-        assert run["model_info"]["implementation"].startswith("evalkit.models.baichuan")
+        assert run["model_info"]["implementation"].startswith("evalkit.models.baichuan:")
         assert (
             run["model_info"]["remote_code_executed"] is False and run["config"]["trust_remote_code"] is False
         )

@@ -10,7 +10,7 @@ import random
 import pytest
 from upstream import official_prompts
 
-from evalkit.prompts import build_prompts, letter_continuation
+from evalkit.questions.prompts import build_prompts, letter_continuation
 from evalkit.types import EvalkitError, Question, SubjectData
 from tasks import get_task
 
@@ -244,7 +244,7 @@ def test_too_many_shots_is_an_error():
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["mmlu", "ceval", "cmmlu"])
 def test_official_prompts_equal_upstream_construction_on_all_real_data(task, shared_data):
-    from evalkit.data import load_task_data
+    from evalkit.questions.data import load_task_data
 
     spec = get_task(task)
     for data in load_task_data(spec, shared_data):

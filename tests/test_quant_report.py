@@ -1,4 +1,4 @@
-"""The precision table: rows model × precision, baselines, Δ with evalkit.compare's paired CI, memory,
+"""The precision table: rows model × precision, baselines, Δ with evalkit.stats.compare's paired CI, memory,
 published int8/int4 rows, when it is shown, and errors."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ import dataclasses
 import pytest
 from builders import answers, saved_run
 
-from evalkit.compare import compare_pair
-from evalkit.published import PublishedRow
-from evalkit.records import ModelInfo, SavedRun, Timings
 from evalkit.report.quantization import build_quant_table, show_precision
 from evalkit.report.quantization_markdown import quant_frame, quant_markdown
 from evalkit.report.tables import ReportRun
+from evalkit.stats.compare import compare_pair
+from evalkit.stats.published import PublishedRow
+from evalkit.store.records import ModelInfo, SavedRun, Timings
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_quantization

@@ -17,8 +17,8 @@ import torch
 
 from evalkit.models.loading import check_precision, load_model
 from evalkit.models.memory import weight_bytes
-from evalkit.models.quantize import plan_quantization
-from evalkit.models.rtn import RTNLinear, pack_int4, unpack_int4
+from evalkit.models.quant.plans import plan_quantization
+from evalkit.models.quant.rtn import RTNLinear, pack_int4, unpack_int4
 from evalkit.types import EvalkitError
 
 torch.set_num_threads(1)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED
 
-from evalkit.published import check_names, matching, name_key
+from evalkit.stats.published import check_names, matching, name_key
 from evalkit.types import EvalkitError
 from tasks import get_task
 from tasks.references import load_tables, published_quantization, published_rows

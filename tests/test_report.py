@@ -10,14 +10,14 @@ import pandas as pd
 import pytest
 from builders import run_result
 
-from evalkit.published import PublishedRow
-from evalkit.records import RunResult
 from evalkit.report.csv import write_csv
 from evalkit.report.tables import ReportRun, build_tables
 from evalkit.report.tables_markdown import to_markdown
 from evalkit.report.text import run_label
-from evalkit.results import RunDir, write_submission
-from evalkit.saved_runs import find_runs, load_run
+from evalkit.stats.published import PublishedRow
+from evalkit.store.records import RunResult
+from evalkit.store.run_dir import RunDir, write_submission
+from evalkit.store.saved_runs import find_runs, load_run
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_rows
@@ -356,7 +356,7 @@ def test_list_aligns_chinese_names_by_display_width_and_totals_each_split(tiny_d
     from datafiles import TINY_SUBJECTS
     from wcwidth import wcswidth
 
-    from evalkit.data import count_rows
+    from evalkit.questions.data import count_rows
     from evalkit.report.listing import task_listing
 
     tiny = list(TINY_SUBJECTS["ceval"])

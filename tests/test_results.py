@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from builders import question, run_result
 
-from evalkit.results import SHARD_FILE, RunDir, write_submission
-from evalkit.saved_runs import find_runs, load_run, short_model_name
+from evalkit.store.run_dir import SHARD_FILE, RunDir, write_submission
+from evalkit.store.saved_runs import find_runs, load_run, short_model_name
 from evalkit.types import EvalkitError, RunConfig
 
 
@@ -88,7 +88,7 @@ def test_torn_last_line_is_dropped_with_a_warning_and_cut_away(tmp_path, caplog)
     intact = path.read_bytes()
     with open(path, "ab") as f:  # what kill -9 in the middle of a write leaves behind
         f.write(question(2).to_json().encode("utf-8")[:37])
-    with caplog.at_level(logging.WARNING, logger="evalkit.questions_file"):
+    with caplog.at_level(logging.WARNING, logger="evalkit.store.questions_file"):
         done = run.completed()
     assert list(done) == [question(0).id, question(1).id]
     assert "line 3" in caplog.text and "questions.jsonl" in caplog.text
@@ -200,7 +200,7 @@ def test_find_runs_below_folders_skips_unfinished_with_a_warning(tmp_path, caplo
     finished.append([question(0)])
     finished.finish(run_result(cfg, [question(0)]))
     unfinished = RunDir.open(config(tmp_path, shots=0), "m")
-    with caplog.at_level(logging.WARNING, logger="evalkit.saved_runs"):
+    with caplog.at_level(logging.WARNING, logger="evalkit.store.saved_runs"):
         assert find_runs([tmp_path]) == [finished.path]
     assert f"skipping unfinished run {unfinished.path}" in caplog.text
     assert find_runs([unfinished.path, finished.path, tmp_path]) == [unfinished.path, finished.path]

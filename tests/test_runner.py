@@ -171,8 +171,8 @@ def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(
     """lm-eval's left truncation to the model's length; prompt_hash fingerprints the ids really scored."""
     from transformers import AutoTokenizer
 
-    from evalkit.data import load_task_data
-    from evalkit.prompts import build_prompts
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
     from evalkit.types import token_ids_hash
     from tasks import get_task
 
@@ -235,10 +235,10 @@ def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_di
     scored alone: the saved log-probs equal a batch-1 forward of exactly the saved prompt."""
     import torch
 
-    from evalkit.data import load_task_data
     from evalkit.models.loading import load_model
-    from evalkit.prompts import build_prompts
-    from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
+    from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
     from evalkit.types import token_ids_hash
     from tasks import get_task
 

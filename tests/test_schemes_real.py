@@ -16,14 +16,14 @@ LIMIT = 3
 
 @pytest.mark.slow
 def test_official_and_lm_eval_score_the_prompts_their_sources_build(smollm_gguf, shared_data, tmp_path):
-    from evalkit.data import load_task_data
     from evalkit.models.loading import load_model
-    from evalkit.runner import run_task
+    from evalkit.questions.data import load_task_data
+    from evalkit.run.task import run_task
     from evalkit.types import RunConfig
     from tasks import get_task
 
     loaded = load_model(str(smollm_gguf), "fp32", "cpu")
-    tokenizer = loaded.tokenizer  # encoded here by hand, not through evalkit.tokens
+    tokenizer = loaded.tokenizer  # encoded here by hand, not through evalkit.questions.tokens
     builders = {"official": (official_prompts, True), "lm-eval": (lm_eval_prompts, False)}
     hashes: dict[str, dict[str, str]] = {}
     for scheme, (build, special_tokens) in builders.items():

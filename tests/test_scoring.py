@@ -22,9 +22,9 @@ from transformers import (
 )
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from evalkit.backends.batching import prefix_groups
-from evalkit.backends.hf import Scorer
-from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
+from evalkit.backends.hf.batching import prefix_groups
+from evalkit.backends.hf.scorer import Scorer
+from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
 from evalkit.types import EvalkitError, Scheme
 
 MMLU = Scheme(
@@ -374,7 +374,7 @@ def test_legacy_tuple_caches_reuse_the_prefix(bpe, mixed):
 def test_models_that_cannot_reuse_a_cache_fall_back_to_plain(bpe, mixed, wrapper, caplog):
     seqs, letters, ref = mixed
     scorer = Scorer(wrapper(bpe[1]), letters, progress=False)
-    with caplog.at_level(logging.WARNING, logger="evalkit.backends.hf"):
+    with caplog.at_level(logging.WARNING, logger="evalkit.backends.hf.scorer"):
         assert_matches(dict(scorer.score(seqs)), ref)
         assert scorer.engine_used == "plain" and scorer.mode == "plain"
         list(scorer.score(seqs[:3]))  # settled once: no second probe, no second warning
@@ -461,9 +461,9 @@ def test_engine_matches_plain_forwards_on_smollm_and_real_mmlu(smollm_gguf, shar
 def test_bf16_engine_reuses_the_prefix_within_bf16_rounding_on_real_cmmlu(smollm_gguf, shared_data):
     """bf16 rounds a letter logit near 20 to steps of 0.125: the prefix forms of CMMLU agronomy differ
     from lone forwards by a step or two, which the probe must accept rather than fall back to plain."""
-    from evalkit.backends.hf_probe import PROBE_TOLERANCE
-    from evalkit.data import load_task_data
-    from evalkit.prompts import build_prompts
+    from evalkit.backends.hf.probe import PROBE_TOLERANCE
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
     from tasks import get_task
 
     tokenizer = AutoTokenizer.from_pretrained(smollm_gguf.parent, gguf_file=smollm_gguf.name)

@@ -10,7 +10,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
-from evalkit.prompts import render_header
+from evalkit.questions.prompts import render_header
 from evalkit.types import LETTERS, EvalkitError, RunConfig, Scheme
 from tasks import DATA_DIR, TASKS, get_task
 from tasks.convert_categories import convert

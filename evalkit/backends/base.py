@@ -1,7 +1,7 @@
 """The scoring interface: token-id prompts and four letter ids in, four fp32 log-probs out, batch by batch.
 
 A backend is built for one model and one set of four distinct letter token ids (the runner finds them
-with evalkit.tokens.letter_tokens). It never tokenizes: it scores exactly the token ids it is given.
+with evalkit.questions.tokens.letter_tokens). It never tokenizes: it scores exactly the token ids it is given.
 For each prompt it gives the fp32 log-softmax over the four letter ids of the next-token distribution
 after the prompt's last token: four floats that sum (in probability) to one, in letter order A, B, C, D.
 
@@ -12,21 +12,21 @@ it is done, so the runner appends it to questions.jsonl at once (a killed run ke
 - a question's log-probs do not depend on `only`, on the batch it lands in or on its neighbours beyond
   float rounding (~1e-5 in fp32): a resumed run (`only` = what is not done) equals a fresh one;
 - out-of-range indices in `only` and empty prompts are an EvalkitError before anything is scored;
-- NaN/inf letter logits raise evalkit.backends.hf.NonFiniteLogits naming the prompt indices.
+- NaN/inf letter logits raise evalkit.backends.hf.scorer.NonFiniteLogits naming the prompt indices.
 `score(token_ids, only=None)` yields the same (index, log-probs) pairs one at a time.
 
 Reporting attributes, which the runner copies into run.json:
 - `engine_used`: how the last `score_batches` call scored ("prefix" | "plain" | "isolated" for the HF
   scorer, "vllm" for vLLM); "" before the first call;
-- `mode`: the prefix-reuse mode (evalkit.records.ReuseMode for the HF scorer: "packed" | "rows" | "plain" |
-  "isolated", None before its probe; "prefix_cache" for vLLM's automatic prefix caching);
-- `fallbacks`: every reuse mode given up, with its reason (evalkit.records.Fallback; empty for vLLM);
+- `mode`: the prefix-reuse mode (evalkit.store.records.ReuseMode for the HF scorer: "packed" | "rows" |
+  "plain" | "isolated", None before its probe; "prefix_cache" for vLLM's automatic prefix caching);
+- `fallbacks`: every reuse mode given up, with its reason (evalkit.store.records.Fallback; empty for vLLM);
 - `isolated`: True where one prompt is scored per forward (activation-quantizing models).
 A backend may also offer `describe() -> dict` (JSON-ready: engine version, settings, cache statistics)
 for run.json's model_info; `backend_record` reads it where present.
 
-evalkit.backends.hf.Scorer satisfies this Protocol structurally (no base class, nothing to register):
-`isinstance(Scorer(...), ScoringBackend)` holds, and so does it for evalkit.backends.vllm.VllmScorer.
+evalkit.backends.hf.scorer.Scorer satisfies this Protocol structurally (no base class, nothing to register):
+`isinstance(Scorer(...), ScoringBackend)` holds, and so does it for evalkit.backends.vllm.scorer.VllmScorer.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ from typing import Protocol, get_args, runtime_checkable
 from evalkit.types import Backend
 
 Scores = tuple[float, float, float, float]  # log-softmax over the letters A, B, C, D (fp32 values)
-BACKENDS: tuple[str, ...] = get_args(Backend)  # --backend choices; "hf" (evalkit.backends.hf.Scorer): default
+BACKENDS: tuple[str, ...] = get_args(
+    Backend
+)  # --backend choices; "hf" (evalkit.backends.hf.scorer.Scorer): default
 
 
 @runtime_checkable

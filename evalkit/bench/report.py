@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from evalkit.bench.records import MIB, BenchReport, BenchRow
+from evalkit.bench.schema import MIB, BenchReport, BenchRow
 from evalkit.types import RunConfig
 
 OUTPUT_DIR = f"{RunConfig.output_dir}/bench"  # bench --output-dir: beside the evaluation runs

@@ -7,7 +7,8 @@ classifies `--model` and checks its files), and a failure says how to point eval
 runs natively (evalkit.models, recognised from its config) and its remote code never runs, flag or
 not; remote code that raises ends in one EvalkitError naming what failed. The precision/backend
 combination is checked (`check_precision`) before anything heavy is loaded; quantization itself
-lives in evalkit.models.quantize, memory accounting (real tensor bytes, load peak) in evalkit.models.memory.
+lives in evalkit.models.quant.plans, memory accounting (real tensor bytes, load peak) in
+evalkit.models.memory.
 """
 
 from __future__ import annotations
@@ -21,21 +22,21 @@ import torch
 
 from evalkit.models.memory import measure_peak_memory, weight_bytes
 from evalkit.models.pretrained import from_pretrained
-from evalkit.models.quant_backends import (
+from evalkit.models.quant.libraries import (
     bnb_config,
     fit_nf4_cpu_kernel,
     quantize_bnb_modules,
     quantize_torchao,
     quantize_with_model_code,
 )
-from evalkit.models.quantize import (
+from evalkit.models.quant.plans import (
     LLM_INT8_ACTIVATIONS,
     Prequantized,
     QuantPlan,
     linear_layer_report,
     plan_quantization,
 )
-from evalkit.models.rtn import quantize_rtn
+from evalkit.models.quant.rtn import quantize_rtn
 from evalkit.models.source import (
     ModelSource,
     check_model_files,
@@ -43,7 +44,7 @@ from evalkit.models.source import (
     resolve_source,
     source_quantization,
 )
-from evalkit.records import ModelInfo
+from evalkit.store.records import ModelInfo
 from evalkit.types import EvalkitError, unknown
 
 __all__ = [
@@ -82,7 +83,7 @@ def resolve_device(device: str) -> str:
 def _check_native(
     variant: Any, precision: str, backend: str | None, prequantized: Prequantized | None
 ) -> None:
-    from evalkit.models.baichuan_quantize import quantize_refusal
+    from evalkit.models.baichuan.quantize import quantize_refusal
 
     where = f"{variant.name} runs natively in evalkit (its remote code is never run)"
     if prequantized is not None:
@@ -232,8 +233,8 @@ def load_model(
     with measure_peak_memory(target) as peak:
         started = time.perf_counter()
         if native is not None:  # never the repository's code, whatever trust_remote_code says
-            from evalkit.models.baichuan import load_baichuan
-            from evalkit.models.baichuan_tokenizer import load_baichuan_tokenizer
+            from evalkit.models.baichuan.model import load_baichuan
+            from evalkit.models.baichuan.tokenizer import load_baichuan_tokenizer
 
             tokenizer = load_baichuan_tokenizer(source.location)
             network = load_baichuan(source.location, native, plan.compute_dtype)

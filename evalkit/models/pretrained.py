@@ -21,7 +21,7 @@ def _remote_code_error(loader: Any, source: ModelSource, exc: Exception) -> Eval
     import transformers
     from transformers import PretrainedConfig
 
-    from evalkit.models.baichuan_checkpoint import known_architectures
+    from evalkit.models.baichuan.checkpoint import known_architectures
 
     what = "tokenizer" if "Tokenizer" in getattr(loader, "__name__", "") else "model"
     line = (str(exc).strip().splitlines() or [""])[0]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.hub import require_hub_model
-from evalkit.models.quantize import Prequantized
+from evalkit.models.quant.plans import Prequantized
 from evalkit.types import EvalkitError
 
 
@@ -110,7 +110,7 @@ def native_variant(source: ModelSource) -> Any:
     """The BaichuanVariant of a local checkpoint evalkit runs natively (evalkit.models), else None."""
     if source.kind != "local":
         return None
-    from evalkit.models.baichuan_checkpoint import detect_variant
+    from evalkit.models.baichuan.checkpoint import detect_variant
 
     return detect_variant(source.location)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.published import PublishedRow
 from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
-from evalkit.saved_runs import short_model_name
+from evalkit.stats.published import PublishedRow
+from evalkit.store.saved_runs import short_model_name
 
 CSV_COLUMNS = [
     "benchmark",

@@ -4,7 +4,7 @@ Rows model × precision; columns the Average of each benchmark (in the order the
 memory: the weight bytes the model holds (model_info.weight_bytes, real tensor bytes) and the peak
 measured while loading it (CUDA allocations on a GPU, else the process's peak RSS). Every row is set
 against its model's full-precision row run with the same settings (fp32 if there is one, else bf16,
-else fp16): Δ and its 95% CI come from evalkit.compare's paired bootstrap over the questions both
+else fp16): Δ and its 95% CI come from evalkit.stats.compare's paired bootstrap over the questions both
 runs scored. Published rows of the same model (int8/int4) follow with their Δ to the published
 unquantized row and the published GPU memory. Beside the precision table, the divergence table: per
 compared row and benchmark, how far its four-letter distributions moved from the baseline's (mean
@@ -18,12 +18,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evalkit.compare import Delta, compare_pair
-from evalkit.published import FULL, FULL_PRECISIONS, PublishedRow, matching
-from evalkit.records import Metric, SavedRun
 from evalkit.report.tables import ReportRun
 from evalkit.report.text import AVERAGE, footnote, run_label
-from evalkit.saved_runs import short_model_name
+from evalkit.stats.compare import Delta, compare_pair
+from evalkit.stats.published import FULL, FULL_PRECISIONS, PublishedRow, matching
+from evalkit.store.records import Metric, SavedRun
+from evalkit.store.saved_runs import short_model_name
 from evalkit.types import EvalkitError
 
 EXPLAINED = (

@@ -7,9 +7,9 @@ from collections import Counter
 
 import pandas as pd
 
-from evalkit.divergence import divergence_cell
 from evalkit.report.quantization import QuantCell, QuantTable
 from evalkit.report.text import markdown_table
+from evalkit.stats.divergence import divergence_cell
 
 GIB = 2**30
 

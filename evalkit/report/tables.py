@@ -3,7 +3,7 @@
 Per benchmark: `Model 5-shot | <categories in task order> | <extra groups> | Average`, one row per
 run, accuracies x100 with one decimal; beside it a table of the questions (subjects) behind every
 figure, and notes for smoke runs (`--limit`), subset runs and C-Eval test runs (which have no
-accuracy, only a leaderboard submission file). Published figures (evalkit.published) stand under
+accuracy, only a leaderboard submission file). Published figures (evalkit.stats.published) stand under
 the runs they match, each followed by a Δ row (measured − published); rows of other published models
 can be added for comparison. The same tables go to markdown (evalkit.report.tables_markdown)
 and CSV (evalkit.report.csv).
@@ -18,11 +18,11 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from evalkit.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
-from evalkit.published import PublishedRow, check_names, matching, named_rows
-from evalkit.records import Metric, RunResult
 from evalkit.report.text import AVERAGE, footnote, run_label
-from evalkit.saved_runs import SUBMISSION_FILE, short_model_name
+from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
+from evalkit.stats.published import PublishedRow, check_names, matching, named_rows
+from evalkit.store.records import Metric, RunResult
+from evalkit.store.saved_runs import SUBMISSION_FILE, short_model_name
 from evalkit.types import QuestionResult, RunConfig, Task
 
 AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}

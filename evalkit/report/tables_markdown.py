@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from evalkit.published import PublishedRow
 from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
 from evalkit.report.text import markdown_table
+from evalkit.stats.published import PublishedRow
 
 
 def display_frame(table: BenchmarkTable) -> pd.DataFrame:

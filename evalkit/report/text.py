@@ -7,8 +7,8 @@ import re
 
 import pandas as pd
 
-from evalkit.records import RunResult
-from evalkit.saved_runs import short_model_name
+from evalkit.store.records import RunResult
+from evalkit.store.saved_runs import short_model_name
 
 AVERAGE = "Average"
 WARN = "⚠"
