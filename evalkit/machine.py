@@ -16,9 +16,31 @@ from importlib import metadata
 from pathlib import Path
 
 from evalkit.store.records import Environment
+from evalkit.types import EvalkitError, unknown
 
 # versions recorded with every run and bench report
 PACKAGES = ("evalkit", "torch", "transformers", "tokenizers", "accelerate", "datasets", "bitsandbytes")
+
+
+# ---- devices ----
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # what --device takes
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # what --device-map takes
+
+
+def resolve_device(device: str) -> str:
+    """--device as torch names it: "auto" becomes cuda where torch sees a GPU, else cpu."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise EvalkitError(
+            f"--device {device} asked for, but torch sees no CUDA device (torch {torch.__version__})"
+        )
+    if device != "cpu" and not device.startswith("cuda"):
+        raise unknown("device", device, DEVICES)
+    return device
 
 
 # ---- processes (accelerate launch) ----
@@ -29,8 +51,6 @@ def process_device(device: str) -> str:
     GPU)."""
     import torch
     from accelerate import PartialState
-
-    from evalkit.models.loading import resolve_device
 
     resolved = resolve_device(device)
     # a long timeout: the processes meet only at the end of each task, after hours of scoring

@@ -24,9 +24,6 @@ LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
 Aggregation = Literal["micro", "macro"]
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
 DistributedExecutor = Literal["ray", "mp"]  # vLLM's executors: across nodes (Ray) or one node
-Backend = Literal[
-    "hf", "vllm"
-]  # --backend: evalkit.backends.hf.scorer.Scorer, or evalkit.backends.vllm.scorer.VllmScorer
 
 
 class EvalkitError(Exception):
@@ -172,20 +169,23 @@ def token_ids_hash(token_ids: Sequence[int]) -> str:
     return hashlib.sha256(",".join(map(str, token_ids)).encode("ascii")).hexdigest()[:16]
 
 
-# the RunConfig fields (and --backend vllm flags) that say how a vLLM engine starts: VllmSettings fields too
-VLLM_ENGINE_FIELDS = (
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-    "gpu_memory_utilization",
-    "max_model_len",
-    "enforce_eager",
-    "distributed_executor_backend",
-)
+@dataclass(frozen=True)
+class VllmEngine:
+    """How the in-process vLLM engine is started (--backend vllm; evalkit.backends.vllm.engine.VllmSettings
+    adds the precision): where it runs, never what it computes, so none of it is in the config hash."""
+
+    tensor_parallel_size: int = 1  # GPUs sharing each layer
+    pipeline_parallel_size: int = 1  # stages splitting the layers
+    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
+    max_model_len: int | None = None  # tokens per request; None: the model's own limit
+    enforce_eager: bool = False  # no CUDA graphs / torch.compile
+    distributed_executor_backend: DistributedExecutor | None = None  # None: vLLM's choice
+    kv_cache_memory_bytes: int | None = None  # KV cache bytes (CPU: not VLLM_CPU_KVCACHE_SPACE); no flag
+
+
 # Fields of RunConfig that do not change any score, so they are left out of the config hash (the vLLM
 # engine's scale settings among them: how it is spread over GPUs, not what it computes).
-NON_RESULT_FIELDS = frozenset(
-    {"batch_tokens", "output_dir", "device", "engine", "progress", *VLLM_ENGINE_FIELDS}
-)
+NON_RESULT_FIELDS = frozenset({"batch_tokens", "output_dir", "device", "engine", "progress", "vllm"})
 # Result fields left out of the hash while they hold their default, so that the runs made before the field
 # existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).
 HASHED_UNLESS_DEFAULT = frozenset({"backend"})
@@ -213,14 +213,8 @@ class RunConfig:
     engine: EngineChoice = "auto"
     output_dir: str = "results"
     progress: bool = True
-    backend: Backend = "hf"  # the scoring engine (evalkit.backends)
-    # ---- --backend vllm: how the engine is started (evalkit.backends.vllm.engine.VllmSettings) ----
-    tensor_parallel_size: int = 1  # GPUs sharing each layer
-    pipeline_parallel_size: int = 1  # stages splitting the layers
-    gpu_memory_utilization: float = 0.9  # share of each GPU's memory vLLM may take
-    max_model_len: int | None = None  # tokens per request; None: the model's own limit
-    enforce_eager: bool = False  # no CUDA graphs / torch.compile
-    distributed_executor_backend: DistributedExecutor | None = None  # None: vLLM's choice
+    backend: str = "hf"  # the scoring engine: a name in evalkit.backends.PLUGINS
+    vllm: VllmEngine = field(default_factory=VllmEngine)  # --backend vllm: how its engine is started
 
     def result_fields(self) -> dict:
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in HASHED_UNLESS_DEFAULT}
@@ -256,5 +250,15 @@ class Prompt:
 
 
 def config_from_fields(fields: dict) -> RunConfig:
-    """A RunConfig from flat field names, as config.json and the CLI have always spelled them."""
-    return RunConfig(**fields)
+    """A RunConfig from config.json's fields: today's nested `vllm` record, or the flat engine fields that
+    config.json held before it (read into the nested record, so old run directories load and resume)."""
+    fields = dict(fields)
+    engine_names = {f.name for f in dataclasses.fields(VllmEngine)}
+    flat = {name: fields.pop(name) for name in list(fields) if name in engine_names}
+    nested = fields.pop("vllm", None) or {}
+    if isinstance(nested, dict):
+        nested = VllmEngine(**{**flat, **nested})
+    subjects = fields.get("subjects")
+    if subjects is not None:
+        fields["subjects"] = tuple(subjects)
+    return RunConfig(**fields, vllm=nested)

@@ -10,10 +10,11 @@ import json
 import pytest
 from transformers import AutoModelForCausalLM
 
-from evalkit.backends.base import BACKENDS, ScoringBackend, backend_record
+from evalkit.backends import BACKENDS
+from evalkit.backends.base import ScoringBackend, backend_record
 from evalkit.backends.hf.scorer import Scorer
 from evalkit.backends.vllm.engine import VllmSettings, load_vllm
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, VllmEngine
 
 
 def test_the_hf_scorer_is_a_scoring_backend(tiny_bpe_model_dir):
@@ -144,18 +145,21 @@ def test_the_backend_is_hashed_and_the_engine_settings_are_not():
     assert on_vllm.config_hash() != config.config_hash()  # a resume never mixes backends
     scaled = dataclasses.replace(
         on_vllm,
-        tensor_parallel_size=4,
-        pipeline_parallel_size=2,
-        gpu_memory_utilization=0.5,
-        max_model_len=1024,
-        enforce_eager=True,
-        distributed_executor_backend="ray",
+        vllm=VllmEngine(
+            tensor_parallel_size=4,
+            pipeline_parallel_size=2,
+            gpu_memory_utilization=0.5,
+            max_model_len=1024,
+            enforce_eager=True,
+            distributed_executor_backend="ray",
+        ),
     )
     assert scaled.config_hash() == on_vllm.config_hash()
 
 
 def test_backend_flags_reach_the_run_config(monkeypatch, tmp_path):
     import run_eval
+    from evalkit.cli import evaluate
 
     seen = {}
     monkeypatch.setattr(
@@ -164,14 +168,15 @@ def test_backend_flags_reach_the_run_config(monkeypatch, tmp_path):
     parser = run_eval.build_parser()
     argv = ["eval", "--model", "m", "--backend", "vllm", "--tensor-parallel-size", "2", "--enforce-eager"]
     args = parser.parse_args([*argv, "--max-model-len", "512", "--gpu-memory-utilization", "0.8"])
-    run_eval._sweep(args, ["fp32"])
+    evaluate._sweep(args, ["fp32"])
     config = seen["c"]
-    assert (config.backend, config.tensor_parallel_size, config.pipeline_parallel_size) == ("vllm", 2, 1)
-    assert (config.max_model_len, config.gpu_memory_utilization, config.enforce_eager) == (512, 0.8, True)
+    engine = config.vllm
+    assert (config.backend, engine.tensor_parallel_size, engine.pipeline_parallel_size) == ("vllm", 2, 1)
+    assert (engine.max_model_len, engine.gpu_memory_utilization, engine.enforce_eager) == (512, 0.8, True)
     assert config.engine == "auto"
     args = parser.parse_args(["eval", "--model", "m"])
     seen.clear()
-    run_eval._sweep(args, ["fp32"])
+    evaluate._sweep(args, ["fp32"])
     hf = seen["c"]
-    assert hf.backend == "hf" and hf.tensor_parallel_size == 1 and hf.enforce_eager is False
-    assert hf.max_model_len is None and hf.engine == "auto"
+    assert hf.backend == "hf" and hf.vllm.tensor_parallel_size == 1 and hf.vllm.enforce_eager is False
+    assert hf.vllm.max_model_len is None and hf.engine == "auto"

@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from evalkit.bench.generation import check_exact, generate_exactly, prompt_ids
-from evalkit.bench.hf_bench import bench_loaded, run_bench
+from evalkit.bench.hf_bench import bench_loaded
 from evalkit.bench.report import format_table, write_outputs
+from evalkit.bench.runs import run_bench
 from evalkit.bench.schema import BenchSettings
 from evalkit.bench.timing import probe_bandwidth
 from evalkit.models.loading import LoadedModel, load_model
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, VllmEngine
 
 SMALL = BenchSettings(
     new_tokens=24, prompt_tokens=7, batch_sizes=(1, 2), repeats=2, warmup=1, threads=1, probe_bytes=8 * 2**20
@@ -127,7 +128,7 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     note; the table says n/a and the plot and JSON still come out."""
     import dataclasses
 
-    from evalkit.bench.hf_bench import _notes
+    from evalkit.bench.measure import _notes
     from evalkit.bench.schema import BenchReport
     from evalkit.store.records import Environment
 
@@ -254,10 +255,9 @@ def test_smollm_row_reads_all_tied_weights_from_memory(smollm_gguf: Path) -> Non
 
 def test_vllm_settings_refuse_what_only_hf_generate_reads() -> None:
     """BenchSettings itself (not only the CLI) refuses a --backend vllm bench with HF-only settings."""
-    from evalkit.backends.vllm.engine import VllmSettings
 
-    with pytest.raises(EvalkitError, match="mode, quant_backend are for --backend hf only"):
+    with pytest.raises(EvalkitError, match="--mode, --quant-backend are for --backend hf only"):
         BenchSettings(backend="vllm", mode="compiled", quant_backend="rtn")
-    with pytest.raises(EvalkitError, match="vLLM engine settings are for --backend vllm only"):
-        BenchSettings(vllm=VllmSettings())
-    assert BenchSettings(backend="vllm", vllm=VllmSettings(enforce_eager=True)).vllm.enforce_eager
+    with pytest.raises(EvalkitError, match="vllm engine settings are for --backend vllm only"):
+        BenchSettings(vllm=VllmEngine())
+    assert BenchSettings(backend="vllm", vllm=VllmEngine(enforce_eager=True)).vllm.enforce_eager

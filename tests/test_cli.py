@@ -12,6 +12,7 @@ import pytest
 from test_runner import eval_args, run_dirs
 
 import run_eval
+from evalkit.cli.common import third_party_warnings_once
 from run_eval import build_parser, main
 
 COMMANDS = ("eval", "sweep", "report", "compare", "bench", "list")
@@ -58,7 +59,7 @@ def test_every_subcommand_has_a_description_two_examples_and_one_default_per_fla
 
 def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
     from evalkit.bench.schema import DEVICE_DEFAULTS, BenchSettings
-    from evalkit.models.loading import DEVICE_MAPS
+    from evalkit.machine import DEVICE_MAPS
     from evalkit.models.quant.plans import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
     from tasks import TASKS
@@ -204,7 +205,7 @@ def test_a_resumed_run_says_how_much_was_scored(tiny_spm_model_dir, tiny_data_di
 
 
 def test_third_party_future_warnings_show_once_in_one_line(capsys):
-    with run_eval.third_party_warnings_once():
+    with third_party_warnings_once():
         for _ in range(3):
             with warnings.catch_warnings():  # as libraries do: it resets the "already shown" registries
                 warnings.warn("`past_key_values` is deprecated", FutureWarning, stacklevel=1)
@@ -300,7 +301,7 @@ def test_bench_refuses_the_other_backends_flags_before_loading(backend, flag, tm
     def no_bench(*args, **kwargs):  # nothing may load: the refusal comes first
         raise AssertionError("run_bench reached")
 
-    monkeypatch.setattr("evalkit.bench.hf_bench.run_bench", no_bench)
+    monkeypatch.setattr("evalkit.bench.runs.run_bench", no_bench)
     argv = ["bench", "--model", str(tmp_path / "absent"), "--backend", backend, *flag]
     assert main([*argv, "--output-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err

@@ -64,7 +64,7 @@ VLLM_SCALED = dict(
 
 
 def make_config(fields: dict) -> RunConfig:
-    """A RunConfig from the flat field names the CLI has always used (vLLM settings included)."""
+    """A RunConfig from the flat field names config.json used before issue 23 (vLLM settings included)."""
     from evalkit.types import config_from_fields
 
     return config_from_fields(fields)
@@ -110,3 +110,22 @@ def test_prompt_bytes_frozen(key, shared_data):
             digest.update(prompt.text.encode())
             digest.update(str(prompt.shots_used).encode())
     assert digest.hexdigest()[:16] == PROMPT_HASHES[key]
+
+
+def test_config_json_of_any_shape_reads_to_the_same_config():
+    """config.json held the vLLM engine's settings as flat fields before they were nested (issue 23), and
+    none of them before the vLLM backend existed: all three shapes read back to one config and hash."""
+    import dataclasses
+
+    from evalkit.types import VllmEngine, config_from_fields
+
+    nested = make_config(VLLM_SCALED)
+    flat = {k: v for k, v in dataclasses.asdict(nested).items() if k != "vllm"} | dataclasses.asdict(
+        nested.vllm
+    )
+    assert config_from_fields(flat) == nested
+    assert config_from_fields(dataclasses.asdict(nested)) == nested
+    before = {k: v for k, v in dataclasses.asdict(make_config({"model": "m", "task": "mmlu"})).items()}
+    del before["vllm"], before["backend"]
+    assert config_from_fields(before).vllm == VllmEngine()
+    assert config_from_fields(before).config_hash() == "4e50a9a2620b"

@@ -16,9 +16,9 @@ import pytest
 from builders import answers, saved_run
 
 from evalkit.report.html import category_figure, write_html
-from evalkit.report.tables import ReportRun, build_tables
+from evalkit.report.tables import build_tables
 from evalkit.stats.published import PublishedRow
-from evalkit.store.records import ModelInfo
+from evalkit.store.records import ModelInfo, ReportRun
 from evalkit.types import RunConfig
 from tasks import get_task
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.models.loading import check_precision, load_model, resolve_device
+from evalkit.machine import resolve_device
+from evalkit.models.loading import check_precision, load_model
 from evalkit.models.memory import measure_peak_memory, weight_bytes
 from evalkit.models.quant.plans import FLOAT_PRECISIONS
 from evalkit.models.source import ModelSource, resolve_source

@@ -10,10 +10,9 @@ from builders import answers, saved_run
 
 from evalkit.report.quantization import build_quant_table, show_precision
 from evalkit.report.quantization_markdown import quant_frame, quant_markdown
-from evalkit.report.tables import ReportRun
 from evalkit.stats.compare import compare_pair
 from evalkit.stats.published import PublishedRow
-from evalkit.store.records import ModelInfo, SavedRun, Timings
+from evalkit.store.records import ModelInfo, ReportRun, SavedRun, Timings
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_quantization

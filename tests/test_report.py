@@ -11,13 +11,12 @@ import pytest
 from builders import run_result
 
 from evalkit.report.csv import write_csv
-from evalkit.report.tables import ReportRun, build_tables
+from evalkit.report.tables import build_tables
 from evalkit.report.tables_markdown import to_markdown
-from evalkit.report.text import run_label
 from evalkit.stats.published import PublishedRow
-from evalkit.store.records import RunResult
+from evalkit.store.records import ReportRun, RunResult
 from evalkit.store.run_dir import RunDir, write_submission
-from evalkit.store.saved_runs import find_runs, load_run
+from evalkit.store.saved_runs import find_runs, load_run, run_label
 from evalkit.types import EvalkitError, QuestionResult, RunConfig
 from tasks import get_task
 from tasks.references import published_rows

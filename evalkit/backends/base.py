@@ -12,7 +12,7 @@ it is done, so the runner appends it to questions.jsonl at once (a killed run ke
 - a question's log-probs do not depend on `only`, on the batch it lands in or on its neighbours beyond
   float rounding (~1e-5 in fp32): a resumed run (`only` = what is not done) equals a fresh one;
 - out-of-range indices in `only` and empty prompts are an EvalkitError before anything is scored;
-- NaN/inf letter logits raise evalkit.backends.hf.scorer.NonFiniteLogits naming the prompt indices.
+- NaN/inf letter logits raise NonFiniteLogits (below) naming the prompt indices.
 `score(token_ids, only=None)` yields the same (index, log-probs) pairs one at a time.
 
 Reporting attributes, which the runner copies into run.json:
@@ -32,14 +32,20 @@ evalkit.backends.hf.scorer.Scorer satisfies this Protocol structurally (no base 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import Protocol, get_args, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from evalkit.types import Backend
+from evalkit.types import EvalkitError
 
 Scores = tuple[float, float, float, float]  # log-softmax over the letters A, B, C, D (fp32 values)
-BACKENDS: tuple[str, ...] = get_args(
-    Backend
-)  # --backend choices; "hf" (evalkit.backends.hf.scorer.Scorer): default
+
+
+class NonFiniteLogits(EvalkitError):
+    """NaN/inf letter logits; `indices` are the prompts (of the scored list) that give them alone; the
+    runner names their questions."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(f"non-finite logits (nan/inf) over the letter tokens for prompt index(es) {indices}")
+        self.indices = indices
 
 
 @runtime_checkable

@@ -7,9 +7,6 @@ import json
 from pathlib import Path
 
 from evalkit.bench.schema import MIB, BenchReport, BenchRow
-from evalkit.types import RunConfig
-
-OUTPUT_DIR = f"{RunConfig.output_dir}/bench"  # bench --output-dir: beside the evaluation runs
 
 HEADERS = (
     "Model",

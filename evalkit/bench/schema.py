@@ -6,12 +6,20 @@ The figures' definitions are in evalkit.bench.hf_bench.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from dataclasses import dataclass, field
 
-from evalkit.backends.vllm.engine import VllmSettings
 from evalkit.store.records import Environment, ModelInfo
-from evalkit.types import Backend, EvalkitError, unknown
+from evalkit.types import EvalkitError, RunConfig, VllmEngine, unknown
+
+
+def owner_flags() -> tuple[str, ...]:
+    """The BenchSettings fields that only one backend reads (the registry's own_bench_flags)."""
+    from evalkit.backends import PLUGINS
+
+    return tuple(dict.fromkeys(name for p in PLUGINS.values() for name in p.own_bench_flags))
+
 
 MODES = ("eager", "compiled")  # HF generate; a --backend vllm report's mode is "vllm"
 MIB = 2**20
@@ -58,6 +66,16 @@ def device_defaults(device: str) -> DeviceDefaults:
     return DEVICE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
 
 
+def fitted_defaults(device: str) -> DeviceDefaults:
+    """The precision and length a bench takes where not given, for --device as typed ("auto" resolved)."""
+    from evalkit.machine import resolve_device
+
+    return device_defaults(resolve_device(device))
+
+
+OUTPUT_DIR = f"{RunConfig.output_dir}/bench"  # bench --output-dir: beside the evaluation runs
+
+
 @dataclass(frozen=True)
 class Stat:
     """One figure over the timed repeats."""
@@ -93,22 +111,23 @@ class BenchSettings:
     threads: int | None = None  # None: leave torch's setting alone
     compile_backend: str = "inductor"
     probe_bytes: int | None = None  # bandwidth probe buffer; None: max(256 MiB, 4 × last-level cache)
-    backend: Backend = (
-        "hf"  # hf: transformers generate (evalkit.bench.hf_bench); vllm: evalkit.bench.vllm_bench
-    )
-    vllm: VllmSettings | None = None  # --backend vllm's engine flags; the precision is set per variant
+    backend: str = "hf"  # a registered backend (evalkit.backends): its `bench` times the rows
+    vllm: VllmEngine | None = None  # --backend vllm's engine flags; the precision is set per variant
 
     def __post_init__(self) -> None:
+        from evalkit.backends import PLUGINS, plugin, refuse_foreign_flags
+
         if self.mode not in MODES:
             raise unknown("bench mode", self.mode, MODES)
-        hf_only = {"mode": "eager", "quant_backend": None, "compile_backend": "inductor"}
-        if self.backend == "vllm" and (given := [k for k, v in hf_only.items() if getattr(self, k) != v]):
+        owner = plugin(self.backend)
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = {n: getattr(self, n) for n in owner_flags() if getattr(self, n) != defaults[n]}
+        refuse_foreign_flags(changed, self.backend, bench=True)
+        if self.vllm is not None and (owner.flag_group is None or owner.flag_group.field != "vllm"):
+            owners = [p.name for p in PLUGINS.values() if p.flag_group and p.flag_group.field == "vllm"]
             raise EvalkitError(
-                f"bench {', '.join(given)} are for --backend hf only; this bench is --backend vllm"
-            )
-        if self.backend == "hf" and self.vllm is not None:
-            raise EvalkitError(
-                "bench vLLM engine settings are for --backend vllm only; this bench is --backend hf"
+                f"bench vllm engine settings are for --backend {' or '.join(owners)} only; this bench is "
+                f"--backend {self.backend}"
             )
         compiled = self.mode == "compiled"
         least = {

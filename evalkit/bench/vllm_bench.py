@@ -28,13 +28,13 @@ import torch
 from evalkit.backends.vllm.engine import require_logprob_token_ids
 from evalkit.backends.vllm.loader import check_run, load_for_run, prepare_model_dir
 from evalkit.bench.generation import prompt_ids
-from evalkit.bench.hf_bench import log_row, make_row, measure, torch_threads
+from evalkit.bench.measure import log_row, make_row, measure, torch_threads
 from evalkit.bench.schema import BenchReport, BenchRow, BenchSettings
 from evalkit.bench.timing import timed
 from evalkit.machine import environment, free_memory
-from evalkit.models.loading import resolve_device
+from evalkit.models.source import ModelSource
 from evalkit.store.records import ModelInfo
-from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
+from evalkit.types import EvalkitError, VllmEngine
 
 MODE = "vllm"  # the report's and rows' mode
 SAFETENSORS_DTYPES = {
@@ -93,7 +93,7 @@ def bench_llm(
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    device = resolve_device(settings.device)
+    device = info.device or "cpu"
     B, P, N = batch_size, settings.prompt_tokens, settings.new_tokens
     ids = prompt_ids(tokenizer, P, 1)[0].tolist()
     prompts = [TokensPrompt(prompt_token_ids=ids) for _ in range(B)]
@@ -142,37 +142,32 @@ def check_exact(outputs: Sequence[Any], rows: int, new_tokens: int, model: str) 
         )
 
 
-def run_config(model: str, settings: BenchSettings) -> RunConfig:
-    """The run configuration evalkit.backends.vllm.loader checks and loads from: the bench's engine flags."""
-    config = RunConfig(
-        model=model, task="bench", device=settings.device, trust_remote_code=settings.trust_remote_code
-    )
-    engine = {name: getattr(settings.vllm, name) for name in VLLM_ENGINE_FIELDS} if settings.vllm else {}
-    return dataclasses.replace(config, backend="vllm", **engine)
-
-
-def run_vllm_bench(labels: Mapping[str, str], precisions: list[str], settings: BenchSettings) -> BenchReport:
-    """Every model (labels: model -> row label) × precision × batch size on one vLLM engine per model ×
-    precision, prefix cache off; what cannot run is refused before anything loads."""
-    configs = {model: run_config(model, settings) for model in labels}
-    for config in configs.values():
-        check_run(config, precisions)
-    device = resolve_device(settings.device)
+def run_vllm_bench(
+    sources: Mapping[str, ModelSource], precisions: Sequence[str], settings: BenchSettings, device: str
+) -> BenchReport:
+    """Every model (sources: row label -> resolved source) × precision × batch size on one vLLM engine per
+    model × precision, prefix cache off; what cannot run is refused before anything loads."""
+    engine = settings.vllm or VllmEngine()
+    for source in sources.values():
+        check_run(engine, settings.trust_remote_code, precisions, source)
     rows = []
     with torch_threads(settings.threads):
-        for model, config in configs.items():
+        for label, source in sources.items():
             with tempfile.TemporaryDirectory(prefix="evalkit-bench-vllm-") as work:
-                model_dir = prepare_model_dir(model, work)
+                model_dir = prepare_model_dir(source, work)
                 for precision in precisions:
-                    loaded = load_for_run(config, precision, model_dir, enable_prefix_caching=False)
+                    loaded = load_for_run(
+                        source,
+                        engine,
+                        precision,
+                        model_dir,
+                        device,
+                        settings.trust_remote_code,
+                        enable_prefix_caching=False,
+                    )
                     for batch in settings.batch_sizes:
                         row = bench_llm(
-                            loaded.model.llm,
-                            loaded.tokenizer,
-                            batch,
-                            settings,
-                            model=labels[model],
-                            info=loaded.info,
+                            loaded.model.llm, loaded.tokenizer, batch, settings, model=label, info=loaded.info
                         )
                         log_row(row)
                         rows.append(row)

@@ -18,8 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from evalkit.machine import DEVICE_MAPS, resolve_device
 from evalkit.models.memory import measure_peak_memory, weight_bytes
 from evalkit.models.pretrained import from_pretrained
 from evalkit.models.quant.libraries import (
@@ -47,14 +46,7 @@ from evalkit.models.source import (
 from evalkit.store.records import ModelInfo
 from evalkit.types import EvalkitError, unknown
 
-__all__ = [
-    "DEVICES",
-    "DEVICE_MAPS",
-    "LoadedModel",
-    "check_precision",
-    "load_model",
-    "resolve_device",
-]
+__all__ = ["LoadedModel", "check_precision", "load_model"]
 
 
 @dataclass
@@ -63,21 +55,6 @@ class LoadedModel:
     tokenizer: Any
     source: ModelSource
     info: ModelInfo = field(default_factory=ModelInfo)  # precision, backend, method, weight bytes, peak
-
-
-DEVICES = ("auto", "cpu", "cuda", "cuda:N")  # what --device takes
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise EvalkitError(
-            f"--device {device} asked for, but torch sees no CUDA device (torch {torch.__version__})"
-        )
-    if device != "cpu" and not device.startswith("cuda"):
-        raise unknown("device", device, DEVICES)
-    return device
 
 
 def _check_native(
@@ -195,11 +172,8 @@ def _weights_format(source: ModelSource, network: Any) -> str:
     return f"gguf {source.gguf_file} ({'packed GGUF blocks' if packed else 'dequantized on load'})"
 
 
-DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
-
-
 def load_model(
-    model: str,
+    model: str | ModelSource,
     precision: str = "fp32",
     device: str = "auto",
     trust_remote_code: bool = False,
@@ -213,7 +187,7 @@ def load_model(
     """
     from transformers import AutoTokenizer
 
-    source = resolve_source(model)
+    source = model if isinstance(model, ModelSource) else resolve_source(model)
     target = resolve_device(device)
     plan = check_precision(precision, quant_backend, target, source, trust_remote_code)
     if device_map is not None:

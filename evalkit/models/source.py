@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.hub import require_hub_model
-from evalkit.models.quant.plans import Prequantized
+from evalkit.models.quant.choices import Prequantized
 from evalkit.types import EvalkitError
 
 

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
+from evalkit.report.tables import BenchmarkTable, build_tables
 from evalkit.stats.published import PublishedRow
+from evalkit.store.records import ReportRun
 from evalkit.store.saved_runs import short_model_name
 
 CSV_COLUMNS = [

@@ -26,9 +26,10 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from evalkit.report.quantization import QuantTable, build_quant_table, show_precision
 from evalkit.report.quantization_markdown import DIVERGENCE_NOTE, divergence_frame, quant_frame
-from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
+from evalkit.report.tables import BenchmarkTable, build_tables
 from evalkit.report.tables_markdown import count_frame, display_frame
 from evalkit.stats.published import PublishedRow, name_key
+from evalkit.store.records import ReportRun
 from evalkit.types import LETTERS
 
 CHANCE = 100 / len(LETTERS)  # accuracy (%) of a uniform guess among the four choices

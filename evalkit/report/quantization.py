@@ -18,12 +18,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from evalkit.report.tables import ReportRun
-from evalkit.report.text import AVERAGE, footnote, run_label
+from evalkit.report.text import AVERAGE, footnote
 from evalkit.stats.compare import Delta, compare_pair
 from evalkit.stats.published import FULL, FULL_PRECISIONS, PublishedRow, matching
-from evalkit.store.records import Metric, SavedRun
-from evalkit.store.saved_runs import short_model_name
+from evalkit.store.records import Metric, ReportRun, SavedRun
+from evalkit.store.saved_runs import run_label, short_model_name
 from evalkit.types import EvalkitError
 
 EXPLAINED = (
@@ -249,8 +248,6 @@ def build_quant_table(
 
 
 # report --precision-table -> show_precision's `asked`
-PRECISION_TABLE: dict[str, bool | None] = {"auto": None, "always": True, "never": False}
-PRECISION_TABLE_DEFAULT = "auto"  # shown where a model has runs at several precisions
 
 
 def show_precision(table: QuantTable, asked: bool | None) -> bool:

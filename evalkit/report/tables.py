@@ -13,29 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import NamedTuple
 
 import pandas as pd
 
-from evalkit.report.text import AVERAGE, footnote, run_label
+from evalkit.report.text import AVERAGE, footnote
 from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
 from evalkit.stats.published import PublishedRow, check_names, matching, named_rows
-from evalkit.store.records import Metric, RunResult
-from evalkit.store.saved_runs import SUBMISSION_FILE, short_model_name
-from evalkit.types import QuestionResult, RunConfig, Task
+from evalkit.store.records import Metric, ReportRun, RunResult
+from evalkit.store.saved_runs import SUBMISSION_FILE, run_label, short_model_name
+from evalkit.types import RunConfig, Task
 
 AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}
-
-
-class ReportRun(NamedTuple):
-    """One saved run to report; with `questions` the table gains a bootstrap 95% CI of the Average."""
-
-    result: RunResult
-    task: Task
-    path: Path | None = None  # the run directory: where a C-Eval test submission file lies
-    questions: Sequence[QuestionResult] | None = None
-    reference: str | None = None  # the published model to set beside it; None: matched on the model label
 
 
 @dataclass(frozen=True)

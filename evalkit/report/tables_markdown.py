@@ -8,9 +8,10 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from evalkit.report.tables import BenchmarkTable, ReportRun, build_tables
+from evalkit.report.tables import BenchmarkTable, build_tables
 from evalkit.report.text import markdown_table
 from evalkit.stats.published import PublishedRow
+from evalkit.store.records import ReportRun
 
 
 def display_frame(table: BenchmarkTable) -> pd.DataFrame:

@@ -7,9 +7,6 @@ import re
 
 import pandas as pd
 
-from evalkit.store.records import RunResult
-from evalkit.store.saved_runs import short_model_name
-
 AVERAGE = "Average"
 WARN = "⚠"
 
@@ -22,27 +19,6 @@ def footnote(text: str) -> str:
     warns = text.lstrip().startswith(WARN)
     plain = re.sub(rf"\s*{WARN}\s*", " ", text).strip()
     return f"{WARN} {plain}" if warns else plain
-
-
-def run_label(
-    result: RunResult, eval_split: str, *, show_scheme: bool = False, show_shots: bool = False
-) -> str:
-    """Model + precision (+ scheme, shots, split and --limit where they set the run apart)."""
-    config = result.config
-    label = f"{short_model_name(config.model)} {config.precision}"
-    if config.quant_backend:
-        label += f"/{config.quant_backend}"
-    if show_scheme or config.scheme != "official":
-        label += f" [{config.scheme}]"
-    if config.letter_rule:
-        label += f" letters={config.letter_rule}"
-    if show_shots:
-        label += f" {config.shots}-shot"
-    if config.split not in (None, eval_split):
-        label += f" ({config.split})"
-    if config.limit is not None:
-        label += f" ⚠ limit={config.limit}"
-    return label
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

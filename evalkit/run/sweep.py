@@ -12,11 +12,10 @@ import contextlib
 import dataclasses
 import logging
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from evalkit.report.tables import ReportRun
+from evalkit.store.records import ReportRun
 from evalkit.types import EvalkitError, RunConfig, Task, unknown
 
 if TYPE_CHECKING:
@@ -50,22 +49,6 @@ def subjects_by_task(
     return {name: tuple(names) for name, names in chosen.items() if names}
 
 
-def _quant_backends(precisions: Sequence[str], config: RunConfig, device: str) -> dict[str, str | None]:
-    """Each precision's backend, checked before anything loads; the default named where it was not given
-    (one config, and one label, however it was asked); float precisions take none."""
-    from evalkit.models.loading import check_precision
-    from evalkit.models.quant.plans import QUANT_BITS
-
-    backend_for = {p: config.quant_backend if p in QUANT_BITS else None for p in precisions}
-    for precision in precisions:
-        plan = check_precision(
-            precision, backend_for[precision], device, config.model, config.trust_remote_code
-        )
-        if precision in QUANT_BITS and plan.backend != "pre-quantized":
-            backend_for[precision] = plan.backend
-    return backend_for
-
-
 def run_sweep(
     tasks: Sequence[Task],
     config: RunConfig,
@@ -76,10 +59,12 @@ def run_sweep(
     """Validate all data and precisions up front, then per precision: load once, run every task, free.
 
     `config` holds the settings shared by every run (its task, subjects and precision are set here);
-    the runs come back in order (main process only: the others return none).
+    the model source, the device and the backend are resolved here, once, and handed down. The runs come
+    back in order (main process only: the others return none).
     """
+    from evalkit.backends import plugin
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
-    from evalkit.models.loading import load_model
+    from evalkit.models.source import resolve_source
     from evalkit.questions.data import load_task_data
     from evalkit.store.disk import check_output_dir
 
@@ -89,22 +74,21 @@ def run_sweep(
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    vllm = config.backend == "vllm"
-    if vllm:  # vLLM importable, its settings and precisions runnable: before any data or model is read
-        from evalkit.backends.vllm.loader import check_run
-
-        if not is_single_process():
-            raise EvalkitError(
-                "--backend vllm spreads one engine over GPUs itself (--tensor-parallel-size, "
-                "--pipeline-parallel-size); do not start it under accelerate launch"
-            )
-        check_run(config, precisions)
-    device = process_device(config.device)
+    backend = plugin(config.backend)
+    if not backend.accelerate_launch and not is_single_process():
+        raise EvalkitError(
+            f"--backend {backend.name} spreads one engine over GPUs itself; do not start it under "
+            "accelerate launch"
+        )
     if device_map and not is_single_process():
         raise EvalkitError(
             "--device-map spreads one model over all GPUs of one process; under accelerate "
             "launch each process holds its own copy: use one or the other"
         )
+    source = resolve_source(config.model)
+    device = process_device(config.device)
+    # the backend's refusals come before any data or model is read
+    backend_for = backend.check(config, precisions, source, device, device_map)
     base = {name: dataclasses.replace(config, task=name, subjects=names) for name, names in routed.items()}
     # every file of every task and every precision is checked before the (slow) model loads
     data = {
@@ -113,7 +97,6 @@ def run_sweep(
     }
     if is_main_process():
         check_output_dir(config.output_dir)
-    backend_for = {p: None for p in precisions} if vllm else _quant_backends(precisions, config, device)
     if config.limit is not None:
         log.warning(
             "--limit %d: only the first %d questions of each subject are scored; a smoke run, "
@@ -123,24 +106,9 @@ def run_sweep(
         )
     runs = []
     with contextlib.ExitStack() as stack:
-        model_dir = None
-        if vllm:
-            from evalkit.backends.vllm.loader import load_for_run, prepare_model_dir
-
-            work = stack.enter_context(tempfile.TemporaryDirectory(prefix="evalkit-vllm-"))
-            model_dir = prepare_model_dir(config.model, work)
+        load = backend.open(config, source, device, device_map, stack)
         for precision in precisions:
-            if model_dir is not None:
-                loaded = load_for_run(config, precision, model_dir)
-            else:
-                loaded = load_model(
-                    config.model,
-                    precision,
-                    device,
-                    config.trust_remote_code,
-                    backend_for[precision],
-                    device_map,
-                )
+            loaded = load(precision, backend_for[precision])
             runs += _run_tasks(loaded, by_name, base, data, precision, backend_for[precision])
             del loaded
             free_memory()

@@ -18,8 +18,8 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from evalkit.backends.base import ScoringBackend, backend_record
-from evalkit.backends.hf.scorer import NonFiniteLogits, Scorer
+from evalkit.backends import plugin
+from evalkit.backends.base import NonFiniteLogits, ScoringBackend, backend_record
 from evalkit.machine import environment
 from evalkit.models.loading import LoadedModel
 from evalkit.questions.prepare import Prepared, prepare_subjects, report_long_prompts
@@ -144,7 +144,7 @@ def run_task(
     state = PartialState()
     scheme = resolve_scheme(task, config)
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
-    scorer = _scorer(loaded, letters, config)
+    scorer = plugin(config.backend).scorer(loaded, letters.ids, config)
     started = time.perf_counter()
     prepared, long_prompts = prepare_subjects(loaded, scheme, data, config)
     report_long_prompts(task, scheme, long_prompts, state.is_main_process)
@@ -248,25 +248,6 @@ class _Finished:
         )
         run_dir.finish(result)
         return SavedRun(result, results)
-
-
-def _scorer(loaded: LoadedModel, letters: LetterTokens, config: RunConfig) -> ScoringBackend:
-    """The run's scoring backend: the HF scorer, or (--backend vllm) the engine sweep started."""
-    if config.backend == "vllm":
-        from evalkit.backends.vllm.loader import VllmModel
-        from evalkit.backends.vllm.scorer import VllmScorer
-
-        if not isinstance(loaded.model, VllmModel):
-            raise EvalkitError("--backend vllm needs a model loaded by backends.vllm_run.load_for_run")
-        return VllmScorer(loaded.model.llm, letters.ids, settings=loaded.model.settings)
-    return Scorer(
-        loaded.model,
-        letters.ids,
-        batch_tokens=config.batch_tokens,
-        engine=config.engine,
-        progress=False,
-        isolated=loaded.info.activation_quantization is not None,
-    )
 
 
 def _reuse_note(config: RunConfig, scorer: ScoringBackend) -> str:

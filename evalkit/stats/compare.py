@@ -22,7 +22,6 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
-from evalkit.report.text import run_label
 from evalkit.stats.divergence import (
     Divergence,
     PerQuestion,
@@ -33,6 +32,7 @@ from evalkit.stats.divergence import (
 from evalkit.stats.metrics import Interval, bootstrap_ci, combine, group_members
 from evalkit.stats.pairing import check_comparable, pair_by_task, shared_ids
 from evalkit.store.records import Metric, SavedRun
+from evalkit.store.saved_runs import run_label
 from evalkit.types import Aggregation, EvalkitError, QuestionResult, Task
 
 

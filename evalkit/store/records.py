@@ -7,10 +7,12 @@ files written by earlier versions still load.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from evalkit.types import QuestionResult, RunConfig, Scheme
+from evalkit.types import QuestionResult, RunConfig, Scheme, Task
 
 
 @dataclass(frozen=True)
@@ -168,3 +170,13 @@ class SavedRun(NamedTuple):
 
     result: RunResult
     questions: list[QuestionResult]
+
+
+class ReportRun(NamedTuple):
+    """One saved run to report; with `questions` the table gains a bootstrap 95% CI of the Average."""
+
+    result: RunResult
+    task: Task
+    path: Path | None = None  # the run directory: where a C-Eval test submission file lies
+    questions: Sequence[QuestionResult] | None = None
+    reference: str | None = None  # the published model to set beside it; None: matched on the model label

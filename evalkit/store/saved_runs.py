@@ -12,13 +12,22 @@ import glob
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from evalkit.store.disk import read_json
 from evalkit.store.questions_file import parse_questions
-from evalkit.store.records import Environment, Fallback, Metric, ModelInfo, RunResult, SavedRun, Timings
-from evalkit.types import EvalkitError, RunConfig, Scheme
+from evalkit.store.records import (
+    Environment,
+    Fallback,
+    Metric,
+    ModelInfo,
+    ReportRun,
+    RunResult,
+    SavedRun,
+    Timings,
+)
+from evalkit.types import EvalkitError, Scheme, Task, config_from_fields
 
 CONFIG_FILE = "config.json"
 QUESTIONS_FILE = "questions.jsonl"
@@ -35,11 +44,6 @@ def short_model_name(model: str) -> str:
     return name[:80] or "model"
 
 
-def config_from_dict(data: dict) -> RunConfig:
-    subjects = data.get("subjects")
-    return RunConfig(**{**data, "subjects": tuple(subjects) if subjects is not None else None})
-
-
 def run_result_to_json(result: RunResult) -> str:
     return json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=1) + "\n"
 
@@ -50,7 +54,7 @@ def run_result_from_dict(data: dict) -> RunResult:
     return RunResult(
         **{
             **data,
-            "config": config_from_dict(data["config"]),
+            "config": config_from_fields(data["config"]),
             "scheme": Scheme(**data["scheme"]),
             "letter_ids": tuple(data["letter_ids"]),
             "letter_strings": tuple(data["letter_strings"]),
@@ -118,3 +122,49 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             raise EvalkitError(f"no finished run directories (with {RUN_FILE}) below {given}")
         found.extend(finished)
     return list(dict.fromkeys(found))
+
+
+def run_label(
+    result: RunResult, eval_split: str, *, show_scheme: bool = False, show_shots: bool = False
+) -> str:
+    """Model + precision (+ scheme, shots, split and --limit where they set the run apart)."""
+    config = result.config
+    label = f"{short_model_name(config.model)} {config.precision}"
+    if config.quant_backend:
+        label += f"/{config.quant_backend}"
+    if show_scheme or config.scheme != "official":
+        label += f" [{config.scheme}]"
+    if config.letter_rule:
+        label += f" letters={config.letter_rule}"
+    if show_shots:
+        label += f" {config.shots}-shot"
+    if config.split not in (None, eval_split):
+        label += f" ({config.split})"
+    if config.limit is not None:
+        label += f" ⚠ limit={config.limit}"
+    return label
+
+
+def saved_runs(paths: Sequence[str | Path]) -> dict[Path, SavedRun]:
+    """Finished runs found under `paths`, by directory; none at all is an error naming the paths."""
+    runs = {path: load_run(path) for path in find_runs(paths)}
+    if not runs:
+        raise EvalkitError(f"no finished runs (run.json) under {', '.join(map(str, paths))}")
+    return runs
+
+
+def report_runs(
+    paths: Sequence[str | Path], task_of: Callable[[str], Task], matches: Mapping[str, str]
+) -> list[ReportRun]:
+    """The finished runs under `paths` as report rows: each with its task (`task_of`: tasks/ is the
+    caller's) and the published row `matches` names for its model's short name."""
+    return [
+        ReportRun(
+            saved.result,
+            task_of(saved.result.config.task),
+            path,
+            saved.questions,
+            matches.get(short_model_name(saved.result.config.model)),
+        )
+        for path, saved in saved_runs(paths).items()
+    ]

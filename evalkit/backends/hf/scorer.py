@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from evalkit.backends.base import OneByOne, Scores
+from evalkit.backends.base import NonFiniteLogits, OneByOne, Scores
 from evalkit.backends.hf import forward as hf_model
 from evalkit.backends.hf.batching import Batch, Group, prefix_groups, split_batches
 from evalkit.backends.hf.probe import PROBE_TOLERANCE, largest_difference, probe_prompts
@@ -41,15 +41,6 @@ AUTO_MIN_SHARE = 0.3  # engine="auto" reuses prefixes when they save this fracti
 # suffix tokens per packed row: on CPU (compute-bound) 256 balances GEMM efficiency against the
 # attention a row spends across its neighbours' tokens; accelerators want larger matrices (untested guess)
 PACK_TOKENS = {"cpu": 256, "other": 1024}
-
-
-class NonFiniteLogits(EvalkitError):
-    """NaN/inf letter logits; `indices` are the prompts (of the scored list) that give them alone; the
-    runner names their questions."""
-
-    def __init__(self, indices: list[int]) -> None:
-        super().__init__(f"non-finite logits (nan/inf) over the letter tokens for prompt index(es) {indices}")
-        self.indices = indices
 
 
 class Scorer(OneByOne):

@@ -1,8 +1,8 @@
 """`eval` / `sweep --backend vllm`: what the runner loads per precision and what is refused first.
 
 `check_run` refuses what cannot run before anything loads; `prepare_model_dir` dequantizes a GGUF file once
-(for every precision of a sweep); `load_for_run(config, precision, model_dir)` gives the tokenizer and HF
-config as the HF path reads them (no HF weights) and the started engine, as an
+(for every precision of a sweep); `load_for_run(source, engine, precision, model_dir, ...)` gives the
+tokenizer and HF config as the HF path reads them (no HF weights) and the started engine, as an
 evalkit.models.loading.LoadedModel whose `model` is a VllmModel (the runner scores it with
 evalkit.backends.vllm.scorer.VllmScorer).
 """
@@ -24,8 +24,9 @@ from evalkit.backends.vllm.engine import (
     quant_method,
     require_logprob_token_ids,
 )
+from evalkit.models.source import ModelSource
 from evalkit.store.records import ModelInfo
-from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
+from evalkit.types import EvalkitError, VllmEngine
 
 LOG = logging.getLogger(__name__)
 
@@ -40,21 +41,20 @@ class VllmModel:
     settings: VllmSettings
 
 
-def settings_for(config: RunConfig, precision: str) -> VllmSettings:
-    """The engine settings of a run: the --backend vllm flags of `config` at `precision`."""
-    engine = {name: getattr(config, name) for name in VLLM_ENGINE_FIELDS}
-    return VllmSettings(precision=precision, trust_remote_code=config.trust_remote_code, **engine)
+def settings_for(engine: VllmEngine, precision: str, trust_remote_code: bool) -> VllmSettings:
+    """The engine settings of a run: the --backend vllm flags at `precision`."""
+    engine_fields = dataclasses.asdict(engine)
+    return VllmSettings(precision=precision, trust_remote_code=trust_remote_code, **engine_fields)
 
 
-def check_run(config: RunConfig, precisions: Sequence[str]) -> None:
+def check_run(
+    engine: VllmEngine, trust_remote_code: bool, precisions: Sequence[str], source: ModelSource
+) -> None:
     """Before anything loads: vLLM importable with logprob_token_ids, and every precision runnable on the
     model (a GGUF file is dequantized to floats: fp32, bf16 or fp16 only)."""
-    from evalkit.models.source import resolve_source
-
     require_logprob_token_ids()
-    source = resolve_source(config.model)
     for precision in precisions:
-        settings = settings_for(config, precision)
+        settings = settings_for(engine, precision, trust_remote_code)
         if source.kind == "local":
             settings.engine_kwargs(source.location)
         elif source.kind == "gguf":
@@ -66,16 +66,13 @@ def check_run(config: RunConfig, precisions: Sequence[str]) -> None:
         else:
             raise EvalkitError(
                 f"--backend vllm needs a local model directory or .gguf file, got the hub id "
-                f"{config.model!r}: download it first and pass its directory"
+                f"{source.location!r}: download it first and pass its directory"
             )
 
 
-def prepare_model_dir(model: str, work_dir: str | Path) -> Path:
+def prepare_model_dir(source: ModelSource, work_dir: str | Path) -> Path:
     """The model directory vLLM loads: the local directory itself, or a GGUF file dequantized once into
     `work_dir` (every precision of a sweep reads it)."""
-    from evalkit.models.source import resolve_source
-
-    source = resolve_source(model)
     if source.kind == "gguf":
         assert source.gguf_file is not None
         LOG.info("dequantizing %s for vLLM into %s", source.gguf_file, work_dir)
@@ -83,7 +80,15 @@ def prepare_model_dir(model: str, work_dir: str | Path) -> Path:
     return Path(source.location)
 
 
-def load_for_run(config: RunConfig, precision: str, model_dir: str | Path, **engine_kwargs: Any):
+def load_for_run(
+    source: ModelSource,
+    engine: VllmEngine,
+    precision: str,
+    model_dir: str | Path,
+    device: str,
+    trust_remote_code: bool = False,
+    **engine_kwargs: Any,
+):
     """An evalkit.models.loading.LoadedModel for --backend vllm: tokenizer and HF config read as the HF path
     reads them (evalkit's own tokenizer for a native Baichuan checkpoint: its remote code never runs), and a
     vLLM engine started on `model_dir` (prepare_model_dir) at `precision`; `engine_kwargs` override
@@ -92,14 +97,13 @@ def load_for_run(config: RunConfig, precision: str, model_dir: str | Path, **eng
 
     from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
-    from evalkit.models.loading import LoadedModel, resolve_device
+    from evalkit.models.loading import LoadedModel
     from evalkit.models.pretrained import from_pretrained
     from evalkit.models.source import native_variant, resolve_source
 
-    source = resolve_source(config.model)
-    local = resolve_source(str(model_dir))
+    local = source if Path(source.location) == Path(model_dir) else resolve_source(str(model_dir))
     native = native_variant(local)
-    settings = settings_for(config, precision)
+    settings = settings_for(engine, precision, trust_remote_code)
     started = time.perf_counter()
     if native is not None:  # vLLM has its own Baichuan classes; config and tokenizer without remote code
         from evalkit.models.baichuan.tokenizer import load_baichuan_tokenizer
@@ -107,8 +111,8 @@ def load_for_run(config: RunConfig, precision: str, model_dir: str | Path, **eng
         tokenizer = load_baichuan_tokenizer(local.location)
         hf_config = PretrainedConfig.from_pretrained(local.location)
     else:
-        tokenizer = from_pretrained(AutoTokenizer, local, trust_remote_code=config.trust_remote_code)
-        hf_config = from_pretrained(AutoConfig, local, trust_remote_code=config.trust_remote_code)
+        tokenizer = from_pretrained(AutoTokenizer, local, trust_remote_code=trust_remote_code)
+        hf_config = from_pretrained(AutoConfig, local, trust_remote_code=trust_remote_code)
     llm = load_vllm(model_dir, settings, **engine_kwargs)
     info = ModelInfo(
         precision=precision,
@@ -116,14 +120,14 @@ def load_for_run(config: RunConfig, precision: str, model_dir: str | Path, **eng
         quant_method=quant_method(hf_config.to_dict()) or "none",
         source_quantization=_gguf_quantization(source),
         dtype=DTYPES.get(precision, str(llm.llm_engine.model_config.dtype).removeprefix("torch.")),
-        device=resolve_device(config.device),
+        device=device,
         source=source.kind,
         weights_format=f"vllm: dequantized from {source.gguf_file}"
         if source.gguf_file
         else "vllm: checkpoint",
         load_seconds=round(time.perf_counter() - started, 2),
         model_class=(getattr(hf_config, "architectures", None) or ["?"])[0],
-        trust_remote_code=config.trust_remote_code,
+        trust_remote_code=trust_remote_code,
         implementation=f"vllm {require_logprob_token_ids()}",
     )
     return LoadedModel(VllmModel(hf_config, llm, settings), tokenizer, source, info)

@@ -28,7 +28,7 @@ from collections.abc import Collection, Iterator, Sequence
 
 from tqdm import tqdm
 
-from evalkit.backends.base import OneByOne, Scores
+from evalkit.backends.base import NonFiniteLogits, OneByOne, Scores
 from evalkit.backends.vllm.engine import VllmSettings, require_logprob_token_ids
 from evalkit.types import EvalkitError
 
@@ -123,8 +123,6 @@ class VllmScorer(OneByOne):
                 if batch:
                     bad = [i for i, scores in batch if not all(math.isfinite(x) for x in scores)]
                     if bad:
-                        from evalkit.backends.hf.scorer import NonFiniteLogits
-
                         raise NonFiniteLogits(sorted(bad))
                     bar.update(len(batch))
                     yield batch

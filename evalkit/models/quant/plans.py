@@ -34,6 +34,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from evalkit.models.quant.choices import (
+    BACKENDS,
+    DEFAULT_QUANT_BACKEND,
+    FLOAT_NAMES,
+    PRECISIONS,
+    QUANT_BACKENDS,
+    QUANT_BITS,
+    Prequantized,
+)
 from evalkit.types import EvalkitError, unknown
 
 FLOAT_PRECISIONS: dict[str, torch.dtype] = {
@@ -41,11 +50,8 @@ FLOAT_PRECISIONS: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-QUANT_BITS: dict[str, int] = {"int8": 8, "int4": 4}
-PRECISIONS: tuple[str, ...] = (*FLOAT_PRECISIONS, *QUANT_BITS)
-BACKENDS: tuple[str, ...] = ("none", "bnb", "torchao", "rtn", "model")
-QUANT_BACKENDS: tuple[str, ...] = tuple(b for b in BACKENDS if b != "none")  # what --quant-backend takes
-DEFAULT_QUANT_BACKEND = "bnb"  # int8/int4 without --quant-backend: LLM.int8 / NF4, on CPU and CUDA alike
+assert tuple(FLOAT_PRECISIONS) == FLOAT_NAMES
+__all__ = ["DEFAULT_QUANT_BACKEND", "PRECISIONS", "QUANT_BACKENDS", "QUANT_BITS", "Prequantized"]
 NF4_BLOCK = 64  # bitsandbytes' default 4-bit block size
 TORCHAO_INT4_GROUPS = (128, 64, 32)  # the group sizes torchao's CPU int4 kernel accepts, largest first
 METHODS: dict[tuple[str, int], str] = {
@@ -63,16 +69,6 @@ LLM_INT8_ACTIVATIONS = (
     f"int8 per token, cast through fp16; input columns holding |x| > "
     f"{LLM_INT8_THRESHOLD} stay fp16 (LLM.int8 mixed decomposition)"
 )
-
-
-@dataclass(frozen=True)
-class Prequantized:
-    """How the weights on disk are already quantized: a GGUF file type, or a config's quantization_config."""
-
-    kind: str  # "gguf" | "config"
-    method: str  # "Q4_1", "gptq", "awq", ...
-    bits: int | None = None
-    group_size: int | None = None
 
 
 @dataclass(frozen=True)

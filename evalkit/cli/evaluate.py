@@ -1,0 +1,213 @@
+"""`eval` and `sweep`: score one model on the tasks, at one precision or at several (each loaded once)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from evalkit.backends import refuse_foreign_flags
+from evalkit.cli.common import (
+    DEFAULTS,
+    add_backend_flags,
+    backend_settings,
+    comma_list,
+    int_at_least,
+    literal_choices,
+    subcommand,
+)
+from evalkit.machine import DEVICE_MAPS, DEVICES
+from evalkit.models.quant.choices import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
+from evalkit.types import RunConfig
+from tasks import TASKS, get_task
+
+if TYPE_CHECKING:
+    from evalkit.store.records import ReportRun
+
+
+def add_parsers(sub: argparse._SubParsersAction, program: str) -> None:
+    p_eval = subcommand(
+        sub,
+        "eval",
+        "score a model on the tasks",
+        "Score one model at one precision on 5-shot C-Eval, MMLU and CMMLU (or --tasks): questions.jsonl "
+        "is written as questions are scored, run.json last; rerunning the same command resumes. Prints the "
+        "plan (questions, prompt tokens) and a time estimate on stderr, the tables on stdout.",
+        [
+            "eval --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
+            "--limit 10",
+            "eval --model /models/Baichuan-13B-Base --precision bf16 --tasks ceval,cmmlu",
+        ],
+        program,
+    )
+    add_eval_flags(p_eval)
+    p_eval.set_defaults(func=cmd_eval)
+    p_sweep = subcommand(
+        sub,
+        "sweep",
+        "one model at several precisions: each loaded once, every task run on it",
+        "Run eval at each --precision in turn: the model is loaded once per precision, every task is run "
+        "on it, and it is freed before the next. Prints the tables and the quantization table (delta to "
+        "full precision with paired 95% intervals).",
+        [
+            "sweep --model ../shared/models/SmolLM2-135M-Instruct.Q4_1.gguf --data-dir ../shared/data "
+            "--limit 10",
+            "sweep --model /models/Baichuan-13B-Base --precision fp16,int8,int4 --quant-backend rtn",
+        ],
+        program,
+    )
+    add_eval_flags(p_sweep, sweep=True)
+    p_sweep.set_defaults(func=cmd_sweep)
+
+
+def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
+    parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
+    parser.add_argument("--tasks", type=comma_list, default=",".join(TASKS), help="comma list of tasks")
+    parser.add_argument(
+        "--data-dir",
+        help="local copy of the benchmarks in their official layouts "
+        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets",
+    )
+    parser.add_argument(
+        "--split",
+        help=f"split to score (default: each task's own: {own_splits}; "
+        "ceval test writes the leaderboard submission JSON)",
+    )
+    parser.add_argument(
+        "--subjects", type=comma_list, help="comma list of subjects ('law' or 'ceval/law'; default: all)"
+    )
+    parser.add_argument(
+        "--scheme",
+        default=DEFAULTS.scheme,
+        choices=sorted({s for t in TASKS.values() for s in t.schemes}),
+        help="prompt/scoring scheme: official (the benchmarks' own code), baichuan "
+        "(Baichuan's evaluation scripts), lm-eval (lm-evaluation-harness)",
+    )
+    parser.add_argument(
+        "--letter-token",
+        choices=literal_choices(RunConfig, "letter_rule"),
+        help="override the scheme's rule for the A/B/C/D token ids",
+    )
+    parser.add_argument(
+        "--shots",
+        type=int_at_least(0),
+        default=DEFAULTS.shots,
+        help="few-shot examples per prompt (every subject needs that many shot rows)",
+    )
+    parser.add_argument(
+        "--limit", type=int_at_least(1), help="score only the first N questions of each subject (smoke runs)"
+    )
+    if sweep:  # full precision, then every quantized one
+        parser.add_argument(
+            "--precision",
+            type=comma_list,
+            default=",".join((DEFAULTS.precision, *QUANT_BITS)),
+            help=f"comma list of precisions from {', '.join(PRECISIONS)}",
+        )
+    else:
+        parser.add_argument(
+            "--precision",
+            "--dtype",
+            dest="precision",
+            default=DEFAULTS.precision,
+            choices=PRECISIONS,
+            metavar="PRECISION",
+            help=f"one of {', '.join(PRECISIONS)}",
+        )
+    parser.add_argument(
+        "--quant-backend",
+        choices=QUANT_BACKENDS,
+        help=f"int8/int4 method (default: {DEFAULT_QUANT_BACKEND}, i.e. LLM.int8 / NF4): "
+        "torchao (weight-only), "
+        "rtn (per-channel absmax round-to-nearest, Baichuan's quantize()), model (the "
+        "model's own quantize(bits): --trust-remote-code, except on the native Baichuan ports)",
+    )
+    parser.add_argument("--device", default=DEFAULTS.device, help=f"one of {', '.join(DEVICES)}")
+    parser.add_argument(
+        "--device-map",
+        choices=DEVICE_MAPS,
+        help="spread one model over all visible GPUs (transformers/accelerate) instead of "
+        "one device; for models too large for one GPU (not under accelerate launch)",
+    )
+    parser.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model repository's own Python code (never needed, nor used, for the Baichuan "
+        "models, which evalkit runs natively)",
+    )
+    parser.add_argument(
+        "--batch-tokens",
+        type=int_at_least(1),
+        help="token budget per batch (default: sized for the device); lower it after an out-of-memory error",
+    )
+    parser.add_argument(
+        "--engine",
+        choices=literal_choices(RunConfig, "engine"),
+        help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
+        f"prompts; auto: prefix where it saves enough (default: {DEFAULTS.engine}; --backend hf only)",
+    )
+    add_backend_flags(parser)
+    parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
+    parser.add_argument(
+        "--threads",
+        type=int_at_least(1),
+        help="torch CPU threads (default: torch's own; recorded in run.json)",
+    )
+    parser.add_argument("--output-dir", default=DEFAULTS.output_dir, help="where run directories go")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRun]:
+    """`eval` and `sweep`: the flags as a RunConfig, the tasks resolved here (evalkit does not import
+    tasks/), the loop in evalkit.run.sweep."""
+    from evalkit.run.sweep import run_sweep
+
+    refuse_foreign_flags(vars(args), args.backend)
+    tasks = [get_task(name) for name in args.tasks]
+    config = RunConfig(
+        model=args.model,
+        task="",
+        data_dir=args.data_dir,
+        split=args.split,
+        scheme=args.scheme,
+        letter_rule=args.letter_token,
+        shots=args.shots,
+        limit=args.limit,
+        quant_backend=args.quant_backend,
+        device=args.device,
+        trust_remote_code=args.trust_remote_code,
+        seed=args.seed,
+        batch_tokens=args.batch_tokens,
+        engine=args.engine or DEFAULTS.engine,
+        output_dir=args.output_dir,
+        progress=not args.no_progress,
+        backend=args.backend,
+        **backend_settings(args),
+    )
+    return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from evalkit.machine import is_main_process
+    from evalkit.report.tables_markdown import to_markdown
+    from tasks.references import published_rows
+
+    runs = _sweep(args, [args.precision])
+    if is_main_process():
+        print(to_markdown(runs, published_rows()))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from evalkit.machine import is_main_process
+    from evalkit.report.quantization import build_quant_table
+    from evalkit.report.quantization_markdown import quant_markdown
+    from evalkit.report.tables_markdown import to_markdown
+    from tasks.references import published_quantization, published_rows
+
+    runs = _sweep(args, args.precision)
+    if is_main_process():
+        print(to_markdown(runs, published_rows()))
+        print(quant_markdown(build_quant_table(runs, published_quantization())))
+    return 0
