@@ -351,7 +351,7 @@ def test_prequantized_checkpoints_are_not_requantized(
         load_model(str(config_only_dir), precision, "cpu", quant_backend=backend)
     plan = check_precision("int4", None, "cpu", str(config_only_dir))
     assert (plan.backend, plan.method, plan.bits, plan.group_size) == ("pre-quantized", "gptq", 4, 128)
-    assert (plan.info()["source_quantization"], plan.info()["requantized_from"]) == ("config gptq", None)
+    assert (plan.source_label, plan.requantized_from) == ("config gptq", None)
 
 
 # ---- slow: the real SmolLM2-135M (GGUF Q4_1) ----

@@ -16,7 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from evalkit.machine import DEVICE_MAPS, resolve_device
 from evalkit.models.memory import measure_peak_memory, weight_bytes
@@ -49,10 +49,19 @@ from evalkit.types import EvalkitError, unknown
 __all__ = ["LoadedModel", "check_precision", "load_model"]
 
 
+class ModelHandle(Protocol):
+    """What the runner reads of any backend's model: its transformers config (the context length)."""
+
+    config: Any  # a transformers PretrainedConfig
+
+
 @dataclass
 class LoadedModel:
-    model: Any  # a transformers PreTrainedModel in eval mode (--backend vllm: backends.vllm_run.VllmModel)
-    tokenizer: Any
+    """A model ready to score: the backend's handle on it, the tokenizer every prompt is encoded with, where
+    it came from and how it was loaded."""
+
+    model: ModelHandle  # a transformers PreTrainedModel in eval mode, or a backend's own (VllmModel)
+    tokenizer: Any  # a transformers tokenizer (evalkit's own for the native Baichuan ports)
     source: ModelSource
     info: ModelInfo = field(default_factory=ModelInfo)  # precision, backend, method, weight bytes, peak
 
@@ -219,12 +228,18 @@ def load_model(
         network.eval()
         load_seconds = time.perf_counter() - started
     quantized, floating = linear_layer_report(network)
-    planned = plan.info()
     llm_int8 = any(type(module).__name__ == "Linear8bitLt" for module in network.modules())
-    if planned["activation_quantization"] is None and llm_int8:  # built by a model's own quantize()
-        planned["activation_quantization"] = LLM_INT8_ACTIVATIONS
+    activations = plan.activation_quantization or (LLM_INT8_ACTIVATIONS if llm_int8 else None)
     info = ModelInfo(
-        **planned,
+        precision=plan.precision,
+        quant_backend=plan.backend,
+        quant_bits=plan.bits,
+        quant_method=plan.method,
+        group_size=plan.group_size,
+        compute_dtype=plan.compute_dtype_name,
+        activation_quantization=activations,  # LLM.int8 built by a model's own quantize() too
+        source_quantization=plan.source_label,
+        requantized_from=plan.requantized_from,
         dtype=str(plan.compute_dtype).removeprefix("torch."),
         device=target,
         device_map=_placement(network) if device_map else None,
@@ -233,7 +248,9 @@ def load_model(
         quantized_layers=len(quantized),
         skipped_layers=floating if plan.bits else [],  # linear layers left in float by a quantizing backend
         weight_bytes=weight_bytes(network),
-        **peak.info(),
+        peak_rss_bytes=peak.rss_bytes,
+        peak_rss_scope=peak.rss_scope,
+        peak_cuda_bytes=peak.cuda_bytes,
         load_seconds=round(load_seconds, 2),
         model_class=type(network).__name__,
         trust_remote_code=trust_remote_code,

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -62,13 +61,6 @@ class PeakMemory:
     rss_bytes: int = 0  # peak resident set size of this process
     rss_scope: str = ""  # "block": the peak was reset at entry; "process": the peak since the process started
     cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated over the block, on CUDA devices
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "peak_rss_bytes": self.rss_bytes,
-            "peak_rss_scope": self.rss_scope,
-            "peak_cuda_bytes": self.cuda_bytes,
-        }
 
 
 def _reset_rss_peak() -> bool:

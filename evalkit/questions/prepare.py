@@ -12,6 +12,7 @@ from typing import NamedTuple
 from evalkit.models.loading import LoadedModel
 from evalkit.questions.prompts import build_prompts
 from evalkit.questions.tokens import count_tokens_fn, encode_prompts
+from evalkit.store.records import LongPrompts, LongSubject
 from evalkit.types import EvalkitError, Prompt, RunConfig, Scheme, SubjectData, Task
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def _subject_token_ids(
 
 def prepare_subjects(
     loaded: LoadedModel, scheme: Scheme, data: list[SubjectData], config: RunConfig
-) -> tuple[list[Prepared], dict]:
+) -> tuple[list[Prepared], LongPrompts | None]:
     """Every subject's prompts and token ids (as scored: lm-eval's are cut from the left to the model's
     length), and the record of prompts longer than the model's context (run.json `long_prompts`)."""
     context = lm_eval_max_length(loaded)
@@ -55,31 +56,26 @@ def prepare_subjects(
             (len(ids), p.question.id) for p, ids in zip(prompts, token_ids, strict=True) if len(ids) > context
         ]
         if over:
-            long[subject_data.subject.name] = {
-                "prompts": len(over),
-                "of": len(prompts),
-                "longest": max(over)[0],
-                "first": over[0][1],
-            }
+            long[subject_data.subject.name] = LongSubject(len(over), len(prompts), max(over)[0], over[0][1])
         if scheme.length_policy == "left_truncate":  # lm-eval keeps the last max_length tokens of the context
             token_ids = [ids[-context:] for ids in token_ids]
         prepared.append(Prepared(subject_data, prompts, token_ids))
-    return prepared, ({"context": context, "policy": scheme.length_policy, "subjects": long} if long else {})
+    return prepared, (LongPrompts(context, scheme.length_policy, long) if long else None)
 
 
-def report_long_prompts(task: Task, scheme: Scheme, long_prompts: dict, main: bool) -> None:
+def report_long_prompts(task: Task, scheme: Scheme, long_prompts: LongPrompts | None, main: bool) -> None:
     """Prompts longer than the model's context: an error where the scheme has no length policy, else a
     warning per subject (what the policy did or could not do); never silent."""
-    if not long_prompts:
+    if long_prompts is None:
         return
-    context, subjects = long_prompts["context"], long_prompts["subjects"]
+    context, subjects = long_prompts.context, long_prompts.subjects
     if scheme.length_policy == "none":
         first = next(iter(subjects.values()))
-        counts = ", ".join(f"{name} {info['prompts']}" for name, info in subjects.items())
+        counts = ", ".join(f"{name} {info.prompts}" for name, info in subjects.items())
         raise EvalkitError(
             f"{task.title} {scheme.name}: prompts longer than the model's context of "
-            f"{context} positions (subjects: {counts}; e.g. {first['first']}, "
-            f"{first['longest']} tokens), and this scheme has no length policy: use --scheme "
+            f"{context} positions (subjects: {counts}; e.g. {first.first}, "
+            f"{first.longest} tokens), and this scheme has no length policy: use --scheme "
             "lm-eval (cuts prompts from the left), fewer --shots, or leave those subjects out "
             "with --subjects"
         )
@@ -97,10 +93,10 @@ def report_long_prompts(task: Task, scheme: Scheme, long_prompts: dict, main: bo
             task.title,
             scheme.name,
             name,
-            info["prompts"],
-            info["of"],
+            info.prompts,
+            info.of,
             context,
-            info["longest"],
-            info["first"],
+            info.longest,
+            info.first,
             done,
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from accelerate import PartialState
 from accelerate.utils import broadcast_object_list
@@ -22,6 +23,14 @@ from evalkit.types import EvalkitError, QuestionResult, RunConfig, SubjectData, 
 log = logging.getLogger(__name__)
 
 
+class _Opened(NamedTuple):
+    """What the main process tells the others once it has opened the run directory."""
+
+    path: str | None
+    resumed: bool | None
+    error: str | None  # the main process's EvalkitError: every process stops with it
+
+
 def open_shared_run_dir(
     state: PartialState,
     config: RunConfig,
@@ -31,27 +40,30 @@ def open_shared_run_dir(
 ) -> tuple[RunDir, dict[str, QuestionResult]]:
     """The main process locks and opens (or resumes) the run, merges shards a killed run left and drops
     results the data no longer backs; all processes share its path and what is done."""
-    shared: list = [None, None, None]  # path, resumed, the main process's error
+    shared = _Opened(None, None, None)
     run_dir = None
     if state.is_main_process:
         try:
             run_dir = RunDir.open(config, label, data_files)
             run_dir.merge_shards()
             drop_stale(run_dir, prepared, run_dir.completed())
-            shared = [str(run_dir.path), run_dir.resumed, None]
+            shared = _Opened(str(run_dir.path), run_dir.resumed, None)
         except EvalkitError as err:
             if run_dir is not None:
                 run_dir.release()
             if state.num_processes == 1:
                 raise
-            shared = [None, None, str(err)]  # every process stops with it, none waits at a barrier
+            shared = _Opened(None, None, str(err))  # every process stops with it, none waits at a barrier
     if state.num_processes > 1:
-        broadcast_object_list(shared)
+        box = [shared]  # broadcast_object_list fills a list in place
+        broadcast_object_list(box)
+        shared = box[0]
     state.wait_for_everyone()
-    if shared[2] is not None:
-        raise EvalkitError(shared[2])
+    if shared.error is not None:
+        raise EvalkitError(shared.error)
     if run_dir is None:  # only the main process holds the lock; the others write their shards
-        run_dir = RunDir(Path(shared[0]), resumed=shared[1])
+        assert shared.path is not None and shared.resumed is not None
+        run_dir = RunDir(Path(shared.path), resumed=shared.resumed)
     run_dir.shard = state.process_index if state.num_processes > 1 else None
     return run_dir, run_dir.completed(repair=state.is_main_process)
 

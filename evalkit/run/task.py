@@ -27,7 +27,7 @@ from evalkit.questions.tokens import LetterTokens, encode_prompts, letter_tokens
 from evalkit.run.plan import FirstBatchEstimate, describe_plan, describe_resume
 from evalkit.run.sharing import my_share, open_shared_run_dir
 from evalkit.stats.metrics import aggregate
-from evalkit.store.records import RunResult, SavedRun, Timings
+from evalkit.store.records import LongPrompts, RunResult, SavedRun, Timings
 from evalkit.store.run_dir import RunDir, write_submission
 from evalkit.store.saved_runs import SUBMISSION_FILE, load_run
 from evalkit.types import (
@@ -194,7 +194,7 @@ class _Finished:
     scheme: Scheme
     letters: LetterTokens
     state: PartialState
-    long_prompts: dict
+    long_prompts: LongPrompts | None
 
     def write(
         self,

@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypedDict
 
 from evalkit.types import QuestionResult, RunConfig, Scheme, Task
 
@@ -69,7 +69,7 @@ class ModelInfo:
     quantized_layers: int | None = None  # linear layers holding quantized weights
     skipped_layers: list[str] = field(default_factory=list)  # linear layers a quantizing backend left float
     weight_bytes: int | None = None  # real tensor bytes of the weights, quantized storage included
-    # ---- the load (evalkit.models.memory.PeakMemory.info) ----
+    # ---- the load (evalkit.models.memory.PeakMemory) ----
     peak_rss_bytes: int | None = None  # host peak resident set size while loading
     peak_rss_scope: str | None = None  # "block": reset at the load's start; "process": since it began
     peak_cuda_bytes: int | None = None  # torch.cuda.max_memory_allocated while loading; None off CUDA
@@ -138,6 +138,44 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class LongSubject:
+    """One subject's prompts longer than the model's context."""
+
+    prompts: int  # how many
+    of: int  # of the subject's questions
+    longest: int  # tokens of the longest
+    first: str  # the first such question's id
+
+
+@dataclass(frozen=True)
+class LongPrompts:
+    """Prompts longer than the model's context (run.json `long_prompts`; `{}` in JSON where none was)."""
+
+    context: int  # the model's positions
+    policy: str  # the scheme's length policy
+    subjects: dict[str, LongSubject]
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> LongPrompts | None:
+        if not data:
+            return None
+        subjects = {name: LongSubject(**info) for name, info in data["subjects"].items()}
+        return LongPrompts(data["context"], data["policy"], subjects)
+
+
+class BackendRecord(TypedDict, total=False):
+    """run.json `backend`: the scoring backend's own `describe()` (evalkit.backends.base.backend_record);
+    `{}` in runs written before it was recorded. Only `backend` is common to all; the rest is the engine's."""
+
+    backend: str  # the registered name: "hf", "vllm", ...
+    vllm_version: str  # vLLM: the engine's version, its settings, logprobs mode, context, prefix cache
+    settings: dict[str, Any] | None
+    logprobs_mode: str
+    max_model_len: int | None
+    prefix_cache: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class RunResult:
     """run.json: written last; its presence means the run finished."""
 
@@ -157,12 +195,8 @@ class RunResult:
     limited: bool = False  # --limit was used: a smoke run, flagged in reports
     reuse_mode: str | None = None  # ReuseMode(s) joined by "+"; None in runs written before it was recorded
     fallbacks: tuple[Fallback, ...] = ()  # every reuse mode the engine's probe gave up, with its reason
-    # prompts longer than the model's context: {"context": positions, "policy": the scheme's length policy,
-    # "subjects": {subject: {"prompts": n, "of": questions, "longest": tokens}}}; {} where none was
-    long_prompts: dict = field(default_factory=dict)
-    # the scoring backend (evalkit.backends.base.backend_record): {"backend": "hf"}, or vLLM's version,
-    # settings and prefix-cache statistics; {} in runs written before it was recorded
-    backend: dict = field(default_factory=dict)
+    long_prompts: LongPrompts | None = None  # prompts longer than the model's context; None: none was
+    backend: BackendRecord = field(default_factory=BackendRecord)  # {}: not recorded
 
 
 class SavedRun(NamedTuple):

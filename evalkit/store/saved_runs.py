@@ -20,6 +20,7 @@ from evalkit.store.questions_file import parse_questions
 from evalkit.store.records import (
     Environment,
     Fallback,
+    LongPrompts,
     Metric,
     ModelInfo,
     ReportRun,
@@ -45,7 +46,9 @@ def short_model_name(model: str) -> str:
 
 
 def run_result_to_json(result: RunResult) -> str:
-    return json.dumps(dataclasses.asdict(result), ensure_ascii=False, indent=1) + "\n"
+    data = dataclasses.asdict(result)
+    data["long_prompts"] = data["long_prompts"] or {}  # run.json's shape since it was recorded
+    return json.dumps(data, ensure_ascii=False, indent=1) + "\n"
 
 
 def run_result_from_dict(data: dict) -> RunResult:
@@ -64,6 +67,7 @@ def run_result_from_dict(data: dict) -> RunResult:
             "environment": Environment.from_dict(data.get("environment") or {}),
             "timings": Timings.from_dict(data.get("timings") or {}),
             "model_info": ModelInfo.from_dict(data.get("model_info") or {}),
+            "long_prompts": LongPrompts.from_dict(data.get("long_prompts") or {}),
             "fallbacks": tuple(
                 Fallback(**f) for f in data.get("fallbacks", ())
             ),  # absent before it was recorded

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -83,22 +82,25 @@ class QuantPlan:
     compute_dtype: torch.dtype
     source_quantization: Prequantized | None = None
 
-    def info(self) -> dict[str, Any]:
+    @property
+    def compute_dtype_name(self) -> str:
+        return str(self.compute_dtype).removeprefix("torch.")
+
+    @property
+    def activation_quantization(self) -> str | None:
+        """How the plan quantizes activations (LLM.int8), None: it does not."""
+        return LLM_INT8_ACTIVATIONS if (self.backend, self.bits) == ("bnb", 8) else None
+
+    @property
+    def source_label(self) -> str | None:
+        """The checkpoint's own quantization, e.g. "gguf Q4_1"; None: float weights on disk."""
         source = self.source_quantization
-        label = f"{source.kind} {source.method}" if source else None
-        return {
-            "precision": self.precision,
-            "quant_backend": self.backend,
-            "quant_bits": self.bits,
-            "quant_method": self.method,
-            "group_size": self.group_size,
-            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
-            "activation_quantization": (
-                LLM_INT8_ACTIVATIONS if (self.backend, self.bits) == ("bnb", 8) else None
-            ),
-            "source_quantization": label,
-            "requantized_from": label if self.backend not in ("none", "pre-quantized") else None,
-        }
+        return f"{source.kind} {source.method}" if source else None
+
+    @property
+    def requantized_from(self) -> str | None:
+        """The checkpoint's quantization, where this plan quantizes its dequantized floats again."""
+        return self.source_label if self.backend not in ("none", "pre-quantized") else None
 
 
 def _error(precision: str, backend: str | None, why: str) -> EvalkitError:
