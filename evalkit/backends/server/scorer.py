@@ -54,7 +54,7 @@ class ServerScorer(OneByOne):
     Public state: `engine_used` ("server" once something was scored), `mode` ("prefix_cache"),
     `fallbacks` (empty), `isolated` (False), `handoffs` (servers taken out of a run, with where their
     subjects went), `vocab_logprobs` ({prompt index: full-vocabulary letter log-probs} of the last
-    `score_batches` call).
+    `score_batches` call), `scored_by` ({(subject, index): server URL} whose answer was kept, last call).
     """
 
     isolated = False
@@ -69,6 +69,7 @@ class ServerScorer(OneByOne):
         self.fallbacks: list = []
         self.handoffs: list[Handoff] = []
         self.vocab_logprobs: dict[int, VocabLogprobs] = {}
+        self.scored_by: dict[tuple[int, int], str] = {}
         for endpoint in served.endpoints:  # the run's own letters, before anything is scored
             endpoint.stop.clear()  # a previous run's end set it; the probe may retry
             try:
@@ -113,6 +114,8 @@ class ServerScorer(OneByOne):
         if not total:
             return
         self.engine_used = "server"
+        self.scored_by = {}
+        urls = [endpoint.url for endpoint in self.served.endpoints]
         dispatcher = Dispatcher(
             self.served.endpoints, self.served.model_name, self.letter_ids, seqs, todo, labels
         )
@@ -121,6 +124,7 @@ class ServerScorer(OneByOne):
             for answers in dispatcher.run():
                 scores = renormalise([a.vocab_logprobs for a in answers])
                 bar.update(len(answers))
+                self.scored_by.update(((a.subject, a.index), urls[a.server]) for a in answers)
                 yield [SubjectScore(a.subject, a.index, s, a.vocab_logprobs) for a, s in zip(answers, scores)]
         finally:
             bar.close()
