@@ -32,7 +32,15 @@ class VllmServer:
     """`python -m vllm.entrypoints.openai.api_server` on 127.0.0.1 in its own process group (killed whole)."""
 
     def __init__(
-        self, model_dir: Path, log: Path, *, api_key: str, max_model_len: int, python: str = sys.executable
+        self,
+        model_dir: Path,
+        log: Path,
+        *,
+        api_key: str,
+        max_model_len: int,
+        python: str = sys.executable,
+        threads: int = 1,
+        dev_mode: bool = False,
     ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -43,7 +51,9 @@ class VllmServer:
             "--kv-cache-memory-bytes", str(256 << 20), "--enable-prefix-caching", "--enforce-eager",
             "--host", "127.0.0.1", "--port", str(self.port), "--api-key", api_key,
         ]  # fmt: skip
-        env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "OMP_NUM_THREADS": str(threads)}
+        if dev_mode:  # /reset_prefix_cache (benchmarks empty the cache between repeats)
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # the server runs its engine core as it likes
         self._log_file = open(log, "wb")  # noqa: SIM115 - open for the server's whole life
         self.process = subprocess.Popen(
