@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -246,9 +248,8 @@ def test_faults_change_nothing_and_lose_nothing(fx, caplog):
     assert (
         proxy.faults["reset"] and proxy.faults["500"] and proxy.faults["429"] and proxy.faults["delay"] == 1
     )
-    assert (
-        record["servers"][proxy.url]["retries"] >= injected - proxy.faults["reset"]
-    )  # a reset may hit preflight
+    # each fault costs one retry (more only where the busy machine made a real request time out)
+    assert record["servers"][proxy.url]["retries"] >= injected
     assert record["handoffs"] == [] and record["questions_per_server"][proxy.url] > 0
     _no_key(json.dumps(record), caplog.text)
 
@@ -327,6 +328,17 @@ def test_settings_are_refused_before_anything_loads():
         assert "pw" not in str(err.value) and "abc" not in str(err.value)
     with pytest.raises(EvalkitError, match="not a variable name"):
         check_settings(ServerSettings(base_urls=("http://x:1",), api_key_env="sk-live key"))
+
+
+def test_the_client_imports_no_torch_vllm_or_http_package():
+    code = (
+        "import sys; import evalkit.backends.server.scorer, evalkit.backends.server.loader; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'vllm', 'transformers', 'httpx'}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
 
 
 # ---- last: kills one of the module's servers ----
