@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
 from evalkit.backends.hf import Scorer  # noqa: E402
 from evalkit.backends.server.loader import load_for_run  # noqa: E402
-from evalkit.backends.server.scorer import ServerScorer, renormalise  # noqa: E402
+from evalkit.backends.server.scorer import ServerScorer, letter_mass, renormalise  # noqa: E402
 from evalkit.backends.server.settings import ServerSettings, check_settings  # noqa: E402
 from evalkit.data import load_task_data  # noqa: E402
 from evalkit.prompts import build_prompts  # noqa: E402
@@ -185,7 +184,7 @@ def test_one_server_equals_an_hf_forward(fx, caplog):
     assert diff <= TOLERANCE
     for scores, vocab in got.values():  # the renormalised scores are the vocab values' log-softmax
         assert max(abs(a - b) for a, b in zip(renormalise([vocab])[0], scores)) <= 1e-6
-        assert 0.0 < sum(math.exp(v) for v in vocab) <= 1.0  # letter mass
+        assert 0.0 < letter_mass(vocab) <= 1.0
     assert scorer.engine_used == "server" and scorer.mode == "prefix_cache" and scorer.fallbacks == []
     record = backend_record(scorer)
     server = record["servers"][fx.servers[0].url]

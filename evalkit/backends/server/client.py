@@ -1,4 +1,4 @@
-"""One served model's HTTP endpoint: requests with bounded retries, the letter read, the server's counters.
+"""One server's HTTP endpoint: requests with bounded retries, and its counters (requests, retries).
 
 The standard library only (http.client, ssl; never vLLM, no HTTP package: the client runs wherever
 evalkit does). Each worker thread keeps its own keep-alive connection to its server. Every request goes
@@ -6,7 +6,8 @@ through `Endpoint.call`: connection refused or reset, a timeout, HTTP 429 and 5x
 retried with exponential backoff and jitter, at most `max_retries` times; any other 4xx and a malformed
 answer are an EvalkitError at once (retrying cannot fix a wrong key or a prompt over the context). The
 bearer token is read from the environment into the request headers only; every message that
-leaves this module passes `redact` and names the endpoint by its sanitized URL.
+leaves this module passes `redact` and names the endpoint by its sanitized URL. What is asked and how the
+answer is read is evalkit.backends.server.protocol.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import http.client
 import json
-import math
 import random
 import ssl
 import threading
@@ -23,11 +23,10 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from evalkit.backends.server.protocol import VocabLogprobs, completion_body, read_letters
 from evalkit.backends.server.settings import ServerSettings, sanitize_url
 from evalkit.types import EvalkitError
 
-# vLLM writes a log-prob of -inf as -9999.0 (OpenAI's JSON-safe floor): a letter there is not finite
-LOGPROB_FLOOR = -9999.0
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # plus every other 5xx
 MAX_RETRY_AFTER_S = 30.0  # a 429's Retry-After is honoured up to this
 IDLE_REOPEN_S = 2.0  # a kept-alive connection idle this long is reopened (uvicorn closes idle ones at 5 s)
@@ -48,7 +47,12 @@ class Reply:
 
 
 class Retryable(Exception):
-    """A failure another try may cure (refused, reset, timed out, 429, 5xx)."""
+    """A failure another try may cure (refused, reset, timed out, 429, 5xx); `retry_after`: the
+    server's Retry-After in seconds, where it gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ServerDown(Exception):
@@ -152,18 +156,18 @@ class Endpoint:
         `missing_ok` (an optional route). Raises ServerDown after 1 + max_retries failed tries, an
         EvalkitError on any other 4xx than 429 or on an answer that is not JSON."""
         attempts = self.settings.max_retries + 1
-        last = ""
+        last = Retryable("")
         for attempt in range(attempts):
             if attempt:
                 self._count(retry=True)
-                if self.stop.wait(self._backoff(attempt, last)):
+                if self.stop.wait(self._backoff(attempt, last.retry_after)):
                     raise ServerDown(f"{self.url}: stopped while retrying {what}")
             else:
                 self._count(retry=False)
             try:
                 response = self._once(method, path, body, what, missing_ok)
             except Retryable as exc:
-                last = str(exc)
+                last = exc
                 continue
             if response is None or text:
                 return None if response is None else response.text
@@ -179,7 +183,8 @@ class Endpoint:
         response = self._send(method, path, body)
         status = response.status
         if status in RETRY_STATUS or status >= 500:
-            raise Retryable(f"HTTP {status}{self._retry_after(response)}")
+            retry_after = _retry_after(response)
+            raise Retryable(f"HTTP {status}", retry_after)
         if status == 404 and missing_ok:
             return None
         if status >= 400:
@@ -189,23 +194,13 @@ class Endpoint:
             )
         return response
 
-    def _backoff(self, attempt: int, last: str) -> float:
-        """Exponential backoff with up to 50% jitter (so that many clients do not retry in step)."""
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential backoff with up to 50% jitter (so that many clients do not retry in step), at
+        least the server's Retry-After."""
         with self._lock:
             jitter = 1.0 + 0.5 * self._random.random()
         wait = self.settings.backoff_s * 2 ** (attempt - 1) * jitter
-        if last.startswith("HTTP 429") and "retry after " in last:
-            wait = max(wait, float(last.rsplit("retry after ", 1)[1].split(" ")[0]))
-        return wait
-
-    @staticmethod
-    def _retry_after(response: Reply) -> str:
-        value = response.headers.get("retry-after", "")
-        try:
-            seconds = min(float(value), MAX_RETRY_AFTER_S)
-        except ValueError:
-            return ""
-        return f" (retry after {seconds:g} s)"
+        return max(wait, retry_after or 0.0)
 
     def _detail(self, response: Reply) -> str:
         """The server's own reason, one line, at most 300 characters, with no secret in it."""
@@ -232,70 +227,18 @@ class Endpoint:
 
     def letter_logprobs(
         self, model: str, prompt: Sequence[int], letter_ids: Sequence[int], *, what: str, echo: bool = False
-    ) -> tuple[float, float, float, float]:
-        """The full-vocabulary log-probs of the four letter ids as the next token after `prompt`."""
-        body = {
-            "model": model,
-            "prompt": list(prompt),
-            "max_tokens": 1,
-            "temperature": 0.0,
-            "logprobs": 1,
-            "logprob_token_ids": list(letter_ids),
-            "return_tokens_as_token_ids": True,
-            "add_special_tokens": False,
-        }
-        if echo:
-            body["return_token_ids"] = True  # the server echoes the prompt ids it scored
+    ) -> VocabLogprobs:
+        """The full-vocabulary log-probs of the four letter ids as the next token after `prompt`; `echo`:
+        the server must echo the prompt ids it scored, and they must be ours."""
+        body = completion_body(model, prompt, letter_ids, echo=echo)
         answer = self.call("POST", "/v1/completions", body, what=what)
         where = f"server {self.url} (vLLM {self.version or 'version unknown'})"
         return read_letters(answer, prompt, letter_ids, where=where, what=what, echo=echo)
 
 
-def read_letters(
-    answer: Any, prompt: Sequence[int], letter_ids: Sequence[int], *, where: str, what: str, echo: bool
-) -> tuple[float, float, float, float]:
-    """The four letters' log-probs out of a /v1/completions answer, or an EvalkitError saying what is off:
-    a letter missing (a server that ignores logprob_token_ids answers with at most the top entries),
-    a non-finite value, a prompt the server saw differently from ours."""
+def _retry_after(response: Reply) -> float | None:
+    """A 429/503's Retry-After in seconds (the delta form), capped; None where absent or a date."""
     try:
-        choice = answer["choices"][0]
-        step = choice["logprobs"]["top_logprobs"][0]  # {"token_id:N": log-prob} of the one new token
-        usage = answer.get("usage") or {}
-    except (KeyError, IndexError, TypeError) as exc:
-        raise EvalkitError(
-            f"{where}: malformed answer to {what} (no choices[0].logprobs.top_logprobs)"
-        ) from exc
-    if not isinstance(step, dict):
-        raise EvalkitError(f"{where}: malformed answer to {what} (top_logprobs[0] is {type(step).__name__})")
-    seen = usage.get("prompt_tokens")
-    if seen is not None and seen != len(prompt):
-        raise EvalkitError(
-            f"{where} scored {seen} prompt tokens for {what}, evalkit sent {len(prompt)}: the server adds or "
-            f"drops tokens"
-        )
-    if echo:
-        echoed = choice.get("prompt_token_ids")
-        if echoed is not None and list(echoed) != list(prompt):
-            first = next(
-                (i for i, (a, b) in enumerate(zip(echoed, prompt)) if a != b), min(len(echoed), len(prompt))
-            )
-            raise EvalkitError(
-                f"{where} echoed other prompt token ids than evalkit sent for {what} (first difference at "
-                f"position {first})"
-            )
-    values = []
-    for token in letter_ids:
-        value = step.get(f"token_id:{token}")
-        if value is None:
-            raise MissingLetters(
-                f"{where} gave no log-prob for letter id {token} in {what} (it returned "
-                f"{len(step)} entries: {sorted(step)[:5]}): it does not honour logprob_token_ids"
-            )
-        if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= LOGPROB_FLOOR:
-            raise EvalkitError(f"{where} gave letter id {token} a non-finite log-prob ({value}) in {what}")
-        values.append(float(value))
-    return (values[0], values[1], values[2], values[3])
-
-
-class MissingLetters(EvalkitError):
-    """The answer lacks a requested letter id: the server ignores `logprob_token_ids` (vLLM < 0.32)."""
+        return min(float(response.headers.get("retry-after", "")), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None

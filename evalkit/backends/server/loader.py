@@ -15,7 +15,8 @@ import logging
 import time
 from typing import Any
 
-from evalkit.backends.server.client import Endpoint, MissingLetters, ServerDown
+from evalkit.backends.server.client import Endpoint, ServerDown
+from evalkit.backends.server.protocol import MissingLetters
 from evalkit.backends.server.settings import ServerSettings, check_settings
 from evalkit.types import EvalkitError, unknown
 

@@ -13,20 +13,21 @@ are kept too: their probabilities' sum is the letter mass.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Collection, Iterator, Sequence
 from typing import NamedTuple
 
 from tqdm import tqdm
 
 from evalkit.backends.base import OneByOne, Scores
-from evalkit.backends.server.client import MissingLetters, ServerDown
+from evalkit.backends.server.client import ServerDown
 from evalkit.backends.server.dispatch import Dispatcher, Handoff
 from evalkit.backends.server.loader import ServedModel
 from evalkit.backends.server.metrics import PrefixCounters, prefix_counters
+from evalkit.backends.server.protocol import MissingLetters, VocabLogprobs
 from evalkit.types import EvalkitError
 
 MODE = "prefix_cache"  # the servers' automatic prefix caching (subject-affine routing feeds it)
-VocabLogprobs = tuple[float, float, float, float]  # full-vocabulary log-probs of A, B, C, D
 
 
 class SubjectScore(NamedTuple):
@@ -38,6 +39,11 @@ class SubjectScore(NamedTuple):
     index: int
     scores: Scores
     vocab_logprobs: VocabLogprobs
+
+
+def letter_mass(vocab_logprobs: VocabLogprobs) -> float:
+    """The probability the model puts on the four letters together (1.0: it answers with a letter)."""
+    return math.fsum(math.exp(v) for v in vocab_logprobs)
 
 
 def renormalise(rows: Sequence[VocabLogprobs]) -> list[Scores]:
