@@ -5,7 +5,7 @@
 Needs the vLLM environment (.ci/vllm builds one). Dequantizes ../shared's SmolLM2-135M GGUF once into a
 model directory both engines read, builds evalkit's own 5-shot prompts (official scheme), starts a vLLM
 OpenAI-compatible server on 127.0.0.1 (a subprocess, tests/support_server.VllmServer) and an in-process
-engine (evalkit.backends.vllm.VllmScorer), both with `--threads` CPU threads, then scores the same
+engine (evalkit.backends.vllm.scorer.VllmScorer), both with `--threads` CPU threads, then scores the same
 questions A/B interleaved `--repeats` times, each engine's prefix cache emptied before its repeat. The
 server backend scores all subjects at once (ServerScorer.score_subjects, subject-affine), the in-process
 one subject by subject as the runner does. Prints questions/s of each, their medians and ratio, the
@@ -31,9 +31,9 @@ sys.path.insert(0, str(REPO / "tests"))  # support_server: the tests' server lau
 
 def prompts(tokenizer, task_name: str, data_dir: Path, subjects: list[str], limit: int):
     """[token ids per subject] and the letter ids, exactly as the runner builds them."""
-    from evalkit.data import load_task_data
-    from evalkit.prompts import build_prompts
-    from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens
+    from evalkit.questions.data import load_task_data
+    from evalkit.questions.prompts import build_prompts
+    from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
     from tasks import get_task
 
     task = get_task(task_name)
@@ -85,9 +85,9 @@ def main() -> int:
 
     from evalkit.backends.server.loader import load_for_run
     from evalkit.backends.server.scorer import ServerScorer
-    from evalkit.backends.server.settings import ServerSettings
-    from evalkit.backends.vllm import VllmScorer
-    from evalkit.backends.vllm_engine import VllmSettings, dequantize_gguf, load_vllm
+    from evalkit.backends.vllm.engine import VllmSettings, dequantize_gguf, load_vllm
+    from evalkit.backends.vllm.scorer import VllmScorer
+    from evalkit.types import ServerSettings
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="server-speed-"))

@@ -183,9 +183,36 @@ class VllmEngine:
     kv_cache_memory_bytes: int | None = None  # KV cache bytes (CPU: not VLLM_CPU_KVCACHE_SPACE); no flag
 
 
+# --backend server: a GPU server (vLLM, continuous batching) keeps dozens of requests busy at once; 32 in
+# flight per server fills a 7B-13B model's batch without queueing most of a subject in its scheduler.
+DEFAULT_CONCURRENCY = 32
+DEFAULT_MAX_RETRIES = 4  # each request is tried at most 1 + max_retries times (backoff 0.5, 1, 2, 4 s)
+DEFAULT_TIMEOUT_S = 120.0  # one request: a long prompt queued behind a full batch on a busy server
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How evalkit reaches a served model (--backend server): never hashed, no score depends on it.
+
+    `api_key_env` is the NAME of an environment variable; the key itself is read when a request is
+    built and is never stored here, so config.json and run.json cannot leak it.
+    """
+
+    base_urls: tuple[str, ...] = ()  # one per server of the same model, e.g. "http://node1:8000"
+    model: str | None = None  # the served model name; None: the only one the server's /v1/models lists
+    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (default sized for a GPU server)
+    max_retries: int = DEFAULT_MAX_RETRIES  # retries of a refused/reset/timed-out/429/5xx request
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per request (connect, read and write each)
+    api_key_env: str | None = None  # the variable holding the bearer token, e.g. "VLLM_API_KEY"
+    verify_tls: bool = True  # False: accept any certificate (recorded in run.json)
+    backoff_s: float = 0.5  # the first retry's wait; doubled each retry, with up to 50% random jitter
+
+
 # Fields of RunConfig that do not change any score, so they are left out of the config hash (the vLLM
 # engine's scale settings among them: how it is spread over GPUs, not what it computes).
-NON_RESULT_FIELDS = frozenset({"batch_tokens", "output_dir", "device", "engine", "progress", "vllm"})
+NON_RESULT_FIELDS = frozenset(
+    {"batch_tokens", "output_dir", "device", "engine", "progress", "vllm", "server"}
+)
 # Result fields left out of the hash while they hold their default, so that the runs made before the field
 # existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).
 HASHED_UNLESS_DEFAULT = frozenset({"backend"})
@@ -215,6 +242,7 @@ class RunConfig:
     progress: bool = True
     backend: str = "hf"  # the scoring engine: a name in evalkit.backends.PLUGINS
     vllm: VllmEngine = field(default_factory=VllmEngine)  # --backend vllm: how its engine is started
+    server: ServerSettings = field(default_factory=ServerSettings)  # --backend server: which servers, how
 
     def result_fields(self) -> dict:
         defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in HASHED_UNLESS_DEFAULT}
@@ -258,7 +286,10 @@ def config_from_fields(fields: dict) -> RunConfig:
     nested = fields.pop("vllm", None) or {}
     if isinstance(nested, dict):
         nested = VllmEngine(**{**flat, **nested})
+    server = fields.pop("server", None) or {}
+    if isinstance(server, dict):
+        server = ServerSettings(**{**server, "base_urls": tuple(server.get("base_urls", ()))})
     subjects = fields.get("subjects")
     if subjects is not None:
         fields["subjects"] = tuple(subjects)
-    return RunConfig(**fields, vllm=nested)
+    return RunConfig(**fields, vllm=nested, server=server)

@@ -26,14 +26,18 @@ from support_server import START_TIMEOUT_S, FaultProxy, VllmServer  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
-from evalkit.backends.hf import Scorer  # noqa: E402
+from evalkit.backends.hf.scorer import Scorer  # noqa: E402
 from evalkit.backends.server.loader import load_for_run  # noqa: E402
 from evalkit.backends.server.scorer import ServerScorer, letter_mass, renormalise  # noqa: E402
-from evalkit.backends.server.settings import ServerSettings, check_settings  # noqa: E402
-from evalkit.data import load_task_data  # noqa: E402
-from evalkit.prompts import build_prompts  # noqa: E402
-from evalkit.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
-from evalkit.types import EvalkitError  # noqa: E402
+from evalkit.backends.server.settings import check_settings  # noqa: E402
+from evalkit.models.source import resolve_source  # noqa: E402
+from evalkit.questions.data import load_task_data  # noqa: E402
+from evalkit.questions.prompts import build_prompts  # noqa: E402
+from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens  # noqa: E402
+from evalkit.types import (
+    EvalkitError,  # noqa: E402
+    ServerSettings,  # noqa: E402
+)
 from tasks import get_task  # noqa: E402
 
 TOLERANCE = 1e-4  # fp32: server (vLLM) and HF order the same arithmetic differently
@@ -56,7 +60,7 @@ class Fixture:
         self.servers, self.subjects, self.letters, self.reference = servers, subjects, letters, reference
 
     def load(self, *urls: str, **fields):
-        return load_for_run(str(self.model_dir), _settings(*urls, **fields), "fp32")
+        return load_for_run(resolve_source(str(self.model_dir)), _settings(*urls, **fields), "fp32")
 
     def score_all(self, scorer: ServerScorer) -> dict[tuple[int, int], tuple]:
         """Every question of every subject at once: {(subject, index): (scores, vocab)}, each once."""
@@ -288,7 +292,7 @@ def test_a_wrong_model_name_is_refused(fx):
 def test_a_disagreeing_tokenizer_is_refused(fx):
     settings = _settings(fx.servers[0].url)
     with pytest.raises(EvalkitError, match=r"its tokenizer disagrees with --model's"):
-        load_for_run(str(fx.other_tokenizer_dir), settings, "fp32")
+        load_for_run(resolve_source(str(fx.other_tokenizer_dir)), settings, "fp32")
 
 
 def test_a_server_without_logprob_token_ids_is_refused_with_its_version(fx):

@@ -33,9 +33,12 @@ class Flag:
 
     dest: str  # the field of the backend's settings record it sets (--max-model-len: max_model_len)
     help: str
-    kind: str = "int>=1"  # "int>=N" | "fraction" (in (0, 1]) | "switch" | "choice" | "text" | "texts"
+    # "int>=N" | "fraction" (in (0, 1]) | "seconds" (> 0) | "switch" | "switch-off" (sets False) | "choice" |
+    # "text" | "texts" (repeatable: a tuple)
+    kind: str = "int>=1"
     choices: tuple[str, ...] = ()
     metavar: str | None = None
+    name: str | None = None  # the flag as typed, where it is not --<dest> (--base-url fills base_urls)
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,11 @@ class FlagGroup:
     description: str
     field: str  # the RunConfig field holding the backend's settings record, e.g. "vllm"
     flags: tuple[Flag, ...]
+
+    def dest(self, flag: Flag) -> str:
+        """The flag's argparse dest: under the group's field, so no flag of another command clashes with
+        it (--served-model-name fills server.model beside --model)."""
+        return f"{self.field}.{flag.dest}"
 
 
 @dataclass(frozen=True)
@@ -70,9 +78,10 @@ class BackendPlugin:
 
 def _plugins() -> dict[str, BackendPlugin]:
     from evalkit.backends.hf.plugin import HF
+    from evalkit.backends.server.plugin import SERVER
     from evalkit.backends.vllm.plugin import VLLM
 
-    return {p.name: p for p in (HF, VLLM)}
+    return {p.name: p for p in (HF, VLLM, SERVER)}
 
 
 PLUGINS: dict[str, BackendPlugin] = _plugins()
@@ -93,10 +102,13 @@ def refuse_foreign_flags(given: dict[str, Any], backend: str, bench: bool = Fals
     for other in PLUGINS.values():
         if other.name == backend:
             continue
-        names = (other.own_bench_flags if bench else other.own_flags) + tuple(
-            flag.dest for flag in (other.flag_group.flags if other.flag_group else ())
-        )
-        flags = [f"--{name.replace('_', '-')}" for name in names if given.get(name) not in (None, False)]
+        shown = {
+            name: f"--{name.replace('_', '-')}"
+            for name in (other.own_bench_flags if bench else other.own_flags)
+        }
+        for flag in other.flag_group.flags if other.flag_group else ():
+            shown[other.flag_group.dest(flag)] = flag.name or f"--{flag.dest.replace('_', '-')}"
+        flags = [typed for name, typed in shown.items() if given.get(name) is not None]
         if flags:
             raise EvalkitError(
                 f"{', '.join(flags)} {'is' if len(flags) == 1 else 'are'} for --backend {other.name} only; "

@@ -116,9 +116,23 @@ def subcommand(
 
 # ---- the backends' flags (declared in evalkit.backends) ----
 
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value}")
+    return value
+
+
 _KINDS: dict[str, dict] = {
     "fraction": {"type": unit_fraction},
+    "seconds": {"type": positive_seconds},
     "switch": {"action": "store_true", "default": None},
+    "switch-off": {"action": "store_false", "default": None},
     "text": {},
     "texts": {"action": "append"},
 }
@@ -141,11 +155,11 @@ def add_backend_flags(parser: argparse.ArgumentParser, bench: bool = False) -> N
             continue
         group = parser.add_argument_group(entry.flag_group.title, entry.flag_group.description)
         for flag in entry.flag_group.flags:
-            name = "--" + flag.dest.replace("_", "-")
+            name = flag.name or "--" + flag.dest.replace("_", "-")
             options = _flag_options(flag)
             if flag.metavar:
                 options["metavar"] = flag.metavar
-            group.add_argument(name, dest=flag.dest, help=flag.help, **options)
+            group.add_argument(name, dest=entry.flag_group.dest(flag), help=flag.help, **options)
 
 
 def backend_settings(args: argparse.Namespace) -> dict[str, object]:
@@ -154,9 +168,9 @@ def backend_settings(args: argparse.Namespace) -> dict[str, object]:
     group = plugin(args.backend).flag_group
     if group is None:
         return {}
-    given = {flag.dest: getattr(args, flag.dest) for flag in group.flags}
-    record = getattr(DEFAULTS, group.field)
-    return {group.field: dataclasses.replace(record, **{k: v for k, v in given.items() if v is not None})}
+    given = {flag.dest: getattr(args, group.dest(flag)) for flag in group.flags}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
+    return {group.field: dataclasses.replace(getattr(DEFAULTS, group.field), **given)}
 
 
 # ---- warnings ----

@@ -181,6 +181,18 @@ def _weights_format(source: ModelSource, network: Any) -> str:
     return f"gguf {source.gguf_file} ({'packed GGUF blocks' if packed else 'dequantized on load'})"
 
 
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False) -> Any:
+    """The tokenizer every prompt of a run is encoded with, whatever backend scores it: evalkit's own for a
+    native Baichuan checkpoint (its remote code never runs), else transformers' AutoTokenizer."""
+    if native_variant(source) is not None:
+        from evalkit.models.baichuan.tokenizer import load_baichuan_tokenizer
+
+        return load_baichuan_tokenizer(source.location)
+    from transformers import AutoTokenizer
+
+    return from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
+
+
 def load_model(
     model: str | ModelSource,
     precision: str = "fp32",
@@ -194,7 +206,6 @@ def load_model(
     `device_map` ("auto", ...) spreads one model over the visible GPUs (transformers + accelerate)
     instead of putting it whole on `device`; backends that quantize after loading cannot take it.
     """
-    from transformers import AutoTokenizer
 
     source = model if isinstance(model, ModelSource) else resolve_source(model)
     target = resolve_device(device)
@@ -215,15 +226,13 @@ def load_model(
         )
     with measure_peak_memory(target) as peak:
         started = time.perf_counter()
+        tokenizer = load_tokenizer(source, trust_remote_code)
         if native is not None:  # never the repository's code, whatever trust_remote_code says
             from evalkit.models.baichuan.model import load_baichuan
-            from evalkit.models.baichuan.tokenizer import load_baichuan_tokenizer
 
-            tokenizer = load_baichuan_tokenizer(source.location)
             network = load_baichuan(source.location, native, plan.compute_dtype)
             network, plan = _quantize_loaded(network, plan, target)
         else:
-            tokenizer = from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
             network, plan = _load_network(source, plan, target, trust_remote_code, device_map)
         network.eval()
         load_seconds = time.perf_counter() - started

@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from evalkit.backends.server.protocol import VocabLogprobs, completion_body, read_letters
-from evalkit.backends.server.settings import ServerSettings, sanitize_url
-from evalkit.types import EvalkitError
+from evalkit.backends.server.settings import read_api_key, sanitize_url
+from evalkit.types import EvalkitError, ServerSettings
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})  # plus every other 5xx
 MAX_RETRY_AFTER_S = 30.0  # a 429's Retry-After is honoured up to this
@@ -81,7 +81,7 @@ class Endpoint:
         self._port = parts.port
         self._root = parts.path.rstrip("/").removesuffix("/v1")  # a server behind a path prefix keeps it
         self._headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        key = settings.api_key()
+        key = read_api_key(settings)
         if key is not None:
             self._headers["Authorization"] = f"Bearer {key}"
         self._secrets = [key] if key else []

@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evalkit.backends.server.client import Endpoint, ServerDown
 from evalkit.backends.server.protocol import MissingLetters
-from evalkit.backends.server.settings import ServerSettings, check_settings
-from evalkit.types import EvalkitError, unknown
+from evalkit.backends.server.settings import check_settings
+from evalkit.types import EvalkitError, ServerSettings, unknown
+
+if TYPE_CHECKING:
+    from evalkit.models.source import ModelSource
 
 LOG = logging.getLogger(__name__)
 
@@ -56,22 +59,6 @@ class ServedModel:
     def close(self) -> None:
         for endpoint in self.endpoints:
             endpoint.close()
-
-
-def load_tokenizer(model: str, trust_remote_code: bool) -> tuple[Any, Any]:
-    """(tokenizer, ModelSource) of `--model` exactly as the HF and vLLM paths load it: evalkit's own
-    tokenizer for a native Baichuan checkpoint (its remote code never runs), else AutoTokenizer."""
-    from transformers import AutoTokenizer
-
-    from evalkit.models.pretrained import from_pretrained
-    from evalkit.models.source import native_variant, resolve_source
-
-    source = resolve_source(model)
-    if native_variant(source) is not None:
-        from evalkit.models.baichuan_tokenizer import load_baichuan_tokenizer
-
-        return load_baichuan_tokenizer(source.location), source
-    return from_pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code), source
 
 
 def preflight(
@@ -168,15 +155,17 @@ def connect(settings: ServerSettings, tokenizer: Any) -> ServedModel:
     )
 
 
-def load_for_run(model: str, settings: ServerSettings, precision: str, trust_remote_code: bool = False):
-    """An evalkit.models.loading.LoadedModel for --backend server: the tokenizer of `model` (`--model`:
-    the checkpoint the servers run) and the checked servers as its `model` (a ServedModel); `precision`
-    is the label of the run (the servers decide what they compute in)."""
-    from evalkit.models.loading import LoadedModel
-    from evalkit.records import ModelInfo
+def load_for_run(
+    source: ModelSource, settings: ServerSettings, precision: str, trust_remote_code: bool = False
+):
+    """An evalkit.models.loading.LoadedModel for --backend server: the tokenizer of `source` (`--model`:
+    the checkpoint the servers run, as every backend loads it) and the checked servers as its `model` (a
+    ServedModel); `precision` is the label of the run (the servers decide what they compute in)."""
+    from evalkit.models.loading import LoadedModel, load_tokenizer
+    from evalkit.store.records import ModelInfo
 
     started = time.perf_counter()
-    tokenizer, source = load_tokenizer(model, trust_remote_code)
+    tokenizer = load_tokenizer(source, trust_remote_code)
     served = connect(settings, tokenizer)
     versions = sorted({v for v in served.versions.values() if v}) or ["version unknown"]
     info = ModelInfo(

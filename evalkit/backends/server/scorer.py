@@ -2,7 +2,7 @@
 
 Each question is one /v1/completions request of one new token with evalkit's own token ids as the prompt
 and `logprob_token_ids` = the four letter ids: the server returns their full-vocabulary log-probs, and they
-are renormalised over the four letters here in fp32 exactly as evalkit.backends.vllm.VllmScorer does (a
+are renormalised over the four letters here in fp32 exactly as evalkit.backends.vllm.scorer.VllmScorer does (a
 log-softmax of four values; the full-vocabulary values' common offset cancels). The full-vocabulary values
 are kept too: their probabilities' sum is the letter mass.
 

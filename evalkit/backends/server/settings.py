@@ -9,46 +9,23 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
-from evalkit.types import EvalkitError
+from evalkit.types import EvalkitError, ServerSettings
 
-# A GPU server (vLLM, continuous batching) keeps dozens of requests busy at once; 32 in flight per
-# server fills a 7B-13B model's batch without queueing most of a subject in its scheduler.
-DEFAULT_CONCURRENCY = 32
-DEFAULT_MAX_RETRIES = 4  # each request is tried at most 1 + max_retries times (backoff 0.5, 1, 2, 4 s)
-DEFAULT_TIMEOUT_S = 120.0  # one request: a long prompt queued behind a full batch on a busy server
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-@dataclass(frozen=True)
-class ServerSettings:
-    """How evalkit reaches the served model (RunConfig.server; never hashed: no score depends on it).
-
-    `api_key_env` is the NAME of an environment variable; the key itself is read when a request is
-    built and is never stored here, so config.json and run.json cannot leak it.
-    """
-
-    base_urls: tuple[str, ...] = ()  # one per server of the same model, e.g. "http://node1:8000"
-    model: str | None = None  # the served model name; None: the only one the server's /v1/models lists
-    concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (default sized for a GPU server)
-    max_retries: int = DEFAULT_MAX_RETRIES  # retries of a refused/reset/timed-out/429/5xx request
-    timeout_s: float = DEFAULT_TIMEOUT_S  # per request (connect, read and write each)
-    api_key_env: str | None = None  # the variable holding the bearer token, e.g. "VLLM_API_KEY"
-    verify_tls: bool = True  # False: accept any certificate (recorded in run.json)
-    backoff_s: float = 0.5  # the first retry's wait; doubled each retry, with up to 50% random jitter
-
-    def api_key(self) -> str | None:
-        """The key from the environment, read at use (never kept on the settings)."""
-        if self.api_key_env is None:
-            return None
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise EvalkitError(
-                f"--api-key-env {self.api_key_env}: that environment variable is not set (or empty)"
-            )
-        return key
+def read_api_key(settings: ServerSettings) -> str | None:
+    """The key from the environment variable the settings name, read at use (never kept anywhere)."""
+    if settings.api_key_env is None:
+        return None
+    key = os.environ.get(settings.api_key_env)
+    if not key:
+        raise EvalkitError(
+            f"--api-key-env {settings.api_key_env}: that environment variable is not set (or empty)"
+        )
+    return key
 
 
 def sanitize_url(url: str) -> str:
@@ -101,4 +78,4 @@ def check_settings(settings: ServerSettings) -> None:
                 "--api-key-env takes the NAME of an environment variable holding the key "
                 "(e.g. VLLM_API_KEY), and what was given is not a variable name"
             )
-        settings.api_key()
+        read_api_key(settings)

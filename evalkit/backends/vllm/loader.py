@@ -95,9 +95,9 @@ def load_for_run(
     vllm.LLM's (bench turns the prefix cache off)."""
     import time
 
-    from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+    from transformers import AutoConfig, PretrainedConfig
 
-    from evalkit.models.loading import LoadedModel
+    from evalkit.models.loading import LoadedModel, load_tokenizer
     from evalkit.models.pretrained import from_pretrained
     from evalkit.models.source import native_variant, resolve_source
 
@@ -105,13 +105,10 @@ def load_for_run(
     native = native_variant(local)
     settings = settings_for(engine, precision, trust_remote_code)
     started = time.perf_counter()
-    if native is not None:  # vLLM has its own Baichuan classes; config and tokenizer without remote code
-        from evalkit.models.baichuan.tokenizer import load_baichuan_tokenizer
-
-        tokenizer = load_baichuan_tokenizer(local.location)
+    tokenizer = load_tokenizer(local, trust_remote_code)
+    if native is not None:  # vLLM has its own Baichuan classes; the config read without remote code
         hf_config = PretrainedConfig.from_pretrained(local.location)
     else:
-        tokenizer = from_pretrained(AutoTokenizer, local, trust_remote_code=trust_remote_code)
         hf_config = from_pretrained(AutoConfig, local, trust_remote_code=trust_remote_code)
     llm = load_vllm(model_dir, settings, **engine_kwargs)
     info = ModelInfo(
