@@ -97,7 +97,7 @@ def check_precision(
     return plan_quantization(
         precision,
         backend,
-        resolve_device(device),
+        device,  # resolved by the caller (evalkit.machine.resolve_device)
         prequantized,
         trust_remote_code,
         native_quantize=native is not None,
