@@ -50,6 +50,7 @@ from evalkit.machine import environment, free_memory
 from evalkit.models.loading import LoadedModel, check_precision, load_model, resolve_device
 from evalkit.models.memory import PeakMemory, measure_peak_memory
 from evalkit.models.source import resolve_source
+from evalkit.store.interrupt import measuring
 from evalkit.types import EvalkitError
 
 log = logging.getLogger(__name__)
@@ -273,21 +274,23 @@ def run_bench(models: list[str], precisions: list[str], settings: BenchSettings 
     if not models or not precisions:
         raise EvalkitError(f"bench needs at least one model and one precision, got {models} and {precisions}")
     labels = model_labels(models)
+    planned = len(models) * len(precisions)
     if settings.backend == "vllm":
         from evalkit.bench.vllm_bench import run_vllm_bench
 
-        return run_vllm_bench(labels, precisions, settings)
+        with measuring(None, planned):  # a Ctrl-C: one line, nothing written
+            return run_vllm_bench(labels, precisions, settings)
     device = resolve_device(settings.device)
     for model in models:  # an impossible precision/backend fails now too
         for precision in precisions:
             check_precision(precision, settings.quant_backend, device, model, settings.trust_remote_code)
-    with torch_threads(settings.threads):
-        rows = [
-            dataclasses.replace(row, model=labels[model])
-            for model in models
-            for precision in precisions
-            for row in _bench_variant(model, precision, settings, device)
-        ]
+    variants: list[list[BenchRow]] = []  # rows per model x precision, followed for a Ctrl-C's line
+    with torch_threads(settings.threads), measuring(variants, planned):
+        for model in models:
+            for precision in precisions:
+                measured = _bench_variant(model, precision, settings, device)
+                variants.append([dataclasses.replace(row, model=labels[model]) for row in measured])
+    rows = [row for variant in variants for row in variant]
     return BenchReport(
         datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings.mode,
