@@ -136,7 +136,7 @@ def test_a_bad_complete_line_is_dropped_with_a_warning_on_resume(tmp_path, bad, 
     assert "questions.jsonl: line 2 is not a question result" in caplog.text
     assert "scored again" in caplog.text
     expected = question(0).to_json() + "\n" + question(1).to_json() + "\n"
-    assert (run.path / "questions.jsonl").read_text(encoding="utf-8") == expected  # the lock holder rewrote it
+    assert (run.path / "questions.jsonl").read_text(encoding="utf-8") == expected  # the lock holder rewrites
 
 
 def test_a_question_scored_differently_twice_is_an_error_naming_both_lines(tmp_path):
