@@ -1,14 +1,19 @@
-"""Every field of a questions.jsonl record checked on read: the field, the value and what was expected."""
+"""Every field of a questions.jsonl record, and of run.json, checked on read: the field, the value, what was
+expected."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
-from builders import question
+from builders import answers, question, run_result
 
 from evalkit.store.question_check import BadRecord, check_record
+from evalkit.store.run_dir import RunDir
+from evalkit.store.saved_runs import load_run
+from evalkit.types import EvalkitError, RunConfig
 
 
 def record(**changes) -> dict:
@@ -94,3 +99,51 @@ def test_missing_fields_and_non_objects():
     for value in ([], "text", 3, None):
         with pytest.raises(BadRecord, match="expected a JSON object"):
             check_record(value)
+
+
+# ---- run.json: every field against the type its record declares ----
+
+
+@pytest.fixture
+def finished_dir(tmp_path) -> Path:
+    cfg = RunConfig(model="org/M", task="ceval", output_dir=str(tmp_path / "results"))
+    qs = answers("ceval", "accountant", right=3, total=5, split="val")
+    run = RunDir.open(cfg, "M")
+    run.append(qs)
+    run.finish(run_result(cfg, qs))
+    run.release()
+    return run.path
+
+
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        (("overall", "accuracy"), "yes", "overall.accuracy is 'yes', expected float"),
+        (("overall", "n_subjects"), None, "overall.n_subjects is None, expected int"),
+        (("subjects", "accountant", "n"), 2.5, "subjects.accountant.n is 2.5, expected int"),
+        (("config", "model"), None, "config.model is None, expected str"),
+        (("config", "shots"), [1], "config.shots is [1], expected int"),
+        (
+            ("config", "engine"),
+            "fast",
+            "config.engine is 'fast', expected Literal['auto', 'prefix', 'plain']",
+        ),
+        (("timings", "scoring_seconds"), "oops", "timings.scoring_seconds is 'oops'"),
+        (("letter_ids",), [1, 2, 3], "letter_ids is (1, 2, 3)"),
+        (("bos",), "yes", "bos is 'yes', expected bool"),
+    ],
+)
+def test_a_wrong_typed_run_json_field_is_named(finished_dir, path, value, message):
+    body = json.loads((finished_dir / "run.json").read_text(encoding="utf-8"))
+    target = body
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    (finished_dir / "run.json").write_text(json.dumps(body), encoding="utf-8")
+    with pytest.raises(EvalkitError) as caught:
+        load_run(finished_dir)
+    assert str(caught.value).startswith(f"{finished_dir / 'run.json'}: {message}")
+
+
+def test_an_untouched_run_json_passes(finished_dir):
+    assert len(load_run(finished_dir).questions) == 5
