@@ -593,10 +593,13 @@ def test_a_wrong_typed_field_is_an_error_in_report_and_compare_and_rescored_on_r
     assert main(["compare", str(finished_run), str(out)]) == 0
 
 
-def test_report_and_compare_on_a_wrong_typed_record_in_real_processes(finished_run, tmp_path):
+def test_report_and_compare_on_a_wrong_typed_record_in_real_processes_and_the_remedy(
+    tiny_spm_model_dir, data, finished_run, tmp_path
+):
     out = tmp_path / "out"
     shutil.copytree(finished_run, out)
     (run_dir,) = run_dirs(out)
+    untouched = (run_dir / "questions.jsonl").read_bytes()
     number = edit_line(run_dir, {"correct": "yes"})
     for args in (["report", str(out)], ["compare", str(finished_run), str(out)]):
         done = subprocess.run([sys.executable, RUN_EVAL, *args], env=env(), capture_output=True, text=True)
@@ -604,6 +607,10 @@ def test_report_and_compare_on_a_wrong_typed_record_in_real_processes(finished_r
         assert "Traceback" not in done.stderr
         (line,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert f"questions.jsonl: line {number} is not a question result (correct is 'yes'" in line
+        assert "rerun the run's command to score that question again" in line
+    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0  # what the message says, on the finished run
+    assert (run_dir / "questions.jsonl").read_bytes() == untouched
+    assert main(["compare", str(finished_run), str(out)]) == 0
 
 
 def saved_lines(run_dir: Path) -> int:
