@@ -2,10 +2,11 @@
 
 A KeyboardInterrupt can land anywhere (in a forward, in the fsync of the questions file); the data side
 already holds (every batch is appended durably, run.json is written last and atomically), so what the user
-needs is where things stand. Each layer that knows something wraps its work in a context manager that
-turns the KeyboardInterrupt into an `Interrupted` carrying its message; the innermost one wins (a run
-being scored names its questions; the sweep, between runs, names the runs finished). The CLI's `main()`
-prints it with `report_interrupt`.
+needs is where things stand. Each layer that knows something turns the KeyboardInterrupt into an
+`Interrupted` carrying its message (run_task through `reraise_while_scoring`, the sweep and bench through
+the context managers `between_runs` and `measuring`); the innermost one wins (a run being scored names its
+questions; the sweep, between runs, names the runs finished). The CLI's `main()` prints it with
+`report_interrupt` and returns 130.
 """
 
 from __future__ import annotations
