@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import types
 import typing
 from typing import Any, Literal
@@ -26,7 +25,7 @@ def _hints(cls: type) -> dict[str, Any]:
 
 def _fits(value: object, hint: Any) -> bool:
     """Whether a value read from JSON holds the declared type (ints pass for floats, bools never for
-    numbers; tuples were lists in JSON)."""
+    numbers; tuples were lists in JSON). Types only: ranges are the writers' business."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or hint is object:
         return True
@@ -40,8 +39,8 @@ def _fits(value: object, hint: Any) -> bool:
         return isinstance(value, bool)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is float:  # NaN/inf pass: a figure can be undefined (a fallback's diff), and prints as such
+        return isinstance(value, int | float) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
     if dataclasses.is_dataclass(hint):
