@@ -25,6 +25,7 @@ from run_eval import main
 RUN_EVAL = str(Path(__file__).resolve().parents[1] / "run_eval.py")
 SUBJECTS = ("abstract_algebra", "anatomy", "astronomy")
 BIG_ROWS = 120  # MMLU test rows per subject: a run that lasts long enough for a second one to meet it
+MID_ROWS = 40  # the same for a run to interrupt
 
 
 # ---- helpers ----
@@ -532,3 +533,124 @@ def test_a_data_parallel_run_meeting_a_held_directory_stops_every_process(tiny_s
     # each process exits 2 with the message; torchrun may stop the second before it prints
     assert refusals and "exitcode  : 2" in done.stderr, done.stderr[-3000:]
     assert all(f"is being scored by another evalkit process (pid {os.getpid()} " in line for line in refusals)
+
+
+# ---- 8. a hand-edited question record, and Ctrl-C ----
+
+
+def edit_line(run_dir: Path, change: dict) -> int:
+    """Apply `change` to the first wrong answer's line of questions.jsonl (a number: NaN, as json writes
+    it, stays valid JSON); returns its line number."""
+    path = run_dir / "questions.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    index = next(i for i, row in enumerate(rows) if row["pred"] != row["gold"])
+    rows[index] = {**rows[index], **change}
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    return index + 1
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_spm_model_dir, data, tmp_path_factory) -> Path:
+    """An output folder holding one finished, untouched run (copied by each test that edits it)."""
+    out = tmp_path_factory.mktemp("faults_records")
+    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0
+    return out
+
+
+WRONG_FIELDS = [
+    ({"correct": "yes"}, "correct is 'yes', expected false"),
+    ({"correct": True}, "correct is True, expected false"),  # would raise the score on resume
+    ({"logprobs": "oops"}, "logprobs is 'oops', expected a list of 4 numbers"),
+    ({"logprobs": [-1.0, float("nan"), -2.0, -3.0]}, "logprobs holds nan"),
+    ({"pred": 3}, "pred is 3, expected one of A, B, C, D"),
+    ({"gold": "E"}, "gold is 'E', expected one of A, B, C, D or null"),
+    ({"shots_used": -1}, "shots_used is -1, expected a non-negative integer"),
+    ({"prompt_tokens": "57"}, "prompt_tokens is '57', expected a non-negative integer"),
+    ({"id": 7}, "id is 7, expected a non-empty string"),
+    ({"note": "checked by hand"}, "unexpected field 'note'"),
+]
+
+
+@pytest.mark.parametrize("change, problem", WRONG_FIELDS, ids=[next(iter(c)) for c, _ in WRONG_FIELDS])
+def test_a_wrong_typed_field_is_an_error_in_report_and_compare_and_rescored_on_resume(
+    tiny_spm_model_dir, data, finished_run, change, problem, tmp_path, capsys, caplog
+):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    (run_dir,) = run_dirs(out)
+    untouched = (run_dir / "questions.jsonl").read_bytes()
+    number = edit_line(run_dir, change)
+    where = f"{run_dir / 'questions.jsonl'}: line {number} is not a question result ({problem}"
+    assert main(["report", str(out)]) == 2
+    assert error_line(capsys).startswith(f"error: {where}")
+    assert main(["compare", str(finished_run), str(out)]) == 2
+    assert error_line(capsys).startswith(f"error: {where}")
+    (run_dir / "run.json").unlink()  # an unfinished run, resumed: the line is dropped, its question rescored
+    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0
+    assert where in caplog.text and "its question is scored again" in caplog.text
+    assert (run_dir / "questions.jsonl").read_bytes() == untouched
+    assert run_json(out)["timings"]["resumed_questions"] == len(untouched.splitlines()) - 1
+    assert main(["compare", str(finished_run), str(out)]) == 0
+
+
+def test_report_and_compare_on_a_wrong_typed_record_in_real_processes_and_the_remedy(
+    tiny_spm_model_dir, data, finished_run, tmp_path
+):
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    (run_dir,) = run_dirs(out)
+    untouched = (run_dir / "questions.jsonl").read_bytes()
+    number = edit_line(run_dir, {"correct": "yes"})
+    for args in (["report", str(out)], ["compare", str(finished_run), str(out)]):
+        done = subprocess.run([sys.executable, RUN_EVAL, *args], env=env(), capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert "Traceback" not in done.stderr
+        (line,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert f"questions.jsonl: line {number} is not a question result (correct is 'yes'" in line
+        assert "rerun the run's command to score that question again" in line
+    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0  # what the message says, on the finished run
+    assert (run_dir / "questions.jsonl").read_bytes() == untouched
+    assert main(["compare", str(finished_run), str(out)]) == 0
+
+
+def saved_lines(run_dir: Path) -> int:
+    """Complete lines of questions.jsonl (a torn last line is not saved)."""
+    path = run_dir / "questions.jsonl"
+    return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def mid_data(tmp_path_factory) -> Path:
+    """Enough questions for a run scored one per forward to last seconds (time to interrupt it)."""
+    return write_data_dir(tmp_path_factory.mktemp("faults_mid"), "mmlu", {s: MID_ROWS for s in SUBJECTS})
+
+
+def test_ctrl_c_mid_scoring_says_what_is_saved_and_the_rerun_ends_equal(
+    tiny_spm_model_dir, mid_data, tmp_path
+):
+    one_per_forward = ("--batch-tokens", "64", "--engine", "plain")  # the same forwards however it resumes
+    args = eval_args(tiny_spm_model_dir, mid_data, tmp_path / "out", *one_per_forward)
+    job = cli(args)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        if run_dirs(tmp_path / "out") and saved_lines(run_dirs(tmp_path / "out")[0]) >= 3:
+            break
+        time.sleep(0.05)
+    assert job.poll() is None, "the run ended before it could be interrupted"
+    job.send_signal(signal.SIGINT)
+    code = job.wait(timeout=120)
+    err = job.stderr.read()
+    assert code == 130, err[-3000:]
+    assert "Traceback" not in err
+    (run_dir,) = run_dirs(tmp_path / "out")
+    saved = len(scored(tmp_path / "out"))
+    total = MID_ROWS * len(SUBJECTS)
+    assert 3 <= saved < total and not (run_dir / "run.json").exists()
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {saved} of {total} questions are saved in {run_dir}; rerun the same command to resume"
+    )
+    assert main(args) == 0
+    assert run_json(tmp_path / "out")["timings"]["resumed_questions"] == saved
+    assert main(eval_args(tiny_spm_model_dir, mid_data, tmp_path / "whole", *one_per_forward)) == 0
+    (whole,) = run_dirs(tmp_path / "whole")
+    assert (run_dir / "questions.jsonl").read_bytes() == (whole / "questions.jsonl").read_bytes()

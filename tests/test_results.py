@@ -114,13 +114,29 @@ def test_append_after_a_torn_line_never_glues_onto_it(tmp_path):
         (b'{"id": "x"}\n', "line 2 is not a question result"),
     ],
 )
-def test_a_bad_complete_line_is_an_error_naming_file_and_line(tmp_path, bad, message):
+def test_a_bad_complete_line_is_an_error_naming_file_and_line_in_a_finished_run(tmp_path, bad, message):
+    cfg = config(tmp_path)
+    run = RunDir.open(cfg, "m")
+    run.append([question(0)])
+    with open(run.path / "questions.jsonl", "ab") as f:
+        f.write(bad + (question(1).to_json() + "\n").encode("utf-8"))
+    run.finish(run_result(cfg, [question(0), question(1)]))
+    with pytest.raises(EvalkitError, match=f"questions.jsonl: {message}"):
+        load_run(run.path)
+
+
+@pytest.mark.parametrize("bad", [b"not json\n", b"\n", b'{"id": "x"}\n'])
+def test_a_bad_complete_line_is_dropped_with_a_warning_on_resume(tmp_path, bad, caplog):
     run = RunDir.open(config(tmp_path), "m")
     run.append([question(0)])
     with open(run.path / "questions.jsonl", "ab") as f:
         f.write(bad + (question(1).to_json() + "\n").encode("utf-8"))
-    with pytest.raises(EvalkitError, match=f"questions.jsonl: {message}"):
-        run.completed()
+    with caplog.at_level(logging.WARNING):
+        assert list(run.completed()) == [question(0).id, question(1).id]
+    assert "questions.jsonl: line 2 is not a question result" in caplog.text
+    assert "scored again" in caplog.text
+    expected = question(0).to_json() + "\n" + question(1).to_json() + "\n"
+    assert (run.path / "questions.jsonl").read_text(encoding="utf-8") == expected  # the lock holder rewrites
 
 
 def test_a_question_scored_differently_twice_is_an_error_naming_both_lines(tmp_path):

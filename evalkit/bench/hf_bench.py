@@ -46,6 +46,7 @@ from evalkit.bench.timing import timed
 from evalkit.machine import environment, free_memory
 from evalkit.models.loading import LoadedModel, check_precision, load_model
 from evalkit.models.source import ModelSource
+from evalkit.store.interrupt import measuring
 
 
 def bench_loaded(loaded: LoadedModel, batch_size: int, settings: BenchSettings) -> BenchRow:
@@ -104,13 +105,13 @@ def run_hf_bench(
     for source in sources.values():
         for precision in precisions:
             check_precision(precision, settings.quant_backend, device, source, settings.trust_remote_code)
-    with torch_threads(settings.threads):
-        rows = [
-            dataclasses.replace(row, model=label)
-            for label, source in sources.items()
-            for precision in precisions
-            for row in _bench_variant(source, precision, settings, device)
-        ]
+    variants: list[list[BenchRow]] = []  # rows per model x precision, followed for a Ctrl-C's line
+    with torch_threads(settings.threads), measuring(variants, len(sources) * len(precisions)):
+        for label, source in sources.items():
+            for precision in precisions:
+                measured = _bench_variant(source, precision, settings, device)
+                variants.append([dataclasses.replace(row, model=label) for row in measured])
+    rows = [row for variant in variants for row in variant]
     return BenchReport(
         datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings.mode,

@@ -33,6 +33,7 @@ def run_bench(
     the backend `settings.backend` names."""
     from evalkit.backends import plugin
     from evalkit.machine import resolve_device
+    from evalkit.store.interrupt import measuring
 
     settings = settings or BenchSettings()
     if not models or not precisions:
@@ -40,4 +41,6 @@ def run_bench(
             f"bench needs at least one model and one precision, got {list(models)} and {list(precisions)}"
         )
     backend = plugin(settings.backend)
-    return backend.bench(labelled_sources(models), precisions, settings, resolve_device(settings.device))
+    sources = labelled_sources(models)
+    with measuring(None, len(sources) * len(precisions)):  # a Ctrl-C: one line, nothing written
+        return backend.bench(sources, precisions, settings, resolve_device(settings.device))

@@ -55,3 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EvalkitError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except KeyboardInterrupt as exc:  # Ctrl-C: one line saying what is saved, exit 130
+            from evalkit.store.interrupt import report_interrupt
+
+            return report_interrupt(exc)

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from evalkit.store.interrupt import SweepProgress, between_runs
 from evalkit.store.records import ReportRun
 from evalkit.types import EvalkitError, RunConfig, Task, unknown
 
@@ -62,14 +63,28 @@ def run_sweep(
     the model source, the device and the backend are resolved here, once, and handed down. The runs come
     back in order (main process only: the others return none).
     """
+    by_name = {task.name: task for task in tasks}
+    routed = subjects_by_task(tasks, subjects)
+    progress = SweepProgress(planned=len(routed) * len(precisions))
+    with between_runs(progress):  # a Ctrl-C between runs names those finished
+        return _sweep(by_name, routed, config, precisions, device_map, progress)
+
+
+def _sweep(
+    by_name: dict[str, Task],
+    routed: dict[str, tuple[str, ...] | None],
+    config: RunConfig,
+    precisions: Sequence[str],
+    device_map: str | None,
+    progress: SweepProgress,
+) -> list[ReportRun]:
+    """run_sweep's body: check every input, then load each precision once and run every task on it."""
     from evalkit.backends import plugin
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
     from evalkit.models.source import resolve_source
     from evalkit.questions.data import load_task_data
     from evalkit.store.disk import check_output_dir
 
-    by_name = {task.name: task for task in tasks}
-    routed = subjects_by_task(tasks, subjects)
     if not config.progress:  # transformers' own bars too ("Loading weights")
         from transformers.utils import logging as hf_logging
 
@@ -108,8 +123,9 @@ def run_sweep(
     with contextlib.ExitStack() as stack:
         load = backend.open(config, source, device, device_map, stack)
         for precision in precisions:
+            progress.doing = f"while loading the model at {precision}"
             loaded = load(precision, backend_for[precision])
-            runs += _run_tasks(loaded, by_name, base, data, precision, backend_for[precision])
+            runs += _run_tasks(loaded, by_name, base, data, precision, backend_for[precision], progress)
             del loaded
             free_memory()
     return runs
@@ -122,15 +138,18 @@ def _run_tasks(
     data: dict[str, list[SubjectData]],
     precision: str,
     quant_backend: str | None,
+    progress: SweepProgress,
 ) -> list[ReportRun]:
-    """Every task on one loaded model (one precision)."""
+    """Every task on one loaded model (one precision); `progress` follows them for a Ctrl-C's line."""
     from evalkit.machine import is_main_process
     from evalkit.run.task import run_task
 
     runs = []
     for name, task_config in base.items():
         task_config = dataclasses.replace(task_config, precision=precision, quant_backend=quant_backend)
+        progress.doing = f"before scoring {by_name[name].title} at {precision}"
         run_dir, saved = run_task(loaded, by_name[name], data[name], task_config)
+        progress.finished.append(run_dir.path)
         if is_main_process():  # with its questions, so the tables carry CIs and the sweep its paired Δ
             print(f"{by_name[name].title} {precision}: {run_dir.path}", file=sys.stderr)
             runs.append(ReportRun(saved.result, by_name[name], run_dir.path, saved.questions))

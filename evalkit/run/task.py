@@ -27,6 +27,7 @@ from evalkit.questions.tokens import LetterTokens, encode_prompts, letter_tokens
 from evalkit.run.plan import FirstBatchEstimate, describe_plan, describe_resume
 from evalkit.run.sharing import my_share, open_shared_run_dir
 from evalkit.stats.metrics import aggregate
+from evalkit.store.interrupt import reraise_while_scoring
 from evalkit.store.records import LongPrompts, RunResult, SavedRun, Timings
 from evalkit.store.run_dir import RunDir, write_submission
 from evalkit.store.saved_runs import SUBMISSION_FILE, load_run
@@ -177,6 +178,8 @@ def run_task(
                 run_dir, data, done, scoring_seconds, engines, modes, fallbacks, backend_record(scorer)
             )
         state.wait_for_everyone()
+    except KeyboardInterrupt as err:  # Ctrl-C: one line saying what is saved (every batch already is)
+        reraise_while_scoring(err, run_dir.path, sum(len(d.questions) for d in data))
     finally:
         run_dir.release()
     if not state.is_main_process:  # the main process wrote it; the others read it once it is there

@@ -206,7 +206,7 @@ class RunDir:
         process that holds the lock), cut from the file, as exact duplicate lines are."""
         if repair:
             return repair_questions(self.path / QUESTIONS_FILE)
-        return parse_questions(self.path / QUESTIONS_FILE, tolerate_torn_tail=True).done
+        return parse_questions(self.path / QUESTIONS_FILE, tolerate_torn_tail=True, drop_bad=True).done
 
     def drop(self, ids: Iterable[str]) -> None:
         """Remove results from questions.jsonl (stale ones, to be scored again); lock holder only."""

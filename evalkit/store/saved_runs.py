@@ -28,6 +28,7 @@ from evalkit.store.records import (
     SavedRun,
     Timings,
 )
+from evalkit.store.run_check import BadField, check_record_fields
 from evalkit.types import EvalkitError, Scheme, Task, config_from_fields
 
 CONFIG_FILE = "config.json"
@@ -85,8 +86,12 @@ def load_run(path: str | Path) -> SavedRun:
     run_file = path / RUN_FILE
     try:
         result = run_result_from_dict(read_json(run_file))
-    except (TypeError, KeyError, AttributeError) as err:
+    except (TypeError, KeyError, AttributeError, ValueError) as err:
         raise EvalkitError(f"{run_file}: not a run result written by this evalkit ({err!r})") from err
+    try:  # report and compare read these fields: a hand-edited one is named here, not a traceback there
+        check_record_fields(result)
+    except BadField as err:
+        raise EvalkitError(f"{run_file}: {err}; the file was changed after the run finished") from err
     parsed = parse_questions(path / QUESTIONS_FILE, tolerate_torn_tail=False)
     if parsed.duplicates:
         log.warning(
