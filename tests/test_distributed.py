@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 from datafiles import write_data_dir
+from support_cli import eval_args
 
 from run_eval import main
 
@@ -46,25 +47,6 @@ def launch_command(processes: int, args: list[str]) -> list[str]:
         str(_free_port()),
         RUN_EVAL,
         *args,
-    ]
-
-
-def eval_args(model_dir: Path, data_dir: Path, out: Path, *extra: str) -> list[str]:
-    subjects = ",".join(f"{task}/{name}" for task, names in SUBJECTS.items() for name in names)
-    return [
-        "eval",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--tasks",
-        ",".join(SUBJECTS),
-        "--subjects",
-        subjects,
-        "--output-dir",
-        str(out),
-        "--no-progress",
-        *extra,
     ]
 
 
@@ -100,7 +82,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def single_process(tiny_spm_model_dir, data_dir, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("single")
-    assert main(eval_args(tiny_spm_model_dir, data_dir, out)) == 0
+    assert main(eval_args(tiny_spm_model_dir, data_dir, out, subjects=SUBJECTS)) == 0
     return results_by_task(out)
 
 
@@ -112,7 +94,7 @@ def test_two_processes_gather_the_single_process_results(
     tiny_spm_model_dir, data_dir, single_process, tmp_path
 ):
     done = subprocess.run(
-        launch_command(2, eval_args(tiny_spm_model_dir, data_dir, tmp_path)),
+        launch_command(2, eval_args(tiny_spm_model_dir, data_dir, tmp_path, subjects=SUBJECTS)),
         env=_env(),
         capture_output=True,
         text=True,
@@ -129,7 +111,7 @@ def test_a_killed_two_process_run_resumes_with_one_process(
     tiny_spm_model_dir, data_dir, single_process, tmp_path
 ):
     # small batches: many appends, so the kill lands mid-run
-    args = eval_args(tiny_spm_model_dir, data_dir, tmp_path, "--batch-tokens", "64")
+    args = eval_args(tiny_spm_model_dir, data_dir, tmp_path, "--batch-tokens", "64", subjects=SUBJECTS)
     job = subprocess.Popen(
         launch_command(2, args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )

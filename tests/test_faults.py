@@ -19,40 +19,18 @@ from pathlib import Path
 
 import pytest
 from datafiles import write_data_dir
+from support_cli import eval_args, run_dirs
 
 from run_eval import main
 
 RUN_EVAL = str(Path(__file__).resolve().parents[1] / "run_eval.py")
 SUBJECTS = ("abstract_algebra", "anatomy", "astronomy")
+MMLU = {"mmlu": SUBJECTS}  # what most runs here score
 BIG_ROWS = 120  # MMLU test rows per subject: a run that lasts long enough for a second one to meet it
 MID_ROWS = 40  # the same for a run to interrupt
 
 
 # ---- helpers ----
-
-
-def eval_args(
-    model: Path, data: Path, out: Path, *extra: str, task: str = "mmlu", subjects: tuple[str, ...] = SUBJECTS
-) -> list[str]:
-    return [
-        "eval",
-        "--model",
-        str(model),
-        "--data-dir",
-        str(data),
-        "--tasks",
-        task,
-        "--subjects",
-        ",".join(f"{task}/{s}" for s in subjects),
-        "--output-dir",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-
-
-def run_dirs(out: Path) -> list[Path]:
-    return sorted(p.parent for p in out.glob("*/config.json"))
 
 
 def lines_of(run_dir: Path) -> list[dict]:
@@ -145,14 +123,14 @@ def big_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def reference(tiny_spm_model_dir, data, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("faults_ref")
-    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0
+    assert main(eval_args(tiny_spm_model_dir, data, out, subjects=MMLU)) == 0
     return scored(out)
 
 
 @pytest.fixture(scope="module")
 def big_reference(tiny_spm_model_dir, big_data, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("faults_big_ref")
-    assert main(eval_args(tiny_spm_model_dir, big_data, out)) == 0
+    assert main(eval_args(tiny_spm_model_dir, big_data, out, subjects=MMLU)) == 0
     return scored(out)
 
 
@@ -168,7 +146,9 @@ def copy_data(data: Path, tmp_path: Path) -> Path:
 def test_two_runs_started_in_one_second_share_one_directory(
     tiny_spm_model_dir, big_data, big_reference, tmp_path
 ):
-    args = eval_args(tiny_spm_model_dir, big_data, tmp_path, "--batch-tokens", "64", "--engine", "plain")
+    args = eval_args(
+        tiny_spm_model_dir, big_data, tmp_path, "--batch-tokens", "64", "--engine", "plain", subjects=MMLU
+    )
     jobs = [cli(args), cli(args)]
     outcomes = [(job.wait(timeout=600), job.stderr.read()) for job in jobs]
     codes = sorted(code for code, _ in outcomes)
@@ -184,7 +164,9 @@ def test_two_runs_started_in_one_second_share_one_directory(
 def test_a_second_run_is_refused_naming_the_first_and_a_kill_loses_nothing(
     tiny_spm_model_dir, big_data, big_reference, tmp_path, capsys
 ):
-    args = eval_args(tiny_spm_model_dir, big_data, tmp_path, "--batch-tokens", "64", "--engine", "plain")
+    args = eval_args(
+        tiny_spm_model_dir, big_data, tmp_path, "--batch-tokens", "64", "--engine", "plain", subjects=MMLU
+    )
     first = cli(args)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and first.poll() is None:
@@ -207,7 +189,7 @@ def test_a_second_run_is_refused_naming_the_first_and_a_kill_loses_nothing(
 def test_duplicate_identical_lines_heal_on_the_next_run(
     tiny_spm_model_dir, data, reference, tmp_path, caplog
 ):
-    args = eval_args(tiny_spm_model_dir, data, tmp_path)
+    args = eval_args(tiny_spm_model_dir, data, tmp_path, subjects=MMLU)
     assert main(args) == 0
     (run_dir,) = run_dirs(tmp_path)
     (run_dir / "run.json").unlink()
@@ -221,7 +203,7 @@ def test_duplicate_identical_lines_heal_on_the_next_run(
 
 
 def test_a_kill_mid_write_resumes_to_the_same_results(tiny_spm_model_dir, data, reference, tmp_path):
-    args = eval_args(tiny_spm_model_dir, data, tmp_path)
+    args = eval_args(tiny_spm_model_dir, data, tmp_path, subjects=MMLU)
     assert main(args) == 0
     (run_dir,) = run_dirs(tmp_path)
     (run_dir / "run.json").unlink()
@@ -237,7 +219,7 @@ def test_a_kill_mid_write_resumes_to_the_same_results(tiny_spm_model_dir, data, 
 
 def test_changed_data_is_scored_again_not_resumed(tiny_spm_model_dir, data, reference, tmp_path, caplog):
     copy = copy_data(data, tmp_path)
-    args = eval_args(tiny_spm_model_dir, copy, tmp_path / "out")
+    args = eval_args(tiny_spm_model_dir, copy, tmp_path / "out", subjects=MMLU)
     assert main(args) == 0
     (run_dir,) = run_dirs(tmp_path / "out")
     (run_dir / "run.json").unlink()  # an unfinished run, resumed after the files changed under it
@@ -273,7 +255,7 @@ def test_a_stray_quote_in_the_last_row_is_an_error_naming_the_line(
     with path.open("a", encoding="utf-8", newline="") as f:
         f.write('"Stray" quote in the question,a,b,c,d,A\n')  # 6 fields to a lenient reader
     lines = path.read_bytes().count(b"\n")
-    assert main(eval_args(tiny_spm_model_dir, copy, tmp_path / "out")) == 2
+    assert main(eval_args(tiny_spm_model_dir, copy, tmp_path / "out", subjects=MMLU)) == 2
     message = error_line(capsys)
     assert str(path) in message and f"line {lines}" in message and "quote" in message
     assert not (tmp_path / "out").exists()  # found before the model loads
@@ -285,7 +267,7 @@ def test_bytes_that_are_not_utf8_are_an_error_naming_the_line(tiny_spm_model_dir
     body = path.read_bytes().split(b"\n")
     body[2] = body[2][:1] + b"\xe9" + body[2][1:]  # a latin-1 "é", not UTF-8
     path.write_bytes(b"\n".join(body))
-    assert main(eval_args(tiny_spm_model_dir, copy, tmp_path / "out")) == 2
+    assert main(eval_args(tiny_spm_model_dir, copy, tmp_path / "out", subjects=MMLU)) == 2
     message = error_line(capsys)
     assert str(path) in message and "line 3 is not UTF-8" in message
 
@@ -338,7 +320,7 @@ def test_an_unreadable_config_json_under_output_dir_does_not_block_new_runs(
 ):
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "config.json").write_text("{not json", encoding="utf-8")
-    assert main(eval_args(tiny_spm_model_dir, data, tmp_path)) == 0
+    assert main(eval_args(tiny_spm_model_dir, data, tmp_path, subjects=MMLU)) == 0
     assert "skipping" in caplog.text and "junk" in caplog.text
     (run_dir,) = [p for p in run_dirs(tmp_path) if p.name != "junk"]
     assert len(lines_of(run_dir)) == len(reference)
@@ -349,9 +331,9 @@ def test_an_unreadable_config_json_under_output_dir_does_not_block_new_runs(
 
 def test_output_dir_naming_a_file(tiny_spm_model_dir, data, tmp_path, capsys):
     (tmp_path / "file").write_text("not a directory", encoding="utf-8")
-    assert main(eval_args(tiny_spm_model_dir, data, tmp_path / "file")) == 2
+    assert main(eval_args(tiny_spm_model_dir, data, tmp_path / "file", subjects=MMLU)) == 2
     assert "is a file, not a directory" in error_line(capsys)
-    assert main(eval_args(tiny_spm_model_dir, data, tmp_path / "file" / "runs")) == 2
+    assert main(eval_args(tiny_spm_model_dir, data, tmp_path / "file" / "runs", subjects=MMLU)) == 2
     assert "Not a directory" in error_line(capsys)
 
 
@@ -360,7 +342,7 @@ def test_a_read_only_results_disk_then_made_writable_resumes(
 ):
     with tmpfs(tmp_path / "disk", "4m") as disk:
         out = disk / "runs"
-        args = eval_args(tiny_spm_model_dir, data, out)
+        args = eval_args(tiny_spm_model_dir, data, out, subjects=MMLU)
         assert main(args) == 0
         (run_dir,) = run_dirs(out)
         (run_dir / "run.json").unlink()
@@ -390,7 +372,7 @@ def test_a_full_results_disk_stops_cleanly_and_the_rerun_resumes(
                 f.write(b"\0" * page)
         os.truncate(filler, filler.stat().st_size - 3 * page)
         out = disk / "runs"
-        args = eval_args(tiny_spm_model_dir, data, out, "--batch-tokens", "64")
+        args = eval_args(tiny_spm_model_dir, data, out, "--batch-tokens", "64", subjects=MMLU)
         assert main(args) == 2
         message = error_line(capsys)
         assert "No space left on device" in message and "then rerun the same command" in message
@@ -415,7 +397,7 @@ def test_a_model_directory_without_a_tokenizer(tiny_spm_model_dir, data, tmp_pat
     for name in ("config.json", "model.safetensors", "generation_config.json"):
         if (tiny_spm_model_dir / name).exists():
             shutil.copy(tiny_spm_model_dir / name, model / name)
-    assert main(eval_args(model, data, tmp_path / "out")) == 2
+    assert main(eval_args(model, data, tmp_path / "out", subjects=MMLU)) == 2
     assert f"no tokenizer in {model}" in error_line(capsys)
     assert not run_dirs(tmp_path / "out")
 
@@ -433,7 +415,7 @@ def test_a_truncated_gguf_file(data, tmp_path, capsys):
     writer.write_tensors_to_file()
     writer.close()
     os.truncate(path, path.stat().st_size // 2)  # an interrupted download
-    assert main(eval_args(path, data, tmp_path / "out")) == 2
+    assert main(eval_args(path, data, tmp_path / "out", subjects=MMLU)) == 2
     message = error_line(capsys)
     assert f"cannot read the GGUF file {path}" in message and "truncated" in message
 
@@ -449,7 +431,7 @@ def test_a_repository_that_needs_its_own_code_without_the_flag(tiny_spm_model_di
     (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
     marker = tmp_path / "code-ran"
     (model / "custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n", encoding="utf-8")
-    assert main(eval_args(model, data, tmp_path / "out")) == 2
+    assert main(eval_args(model, data, tmp_path / "out", subjects=MMLU)) == 2
     message = error_line(capsys)
     assert "needs its own Python code" in message and "--trust-remote-code" in message
     assert not marker.exists()  # its code was not run
@@ -473,7 +455,7 @@ def test_nan_logits_name_the_question_and_subject(tiny_spm_model_dir, data, tmp_
     weights = load_file(model / "model.safetensors")
     weights["model.norm.weight"][:] = float("nan")
     save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
-    assert main(eval_args(model, data, tmp_path / "out")) == 2
+    assert main(eval_args(model, data, tmp_path / "out", subjects=MMLU)) == 2
     message = error_line(capsys)
     assert "NaN/inf letter logits for question mmlu/abstract_algebra/test/" in message
     assert "(subject abstract_algebra" in message and "weights" in message
@@ -487,7 +469,7 @@ def test_prompts_longer_than_the_context_warn_per_subject_and_are_recorded(
     config = json.loads((model / "config.json").read_text(encoding="utf-8"))
     config["max_position_embeddings"] = 64
     (model / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    assert main(eval_args(model, data, tmp_path / "out")) == 0
+    assert main(eval_args(model, data, tmp_path / "out", subjects=MMLU)) == 0
     long = run_json(tmp_path / "out")["long_prompts"]
     assert long["context"] == 64 and long["policy"] == "drop_last"
     assert set(long["subjects"]) == set(SUBJECTS)
@@ -506,7 +488,7 @@ def test_a_huge_question_under_a_scheme_without_length_policy_is_an_error(
     rows[2][1] = "长" * 100_000
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, lineterminator="\r\n").writerows(rows)
-    args = eval_args(tiny_spm_model_dir, root, tmp_path / "out", task="ceval", subjects=("law",))
+    args = eval_args(tiny_spm_model_dir, root, tmp_path / "out", subjects={"ceval": ("law",)})
     assert main(args) == 2
     message = error_line(capsys)
     assert (
@@ -523,7 +505,7 @@ def test_a_data_parallel_run_meeting_a_held_directory_stops_every_process(tiny_s
     from filelock import FileLock
     from test_distributed import launch_command
 
-    args = eval_args(tiny_spm_model_dir, data, tmp_path)
+    args = eval_args(tiny_spm_model_dir, data, tmp_path, subjects=MMLU)
     assert main(args) == 0  # this process's pid is in the holder record now
     (run_dir,) = run_dirs(tmp_path)
     with FileLock(run_dir / ".lock", timeout=0):  # a live holder: this test process
@@ -553,7 +535,7 @@ def edit_line(run_dir: Path, change: dict) -> int:
 def finished_run(tiny_spm_model_dir, data, tmp_path_factory) -> Path:
     """An output folder holding one finished, untouched run (copied by each test that edits it)."""
     out = tmp_path_factory.mktemp("faults_records")
-    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0
+    assert main(eval_args(tiny_spm_model_dir, data, out, subjects=MMLU)) == 0
     return out
 
 
@@ -586,7 +568,7 @@ def test_a_wrong_typed_field_is_an_error_in_report_and_compare_and_rescored_on_r
     assert main(["compare", str(finished_run), str(out)]) == 2
     assert error_line(capsys).startswith(f"error: {where}")
     (run_dir / "run.json").unlink()  # an unfinished run, resumed: the line is dropped, its question rescored
-    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0
+    assert main(eval_args(tiny_spm_model_dir, data, out, subjects=MMLU)) == 0
     assert where in caplog.text and "its question is scored again" in caplog.text
     assert (run_dir / "questions.jsonl").read_bytes() == untouched
     assert run_json(out)["timings"]["resumed_questions"] == len(untouched.splitlines()) - 1
@@ -608,7 +590,9 @@ def test_report_and_compare_on_a_wrong_typed_record_in_real_processes_and_the_re
         (line,) = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
         assert f"questions.jsonl: line {number} is not a question result (correct is 'yes'" in line
         assert "rerun the run's command to score that question again" in line
-    assert main(eval_args(tiny_spm_model_dir, data, out)) == 0  # what the message says, on the finished run
+    assert (
+        main(eval_args(tiny_spm_model_dir, data, out, subjects=MMLU)) == 0
+    )  # what the message says, on the finished run
     assert (run_dir / "questions.jsonl").read_bytes() == untouched
     assert main(["compare", str(finished_run), str(out)]) == 0
 
@@ -629,7 +613,7 @@ def test_ctrl_c_mid_scoring_says_what_is_saved_and_the_rerun_ends_equal(
     tiny_spm_model_dir, mid_data, tmp_path
 ):
     one_per_forward = ("--batch-tokens", "64", "--engine", "plain")  # the same forwards however it resumes
-    args = eval_args(tiny_spm_model_dir, mid_data, tmp_path / "out", *one_per_forward)
+    args = eval_args(tiny_spm_model_dir, mid_data, tmp_path / "out", *one_per_forward, subjects=MMLU)
     job = cli(args)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
@@ -651,6 +635,9 @@ def test_ctrl_c_mid_scoring_says_what_is_saved_and_the_rerun_ends_equal(
     )
     assert main(args) == 0
     assert run_json(tmp_path / "out")["timings"]["resumed_questions"] == saved
-    assert main(eval_args(tiny_spm_model_dir, mid_data, tmp_path / "whole", *one_per_forward)) == 0
+    assert (
+        main(eval_args(tiny_spm_model_dir, mid_data, tmp_path / "whole", *one_per_forward, subjects=MMLU))
+        == 0
+    )
     (whole,) = run_dirs(tmp_path / "whole")
     assert (run_dir / "questions.jsonl").read_bytes() == (whole / "questions.jsonl").read_bytes()

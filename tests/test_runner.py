@@ -9,17 +9,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from support_cli import eval_args, run_dirs_by_task, subjects_in
 
 from run_eval import main
 
 TASKS = ("ceval", "mmlu", "cmmlu")
-
-
-def subjects_in(data_dir: Path, task: str) -> list[str]:
-    """The subjects the fixture wrote for a task (from its dev files)."""
-    names = [p.stem.removesuffix("_dev") for p in sorted((data_dir / task / "dev").glob("*.csv"))]
-    assert names, f"fixture wrote no {task} subjects"
-    return names
 
 
 def count_eval_rows(data_dir: Path, task: str) -> int:
@@ -30,37 +24,6 @@ def count_eval_rows(data_dir: Path, task: str) -> int:
         with path.open(encoding="utf-8", newline="") as handle:
             total += len(list(csv.reader(handle))) - header
     return total
-
-
-def eval_args(
-    model_dir: Path, data_dir: Path, out: Path, *extra: str, tasks: tuple[str, ...] = TASKS
-) -> list[str]:
-    subjects = ",".join(f"{t}/{s}" for t in tasks for s in subjects_in(data_dir, t))
-    return [
-        "eval",
-        "--model",
-        str(model_dir),
-        "--data-dir",
-        str(data_dir),
-        "--tasks",
-        ",".join(tasks),
-        "--subjects",
-        subjects,
-        "--output-dir",
-        str(out),
-        "--no-progress",
-        *extra,
-    ]
-
-
-def run_dirs(out: Path) -> dict[str, Path]:
-    """task -> its single run directory under `out`."""
-    dirs = {}
-    for config in out.glob("*/config.json"):
-        task = json.loads(config.read_text(encoding="utf-8"))["config"]["task"]
-        assert task not in dirs, f"two run dirs for {task} under {out}"
-        dirs[task] = config.parent
-    return dirs
 
 
 def questions(run_dir: Path) -> dict[str, dict]:
@@ -74,12 +37,12 @@ def questions(run_dir: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def full_run(tiny_spm_model_dir, tiny_data_dir, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("full")
-    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out)) == 0
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, tasks=TASKS)) == 0
     return out
 
 
 def test_eval_writes_every_question_and_a_complete_run_json(full_run, tiny_data_dir, capsys):
-    dirs = run_dirs(full_run)
+    dirs = run_dirs_by_task(full_run)
     assert set(dirs) == set(TASKS)
     for task, run_dir in dirs.items():
         rows = questions(run_dir)
@@ -113,7 +76,7 @@ def test_report_reprints_the_tables_from_saved_results(full_run, capsys):
 def test_results_do_not_depend_on_batch_size_engine_or_placement(
     full_run, tiny_spm_model_dir, tiny_data_dir, tmp_path
 ):
-    reference = {t: questions(d) for t, d in run_dirs(full_run).items()}
+    reference = {t: questions(d) for t, d in run_dirs_by_task(full_run).items()}
     variants = {
         "small": ["--batch-tokens", "64"],
         "plain": ["--engine", "plain"],
@@ -121,8 +84,8 @@ def test_results_do_not_depend_on_batch_size_engine_or_placement(
     }
     for variant, extra in variants.items():
         out = tmp_path / variant
-        assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, *extra)) == 0
-        for task, run_dir in run_dirs(out).items():
+        assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, *extra, tasks=TASKS)) == 0
+        for task, run_dir in run_dirs_by_task(out).items():
             got = questions(run_dir)
             assert got.keys() == reference[task].keys()
             for qid, row in got.items():
@@ -136,13 +99,13 @@ def test_rerun_after_a_kill_resumes_to_the_same_results(
     """The on-disk state a kill -9 leaves (no run.json, a torn last line) resumes to identical results."""
     out = tmp_path / "killed"
     shutil.copytree(full_run, out)
-    for run_dir in run_dirs(out).values():
+    for run_dir in run_dirs_by_task(out).values():
         (run_dir / "run.json").unlink()
         lines = (run_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
         (run_dir / "questions.jsonl").write_text("".join(lines[:3]) + lines[3][:17], encoding="utf-8")
-    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out)) == 0
-    reference = run_dirs(full_run)
-    for task, run_dir in run_dirs(out).items():
+    assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, out, tasks=TASKS)) == 0
+    reference = run_dirs_by_task(full_run)
+    for task, run_dir in run_dirs_by_task(out).items():
         assert questions(run_dir) == questions(reference[task])
         resumed = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
         original = json.loads((reference[task] / "run.json").read_text(encoding="utf-8"))
@@ -160,7 +123,7 @@ def test_a_different_config_starts_a_new_run(full_run, tiny_spm_model_dir, tiny_
 
 def test_bpe_tokenizer_scores_in_context_space_letters(tiny_bpe_model_dir, tiny_data_dir, tmp_path):
     assert main(eval_args(tiny_bpe_model_dir, tiny_data_dir, tmp_path, tasks=("mmlu",))) == 0
-    run = json.loads((run_dirs(tmp_path)["mmlu"] / "run.json").read_text(encoding="utf-8"))
+    run = json.loads((run_dirs_by_task(tmp_path)["mmlu"] / "run.json").read_text(encoding="utf-8"))
     assert run["letter_strings"] == ["ĠA", "ĠB", "ĠC", "ĠD"]
     assert run["bos"] is False
 
@@ -194,8 +157,8 @@ def test_lm_eval_keeps_the_last_max_length_tokens_and_the_hash_records_them(
         for d in load_task_data(task, tiny_data_dir, subjects=subjects_in(tiny_data_dir, "mmlu"))
         for p in build_prompts(task.schemes["lm-eval"], d, lambda text: 0)
     }
-    truncated = questions(run_dirs(tmp_path / "lm-eval")["mmlu"])
-    full = questions(run_dirs(tmp_path / "official")["mmlu"])
+    truncated = questions(run_dirs_by_task(tmp_path / "lm-eval")["mmlu"])
+    full = questions(run_dirs_by_task(tmp_path / "official")["mmlu"])
     assert truncated.keys() == texts.keys() == full.keys()
     for qid, row in truncated.items():
         ids = tokenizer(texts[qid], add_special_tokens=False)["input_ids"]
@@ -246,7 +209,7 @@ def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_di
         main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--precision", "int8", tasks=("mmlu",)))
         == 0
     )
-    run_dir = run_dirs(tmp_path)["mmlu"]
+    run_dir = run_dirs_by_task(tmp_path)["mmlu"]
     run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     assert run["engine"] == "isolated" and run["config"]["quant_backend"] == "bnb"
     loaded, task = load_model(str(tiny_spm_model_dir), "int8", "cpu"), get_task("mmlu")
@@ -269,7 +232,7 @@ def test_llm_int8_scores_one_prompt_per_forward(tiny_spm_model_dir, tiny_data_di
 
 def test_limit_is_flagged_in_the_report(tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys):
     assert main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--limit", "2", tasks=("cmmlu",))) == 0
-    run_dir = run_dirs(tmp_path)["cmmlu"]
+    run_dir = run_dirs_by_task(tmp_path)["cmmlu"]
     assert len(questions(run_dir)) == 2 * len(subjects_in(tiny_data_dir, "cmmlu"))
     assert json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["limited"] is True
     assert "limit" in capsys.readouterr().out.lower()
@@ -281,7 +244,7 @@ def test_ceval_test_split_writes_a_submission_and_no_accuracy(tiny_spm_model_dir
     assert (
         main(eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, "--split", "test", tasks=("ceval",))) == 0
     )
-    run_dir = run_dirs(tmp_path)["ceval"]
+    run_dir = run_dirs_by_task(tmp_path)["ceval"]
     submission = json.loads((run_dir / "submission.json").read_text(encoding="utf-8"))
     assert set(submission) == set(subjects_in(tiny_data_dir, "ceval"))
     assert all(answer in "ABCD" for answers in submission.values() for answer in answers.values())
@@ -364,7 +327,7 @@ def test_smollm2_on_real_data_end_to_end(smollm_gguf, shared_data, tmp_path, cap
     )
     printed = capsys.readouterr().out
     assert "## C-Eval" in printed and "## MMLU" in printed and "## CMMLU" in printed
-    dirs = run_dirs(tmp_path)
+    dirs = run_dirs_by_task(tmp_path)
     letters = {
         t: json.loads((d / "run.json").read_text(encoding="utf-8"))["letter_strings"] for t, d in dirs.items()
     }

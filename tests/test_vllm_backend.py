@@ -217,6 +217,7 @@ def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_
     questions.jsonl as the HF run within 1e-4, and a killed run resumes to the same results."""
     import dataclasses
 
+    from evalkit.backends import PLUGINS
     from evalkit.models.loading import load_model
     from evalkit.run import task as runner
     from evalkit.store.saved_runs import QUESTIONS_FILE, RUN_FILE
@@ -233,7 +234,11 @@ def test_the_runner_scores_and_resumes_through_the_vllm_backend(tiny, tiny_data_
         progress=False,
     )
     _, hf = runner.run_task(loaded, task, data, config)
-    monkeypatch.setattr(runner, "Scorer", lambda model, letter_ids, **_: VllmScorer(tiny.llm, letter_ids))
+    hf_plugin = PLUGINS["hf"]  # the HF backend's scorer replaced in the registry, where the runner finds it
+    on_vllm = dataclasses.replace(
+        hf_plugin, scorer=lambda loaded, letter_ids, config: VllmScorer(tiny.llm, letter_ids)
+    )
+    monkeypatch.setitem(PLUGINS, "hf", on_vllm)
     config = dataclasses.replace(config, output_dir=str(tmp_path / "vllm"))
     run_dir, first = runner.run_task(loaded, task, data, config)
     assert first.result.engine == "vllm" and first.result.reuse_mode == "prefix_cache"
