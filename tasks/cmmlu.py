@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from evalkit.types import Scheme, Task
-from tasks import CHOICES, load_task_file
+from tasks.common import CHOICES, load_task_file
 from tasks.ceval import LM_EVAL as CEVAL_LM_EVAL
 
 _DATA, _SUBJECTS = load_task_file("cmmlu")
