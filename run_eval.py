@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from evalkit.types import VLLM_ENGINE_FIELDS, EvalkitError, RunConfig
-from tasks import TASKS, get_task
+from tasks import DEFAULT_TASKS, TASKS, expand_tasks, get_task, register_task_file
 
 if TYPE_CHECKING:
     from evalkit.report.tables import ReportRun
@@ -78,7 +78,8 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
     from evalkit.run.sweep import run_sweep
 
     check_backend_flags(args)
-    tasks = [get_task(name) for name in args.tasks]
+    _register_task_files(args)
+    tasks = [get_task(name) for name in expand_tasks(args.tasks)]
     config = RunConfig(
         model=args.model,
         task="",
@@ -86,7 +87,8 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         split=args.split,
         scheme=args.scheme,
         letter_rule=args.letter_token,
-        shots=args.shots,
+        shots=DEFAULTS.shots if args.shots is None else args.shots,
+        max_length=args.max_length,
         limit=args.limit,
         quant_backend=args.quant_backend,
         device=args.device,
@@ -99,7 +101,13 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         backend=args.backend,
         **{name: getattr(args, name) for name in VLLM_ENGINE_FIELDS if getattr(args, name) is not None},
     )
-    return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
+    return run_sweep(tasks, config, precisions, args.subjects, args.device_map, scheme_shots=args.shots is None)
+
+
+def _register_task_files(args: argparse.Namespace) -> None:
+    """--task-file: user benchmarks declared as data join the task registry (tasks.declaration)."""
+    for path in getattr(args, "task_file", None) or []:
+        register_task_file(path)
 
 
 # the flags only the HF scorer reads, and those only HF generate (bench) reads
@@ -165,6 +173,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from evalkit.store.saved_runs import short_model_name
     from tasks.references import published_quantization, published_rows
 
+    _register_task_files(args)
     published = () if args.no_published else published_rows()
     quant_published = () if args.no_published else published_quantization()
     matches = dict(args.match)
@@ -198,6 +207,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     gates = {"max_drop": args.max_drop, "max_kl": args.max_kl, "min_agreement": args.min_agreement}
     check_thresholds(**gates)  # before reading any run: a NaN gate is refused, never passed
+    _register_task_files(args)
     runs_a, runs_b = list(_saved_runs([args.a]).values()), list(_saved_runs([args.b]).values())
     comparison = compare(runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset)
     print(to_markdown(comparison, all_subjects=args.all_subjects))
@@ -247,7 +257,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from evalkit.questions.data import count_rows
     from evalkit.report.listing import task_listing
 
-    for name in args.tasks:
+    _register_task_files(args)
+    for name in expand_tasks(args.tasks):
         task = get_task(name)
         counts = (
             {split: count_rows(task, args.data_dir, split) for split in task.splits} if args.data_dir else {}
@@ -318,12 +329,19 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
 
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
-    parser.add_argument("--tasks", type=_comma_list, default=",".join(TASKS), help="comma list of tasks")
+    parser.add_argument(
+        "--tasks",
+        type=_comma_list,
+        default=",".join(DEFAULT_TASKS),
+        help=f"comma list of tasks from {', '.join(TASKS)} or declared with --task-file; all: every one",
+    )
     parser.add_argument(
         "--data-dir",
         help="local copy of the benchmarks in their official layouts "
-        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets",
+        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets (agieval, gaokao and declared "
+        "tasks need it)",
     )
+    _add_task_file_flag(parser)
     parser.add_argument(
         "--split",
         help=f"split to score (default: each task's own: {own_splits}; "
@@ -347,8 +365,14 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     parser.add_argument(
         "--shots",
         type=_int_at_least(0),
-        default=DEFAULTS.shots,
-        help="few-shot examples per prompt (every subject needs that many shot rows)",
+        help="few-shot examples per prompt, capped by a scheme's per-subject counts (default: the "
+        "scheme's: 5; agieval official 1/3/5 per subset; gaokao official 0)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=_int_at_least(1),
+        help="token limit of the scheme's length policy, recorded in the config (default: the "
+        "scheme's, 2048; e.g. 4096 for the baichuan scheme of agieval/gaokao)",
     )
     parser.add_argument(
         "--limit", type=_int_at_least(1), help="score only the first N questions of each subject (smoke runs)"
@@ -427,6 +451,16 @@ SCORING_BACKENDS = (
     "scoring engine: hf (transformers, evalkit's prefix engine) or vllm (vLLM with its "
     "prefix cache; needs vLLM installed, a local model directory or .gguf file)"
 )
+
+
+def _add_task_file_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task-file",
+        action="append",
+        metavar="PATH",
+        help="a benchmark declared as data (JSON; see README 'Your own benchmark'); repeatable; its "
+        "hash enters the config hash",
+    )
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser, backend_help: str = SCORING_BACKENDS) -> None:
@@ -589,6 +623,7 @@ def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         prog,
     )
     p.add_argument("paths", nargs="+", help="run directories, or folders to search for them")
+    _add_task_file_flag(p)
     p.add_argument("--csv", help="also write the tables as CSV to this file")
     p.add_argument(
         "--html",
@@ -642,6 +677,7 @@ def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
     )
     p.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
     p.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
+    _add_task_file_flag(p)
     p.add_argument(
         "--max-drop", type=float, help="accuracy points B may lose against A per benchmark (default: no gate)"
     )
@@ -723,8 +759,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         ["list", "list --tasks ceval --data-dir ../shared/data"],
         prog,
     )
-    p_list.add_argument("--tasks", type=_comma_list, default=",".join(TASKS), help="comma list of tasks")
+    p_list.add_argument(
+        "--tasks", type=_comma_list, default="all", help="comma list of tasks; all: every task, declared ones too"
+    )
     p_list.add_argument("--data-dir", help="count rows of each split in this local copy")
+    _add_task_file_flag(p_list)
     p_list.set_defaults(func=cmd_list)
     return parser
 

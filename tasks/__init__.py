@@ -10,7 +10,7 @@ from evalkit.types import EvalkitError, Scheme, Task, unknown
 from tasks.agieval import AGIEVAL
 from tasks.ceval import CEVAL
 from tasks.cmmlu import CMMLU
-from tasks.common import CHOICES, load_task_file  # noqa: F401  (the names this package always exported)
+from tasks.common import CHOICES, DATA_DIR, load_task_file  # noqa: F401  (names this package always exported)
 from tasks.gaokao import GAOKAO
 from tasks.mmlu import MMLU
 

@@ -19,13 +19,17 @@ from typing import NamedTuple
 import pandas as pd
 
 from evalkit.report.text import AVERAGE, footnote, run_label
-from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
+from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members, subject_points
 from evalkit.stats.published import PublishedRow, check_names, matching, named_rows
 from evalkit.store.records import Metric, RunResult
 from evalkit.store.saved_runs import SUBMISSION_FILE, short_model_name
 from evalkit.types import QuestionResult, RunConfig, Task
 
-AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}
+AGGREGATION_NOTES = {
+    "micro": "mean over questions (micro)",
+    "macro": "mean of subject accuracies (macro)",
+    "points": "subject accuracies weighted by their total points (GAOKAO-Bench)",
+}
 
 
 class ReportRun(NamedTuple):
@@ -124,6 +128,8 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
                 f"{label}: split {config.split or task.eval_split} has no answers, no accuracy; "
                 f"submission written: {_submission(run)}"
             )
+        if run.result.scheme.shot_source != "split":  # AGIEval, Gaokao, declared tasks: name the setting
+            notes.append(run_setting_note(label, task, run.result))
         if config.limit is not None:
             notes.append(
                 f"⚠ {label}: --limit {config.limit} questions per subject, a smoke run: "
@@ -137,6 +143,20 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
     return notes
 
 
+def run_setting_note(label: str, task: Task, result: RunResult) -> str:
+    """Scheme, subsets and length limit of a run (PROTOCOL §5: the figures depend on all three)."""
+    scheme = result.scheme
+    subsets = list(result.subjects)
+    left_out = [s.name for s in task.subjects if s.name not in result.subjects]
+    limit = f"{scheme.max_tokens} tokens ({scheme.length_policy})"
+    also = "".join(f"; Average ({a}) beside it" for a in scheme.also)
+    return (
+        f"{label}: scheme {scheme.name} ({scheme.shot_source} shots), {len(subsets)} subsets"
+        f"{' (left out: ' + ', '.join(left_out) + ')' if left_out else ''}, length limit {limit}, "
+        f"single4 questions only{also}."
+    )
+
+
 def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict[str, Interval]:
     """The bootstrap 95% CI of each figure (category, extra group, Average) from the run's questions."""
     values = correct_by_subject(run.questions or ())
@@ -145,7 +165,9 @@ def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict
     for column in columns:
         members = list(values) if column == AVERAGE else group_members(task, column, values)
         if members:
-            out[column] = bootstrap_ci({m: values[m] for m in members}, aggregation)
+            out[column] = bootstrap_ci(
+                {m: values[m] for m in members}, aggregation, weights=subject_points(task)
+            )
     return out
 
 

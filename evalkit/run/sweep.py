@@ -50,6 +50,19 @@ def subjects_by_task(
     return {name: tuple(names) for name, names in chosen.items() if names}
 
 
+def task_config(
+    task: Task, config: RunConfig, subjects: tuple[str, ...] | None, scheme_shots: bool
+) -> RunConfig:
+    """One task's config: its subjects, its scheme's shot count where --shots was not given, and the hash
+    of the declaration a user task came from (--task-file)."""
+    if config.scheme not in task.schemes:
+        raise unknown(f"{task.name} scheme", config.scheme, task.schemes)
+    shots = task.schemes[config.scheme].shots if scheme_shots else config.shots
+    return dataclasses.replace(
+        config, task=task.name, subjects=subjects, shots=shots, task_file_hash=task.declaration or None
+    )
+
+
 def _quant_backends(precisions: Sequence[str], config: RunConfig, device: str) -> dict[str, str | None]:
     """Each precision's backend, checked before anything loads; the default named where it was not given
     (one config, and one label, however it was asked); float precisions take none."""
@@ -72,11 +85,13 @@ def run_sweep(
     precisions: Sequence[str],
     subjects: Sequence[str] | None = None,
     device_map: str | None = None,
+    scheme_shots: bool = False,
 ) -> list[ReportRun]:
     """Validate all data and precisions up front, then per precision: load once, run every task, free.
 
     `config` holds the settings shared by every run (its task, subjects and precision are set here);
-    the runs come back in order (main process only: the others return none).
+    `scheme_shots`: --shots was not given, each task takes its scheme's count (5 for the CSV benchmarks,
+    so their hashes stay). The runs come back in order (main process only: the others return none).
     """
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
     from evalkit.models.loading import load_model
@@ -105,10 +120,12 @@ def run_sweep(
             "--device-map spreads one model over all GPUs of one process; under accelerate "
             "launch each process holds its own copy: use one or the other"
         )
-    base = {name: dataclasses.replace(config, task=name, subjects=names) for name, names in routed.items()}
+    base = {name: task_config(by_name[name], config, names, scheme_shots) for name, names in routed.items()}
     # every file of every task and every precision is checked before the (slow) model loads
     data = {
-        name: load_task_data(by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots)
+        name: load_task_data(
+            by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots, by_name[name].schemes[c.scheme]
+        )
         for name, c in base.items()
     }
     if is_main_process():
