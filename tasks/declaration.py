@@ -76,7 +76,7 @@ def _record(cls: type, raw: object, where: str, skip: set[str], defaults: dict |
     fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in skip}
     for key in raw:
         if key not in fields:
-            raise unknown(f"field in {where}:", key, fields)
+            raise _fail(where, str(unknown("field", key, fields)))
     hints, out = _hints(cls), dict(defaults or {})
     for name, spec in fields.items():
         if name in raw:
@@ -95,7 +95,8 @@ def _scheme(name: str, raw: object, where: str, base_of: Callable[[str], Scheme]
             base = base_of(base_name)
         except EvalkitError as exc:
             raise _fail(f"{where}.base", str(exc)) from exc
-        kwargs = _record(Scheme, raw, where, {"name"}, defaults=dataclasses.asdict(base))
+        inherited = {k: v for k, v in dataclasses.asdict(base).items() if k != "name"}
+        kwargs = _record(Scheme, raw, where, {"name"}, defaults=inherited)
     else:
         kwargs = _record(Scheme, raw, where, {"name"})
     return Scheme(name=name, **kwargs)
@@ -107,7 +108,7 @@ def task_from_dict(data: object, where: str, base_of: Callable[[str], Scheme], d
         raise _fail(where, "expected a JSON object")
     for key in data:
         if key not in ("evalkit_task", "task", "subjects", "schemes"):
-            raise unknown(f"top-level key in {where}:", key, ["evalkit_task", "task", "subjects", "schemes"])
+            raise _fail(where, str(unknown("top-level key", key, ["evalkit_task", "task", "subjects", "schemes"])))
     if data.get("evalkit_task") != VERSION:
         raise _fail(f"{where}: evalkit_task", f"{data.get('evalkit_task')!r}; this evalkit reads version {VERSION}")
     for key in ("task", "subjects", "schemes"):
@@ -165,9 +166,10 @@ def dump_declaration(task: Task) -> dict:
     body = {f.name: getattr(task, f.name) for f in dataclasses.fields(Task)}
     for key in ("subjects", "schemes", "declaration"):
         body.pop(key)
-    return {
+    document = {
         "evalkit_task": VERSION,
-        "task": json.loads(json.dumps(body)),
+        "task": body,
         "subjects": [dataclasses.asdict(s) for s in task.subjects],
         "schemes": {n: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"} for n, s in task.schemes.items()},
     }
+    return json.loads(json.dumps(document, ensure_ascii=False))  # tuples -> lists, as a file holds them
