@@ -101,7 +101,9 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         backend=args.backend,
         **{name: getattr(args, name) for name in VLLM_ENGINE_FIELDS if getattr(args, name) is not None},
     )
-    return run_sweep(tasks, config, precisions, args.subjects, args.device_map, scheme_shots=args.shots is None)
+    return run_sweep(
+        tasks, config, precisions, args.subjects, args.device_map, scheme_shots=args.shots is None
+    )
 
 
 def _register_task_files(args: argparse.Namespace) -> None:
@@ -760,7 +762,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         prog,
     )
     p_list.add_argument(
-        "--tasks", type=_comma_list, default="all", help="comma list of tasks; all: every task, declared ones too"
+        "--tasks",
+        type=_comma_list,
+        default="all",
+        help="comma list of tasks; all: every task, declared ones too",
     )
     p_list.add_argument("--data-dir", help="count rows of each split in this local copy")
     _add_task_file_flag(p_list)

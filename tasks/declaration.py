@@ -28,7 +28,13 @@ from evalkit.types import EvalkitError, Scheme, Subject, Task, unknown
 
 VERSION = 1
 # Task fields a declaration may leave out, and what they mean there (a declared task reads local files)
-TASK_DEFAULTS = {"csv_header": None, "hub_id": "", "hub_splits": {}, "categories": (), "requires_data_dir": True}
+TASK_DEFAULTS = {
+    "csv_header": None,
+    "hub_id": "",
+    "hub_splits": {},
+    "categories": (),
+    "requires_data_dir": True,
+}
 _HINTS: dict[type, dict[str, object]] = {}
 
 
@@ -65,7 +71,9 @@ def _coerce(value: object, hint: object, where: str) -> object:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):  # type: ignore[arg-type]
-        raise _fail(where, f"expected {getattr(hint, '__name__', hint)}, got {json.dumps(value, ensure_ascii=False)}")
+        raise _fail(
+            where, f"expected {getattr(hint, '__name__', hint)}, got {json.dumps(value, ensure_ascii=False)}"
+        )
     return value
 
 
@@ -81,7 +89,11 @@ def _record(cls: type, raw: object, where: str, skip: set[str], defaults: dict |
     for name, spec in fields.items():
         if name in raw:
             out[name] = _coerce(raw[name], hints[name], f"{where}.{name}")
-        elif name not in out and spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+        elif (
+            name not in out
+            and spec.default is dataclasses.MISSING
+            and spec.default_factory is dataclasses.MISSING
+        ):
             raise _fail(where, f"missing field {name!r}")
     return out
 
@@ -108,9 +120,13 @@ def task_from_dict(data: object, where: str, base_of: Callable[[str], Scheme], d
         raise _fail(where, "expected a JSON object")
     for key in data:
         if key not in ("evalkit_task", "task", "subjects", "schemes"):
-            raise _fail(where, str(unknown("top-level key", key, ["evalkit_task", "task", "subjects", "schemes"])))
+            raise _fail(
+                where, str(unknown("top-level key", key, ["evalkit_task", "task", "subjects", "schemes"]))
+            )
     if data.get("evalkit_task") != VERSION:
-        raise _fail(f"{where}: evalkit_task", f"{data.get('evalkit_task')!r}; this evalkit reads version {VERSION}")
+        raise _fail(
+            f"{where}: evalkit_task", f"{data.get('evalkit_task')!r}; this evalkit reads version {VERSION}"
+        )
     for key in ("task", "subjects", "schemes"):
         if key not in data:
             raise _fail(where, f"missing {key!r}")
@@ -125,7 +141,9 @@ def task_from_dict(data: object, where: str, base_of: Callable[[str], Scheme], d
     schemes = {
         name: _scheme(name, raw, f"{where}: schemes.{name}", base_of) for name, raw in data["schemes"].items()
     }
-    kwargs = _record(Task, data["task"], f"{where}: task", {"subjects", "schemes", "declaration"}, TASK_DEFAULTS)
+    kwargs = _record(
+        Task, data["task"], f"{where}: task", {"subjects", "schemes", "declaration"}, TASK_DEFAULTS
+    )
     task = Task(subjects=subjects, schemes=schemes, declaration=digest, **kwargs)
     _check(task, where)
     return task
@@ -170,6 +188,9 @@ def dump_declaration(task: Task) -> dict:
         "evalkit_task": VERSION,
         "task": body,
         "subjects": [dataclasses.asdict(s) for s in task.subjects],
-        "schemes": {n: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"} for n, s in task.schemes.items()},
+        "schemes": {
+            n: {k: v for k, v in dataclasses.asdict(s).items() if k != "name"}
+            for n, s in task.schemes.items()
+        },
     }
     return json.loads(json.dumps(document, ensure_ascii=False))  # tuples -> lists, as a file holds them

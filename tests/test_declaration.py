@@ -53,7 +53,9 @@ def test_a_mistake_is_one_line_naming_the_field():
     )
     bad = declaration()
     bad["task"]["splts"] = ["dev"]
-    assert _error(bad).startswith("decl.json: task: unknown field 'splts'; did you mean splits or hub_splits?")
+    assert _error(bad).startswith(
+        "decl.json: task: unknown field 'splts'; did you mean splits or hub_splits?"
+    )
     bad = declaration()
     del bad["task"]["local_path"]
     assert _error(bad) == "decl.json: task: missing field 'local_path'"
@@ -87,10 +89,14 @@ def _write_jsonl_copy(csv_root: Path, out_root: Path, name: str) -> None:
         folder = out_root / name / split
         folder.mkdir(parents=True, exist_ok=True)
         for subject in SUBJECTS:
-            with (csv_root / "ceval" / split / f"{subject}_{split}.csv").open(encoding="utf-8", newline="") as f:
+            with (csv_root / "ceval" / split / f"{subject}_{split}.csv").open(
+                encoding="utf-8", newline=""
+            ) as f:
                 rows = list(csv.DictReader(f))
             lines = [
-                json.dumps({"question": r["question"], "options": [r[k] for k in "ABCD"], "answer": r["answer"]})
+                json.dumps(
+                    {"question": r["question"], "options": [r[k] for k in "ABCD"], "answer": r["answer"]}
+                )
                 for r in rows
             ]
             (folder / f"{subject}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -113,10 +119,38 @@ def test_a_declared_benchmark_runs_end_to_end_like_the_builtin_layout(
     path.write_text(json.dumps(declaration(), ensure_ascii=False), encoding="utf-8")
     common = ["--model", str(tiny_spm_model_dir), "--no-progress", "--subjects", ",".join(SUBJECTS)]
     try:
-        assert main(["eval", *common, "--data-dir", str(root), "--tasks", "myceval", "--task-file", str(path),
-                     "--output-dir", str(tmp_path / "declared")]) == 0
-        assert main(["eval", *common, "--data-dir", str(tiny_data_dir), "--tasks", "ceval",
-                     "--output-dir", str(tmp_path / "builtin")]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    *common,
+                    "--data-dir",
+                    str(root),
+                    "--tasks",
+                    "myceval",
+                    "--task-file",
+                    str(path),
+                    "--output-dir",
+                    str(tmp_path / "declared"),
+                ]
+            )
+            == 0
+        )
+        assert (
+            main(
+                [
+                    "eval",
+                    *common,
+                    "--data-dir",
+                    str(tiny_data_dir),
+                    "--tasks",
+                    "ceval",
+                    "--output-dir",
+                    str(tmp_path / "builtin"),
+                ]
+            )
+            == 0
+        )
         assert main(["list", "--task-file", str(path)]) == 0
         listing = capsys.readouterr().out
     finally:

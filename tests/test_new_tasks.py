@@ -48,7 +48,13 @@ GAOKAO_SINGLE4 = {
 ENGLISH = {"logiqa-en", "sat-math", "sat-en", "sat-en-without-passage", "gaokao-english"}
 NAMES = {"gaokao-history": "高考历史", "sat-en-without-passage": "SAT英语", "logiqa-zh": "公务员"}
 SAMPLE = {  # scheme -> subsets sampled: zh and en, a passage, a blanked passage, 3-shot and 1-shot caps
-    "agieval": ["gaokao-history", "gaokao-chinese", "gaokao-geography", "logiqa-zh", "sat-en-without-passage"],
+    "agieval": [
+        "gaokao-history",
+        "gaokao-chinese",
+        "gaokao-geography",
+        "logiqa-zh",
+        "sat-en-without-passage",
+    ],
     "gaokao": ["2010-2013_English_MCQs", "2010-2022_Math_I_MCQs", "2010-2022_Chinese_Lang_and_Usage_MCQs"],
 }
 BYTES = lambda text: len(text.encode()) // 3  # noqa: E731  a token count that makes the length rules act
@@ -180,21 +186,25 @@ def _upstream_agieval(shared_data, dataset_name: str, line: dict, n_shot: int) -
         options = con["options"] if con["options"] is not None else ""
         label = con["label"] if con["label"] is not None else ""
         if english:
-            text = "Problem {}.   ".format(idx + 1) + passage + " " + con["question"] + "\n"
+            text = f"Problem {idx + 1}.   " + passage + " " + con["question"] + "\n"
             text += "Choose from the following options:    " + " ".join(options) + "\n"
-            text += "The answer is therefore {}".format(label)
+            text += f"The answer is therefore {label}"
         else:
-            text = "问题 {}.   ".format(idx + 1) + passage + " " + con["question"] + "\n"
-            text += "从以下选项中选择:    " + " ".join(options) + "\n" + "答案是 {}".format(label)
+            text = f"问题 {idx + 1}.   " + passage + " " + con["question"] + "\n"
+            text += "从以下选项中选择:    " + " ".join(options) + "\n" + f"答案是 {label}"
         demos.append(text + "\n")
-    header = "Here are the answers for the problems in the exam.\n" if english else "以下是考试中各个问题的答案。\n"
+    header = (
+        "Here are the answers for the problems in the exam.\n"
+        if english
+        else "以下是考试中各个问题的答案。\n"
+    )
     demo = header + "".join(d + "<END>\n" for d in demos[:n_shot])
     passage = line["passage"] if line["passage"] is not None else ""
     if english:
-        query = "Problem {}.   ".format(n_shot + 1) + passage + " " + line["question"] + "\n"
+        query = f"Problem {n_shot + 1}.   " + passage + " " + line["question"] + "\n"
         query += "Choose from the following options:    " + " ".join(line["options"]) + "\n"
         return demo + query + "The answer is therefore"
-    query = "问题 {}.   ".format(n_shot + 1) + passage + " " + line["question"] + "\n"
+    query = f"问题 {n_shot + 1}.   " + passage + " " + line["question"] + "\n"
     return demo + query + "从以下选项中选择:    " + " ".join(line["options"]) + "\n" + "答案是"
 
 
@@ -211,7 +221,9 @@ def test_agieval_official_prompts_equal_upstream_dataset_loader(shared_data):
         for prompt in build_prompts(scheme, data, BYTES, scheme.shots, 1234):
             row = raw[int(prompt.question.id.rsplit("/", 1)[1])]
             assert prompt.shots_used == expected_shots, subset
-            assert prompt.text == _upstream_agieval(shared_data, subset, row, expected_shots), prompt.question.id
+            assert prompt.text == _upstream_agieval(shared_data, subset, row, expected_shots), (
+                prompt.question.id
+            )
 
 
 def test_agieval_list_labels_print_as_upstream(shared_data):
@@ -247,4 +259,12 @@ def test_a_malformed_json_line_names_file_and_line(tmp_path):
     good = {"passage": None, "question": "q", "options": ["(A)a", "(B)b", "(C)c", "(D)d"], "label": "A"}
     (folder / "sat-math.jsonl").write_text(json.dumps(good) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(EvalkitError, match=r"sat-math.jsonl: line 2 is not valid JSON"):
-        load_task_data(get_task("agieval"), tmp_path, None, ["sat-math"], None, 0, get_task("agieval").schemes["baichuan"])
+        load_task_data(
+            get_task("agieval"),
+            tmp_path,
+            None,
+            ["sat-math"],
+            None,
+            0,
+            get_task("agieval").schemes["baichuan"],
+        )

@@ -13,20 +13,23 @@ import pytest
 from evalkit.questions.prompts import render_header
 from evalkit.types import LETTERS, EvalkitError, RunConfig, Scheme
 from tasks import DATA_DIR, TASKS, get_task
+from tasks.convert_categories import convert
 
 # the CSV benchmarks (categories.json, dev shots); AGIEval and Gaokao are checked in test_new_tasks.py
 CSV_TASKS = sorted(name for name, task in TASKS.items() if task.format == "csv")
-from tasks.convert_categories import convert
 
 
 def test_registry_and_did_you_mean():
     assert sorted(TASKS) == ["agieval", "ceval", "cmmlu", "gaokao", "mmlu"]
     assert get_task("cmmlu").title == "CMMLU"
     with pytest.raises(
-        EvalkitError, match=r"unknown task 'cevl'; did you mean ceval\? \(valid: agieval, ceval, cmmlu, gaokao, mmlu\)"
+        EvalkitError,
+        match=r"unknown task 'cevl'; did you mean ceval\? \(valid: agieval, ceval, cmmlu, gaokao, mmlu\)",
     ):
         get_task("cevl")
-    with pytest.raises(EvalkitError, match=r"unknown task 'gsm8k' \(valid: agieval, ceval, cmmlu, gaokao, mmlu\)"):
+    with pytest.raises(
+        EvalkitError, match=r"unknown task 'gsm8k' \(valid: agieval, ceval, cmmlu, gaokao, mmlu\)"
+    ):
         get_task("gsm8k")
 
 

@@ -127,7 +127,9 @@ def count_rows(
     if task.format != "csv":
         from evalkit.questions.jsonl import load_rows
 
-        return {s.name: len(load_rows(task, Path(data_dir), s, split)) for s in select_subjects(task, subjects)}
+        return {
+            s.name: len(load_rows(task, Path(data_dir), s, split)) for s in select_subjects(task, subjects)
+        }
     return {s.name: len(_load(task, data_dir, s.name, split)) for s in select_subjects(task, subjects)}
 
 

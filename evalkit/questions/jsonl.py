@@ -45,12 +45,16 @@ def read_items(path: Path, task: Task) -> list[tuple[str, object]]:
             try:
                 items.append((f"{path}: line {number}", json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise EvalkitError(f"{path}: line {number} is not valid JSON ({exc.msg}, column {exc.colno})") from exc
+                raise EvalkitError(
+                    f"{path}: line {number} is not valid JSON ({exc.msg}, column {exc.colno})"
+                ) from exc
         return items
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise EvalkitError(f"{path}: line {exc.lineno} is not valid JSON ({exc.msg}, column {exc.colno})") from exc
+        raise EvalkitError(
+            f"{path}: line {exc.lineno} is not valid JSON ({exc.msg}, column {exc.colno})"
+        ) from exc
     items = data.get(task.items_key) if isinstance(data, dict) and task.items_key else data
     if not isinstance(items, list):
         raise EvalkitError(f"{path}: expected a list of items under {task.items_key or 'the top level'!r}")
@@ -79,7 +83,9 @@ def _field(task: Task, role: str) -> str:
     return task.fields.get(role, role)
 
 
-def to_question(task: Task, subject: Subject, split: str, row: int, item: object, where: str) -> Question | None:
+def to_question(
+    task: Task, subject: Subject, split: str, row: int, item: object, where: str
+) -> Question | None:
     """One item as a Question, or None where the task keeps single4 rows only and this is not one."""
     if not isinstance(item, dict):
         raise EvalkitError(f"{where}: expected a JSON object, got {type(item).__name__}")
@@ -119,7 +125,9 @@ def load_rows(task: Task, data_dir: Path, subject: Subject, split: str) -> list[
     """The kept rows of one subject's file, in file order."""
     path = data_path(task, data_dir, subject.name, split)
     if not path.is_file():
-        raise EvalkitError(f"missing {task.name} data file for subject {subject.name!r}, split {split!r}: {path}")
+        raise EvalkitError(
+            f"missing {task.name} data file for subject {subject.name!r}, split {split!r}: {path}"
+        )
     out = []
     for row, (where, item) in enumerate(read_items(path, task)):
         question = to_question(task, subject, split, row, item, where)
@@ -165,7 +173,9 @@ def file_shots(scheme: Scheme, task: Task, data_dir: Path, subject: str) -> tupl
         try:
             cell = ast.literal_eval(record[index])
         except (ValueError, SyntaxError) as exc:
-            raise EvalkitError(f"{path}: {record[0]!r} of {column!r} is not a Python literal ({exc})") from exc
+            raise EvalkitError(
+                f"{path}: {record[0]!r} of {column!r} is not a Python literal ({exc})"
+            ) from exc
         shots.append(_shot(task, scheme, subject, len(shots), cell))
     return tuple(shots)
 

@@ -3,8 +3,9 @@
 micro (hendrycks MMLU, lm-eval everywhere): a group's accuracy is correct / questions over all of
 its questions. macro (C-Eval, CMMLU official scorers): accuracy per subject first, then a group's
 accuracy is the unweighted mean of its subjects' accuracies. points (GAOKAO-Bench): each file's
-accuracy weighted by its total points, i.e. each question by its subject's points per question. Only subjects that have results count,
-so a `--subjects` subset run reports the groups it touched and nothing else.
+accuracy weighted by its total points, i.e. each question by its subject's points per question.
+Only subjects that have results count, so a `--subjects` subset run reports the groups it touched
+and nothing else.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def aggregate(
     task: Task, aggregation: Aggregation, results: Iterable[QuestionResult], also: Iterable[Aggregation] = ()
 ) -> Aggregate:
     """Subject, group and overall accuracies of one run, the way the benchmark's scorer computes them;
-    each of `also` (the scheme's other aggregations) as a group "Average (<aggregation>)" over all subjects."""
+    each of `also` (the scheme's other aggregations) as a group "Average (<aggregation>)" over all
+    subjects."""
     results = list(results)
     for result in results:
         task.subject(result.subject)  # an unknown subject is an error naming the valid ones
