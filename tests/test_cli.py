@@ -61,12 +61,12 @@ def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
     from evalkit.models.loading import DEVICE_MAPS
     from evalkit.models.quant.plans import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
-    from tasks import TASKS
+    from tasks import DEFAULT_TASKS
 
     defaults = RunConfig(model="", task="")
     eval_help = " ".join(option_blocks(help_text(capsys, "eval")).values())
     eval_help = " ".join(eval_help.split())  # argparse wraps where it likes
-    assert f"(default: {','.join(TASKS)})" in eval_help
+    assert f"(default: {','.join(DEFAULT_TASKS)})" in eval_help
     assert "{" + ",".join(DEVICE_MAPS) + "}" in eval_help
     assert f"one of {', '.join(PRECISIONS)} (default: {defaults.precision})" in eval_help
     assert f"(default: {defaults.output_dir})" in eval_help and f"(default: {defaults.seed})" in eval_help
