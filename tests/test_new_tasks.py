@@ -268,3 +268,50 @@ def test_a_malformed_json_line_names_file_and_line(tmp_path):
             0,
             get_task("agieval").schemes["baichuan"],
         )
+
+
+def _saved(task_name: str, scheme: str, model: str, rights: dict[str, int]):
+    from builders import answers, saved_run
+
+    from evalkit.types import RunConfig
+
+    config = RunConfig(
+        model=model, task=task_name, scheme=scheme, shots=get_task(task_name).schemes[scheme].shots
+    )
+    results = [
+        q for subset, right in rights.items() for q in answers(task_name, subset, right, 4, split="test")
+    ]
+    return saved_run(config, results)
+
+
+def test_report_csv_html_and_compare_carry_the_new_tasks(tmp_path):
+    from evalkit.report.csv import write_csv
+    from evalkit.report.html import write_html
+    from evalkit.report.tables import ReportRun
+    from evalkit.report.tables_markdown import to_markdown
+    from evalkit.stats.compare import compare
+    from tasks.references import published_rows
+
+    rights = {
+        "agieval": {"gaokao-history": 3, "sat-math": 1},
+        "gaokao": {"2010-2013_English_MCQs": 4, "2010-2022_Math_I_MCQs": 0},
+    }
+    runs = []
+    for task_name, scheme in (("agieval", "baichuan"), ("gaokao", "official")):
+        saved = _saved(task_name, scheme, "/models/Baichuan-7B", rights[task_name])
+        runs.append(ReportRun(saved.result, get_task(task_name), tmp_path, saved.questions))
+    text = to_markdown(runs, published_rows())
+    assert "## AGIEval" in text and "## Gaokao" in text and "|  zh  |  en  |  Average (micro)  |" in text
+    assert "Baichuan-7B (published) " in text and "Baichuan-7B (published, Baichuan2-README.md)" in text
+    assert "unpublished" in text and "single4 questions only" in text and "length limit" in text
+    assert "weighted by their total points" in text
+    write_csv(runs, tmp_path / "all.csv", published_rows())
+    assert "agieval" in (tmp_path / "all.csv").read_text(encoding="utf-8")
+    page = write_html(runs, tmp_path / "index.html", published_rows())
+    assert "Gaokao" in page.path.read_text(encoding="utf-8")
+    a = _saved("gaokao", "official", "m", rights["gaokao"])
+    b = _saved("gaokao", "official", "m", {"2010-2013_English_MCQs": 0, "2010-2022_Math_I_MCQs": 4})
+    result = compare([a], [b], get_task, max_drop=1.0)
+    # points-weighted: B loses English (1 point a question) and wins Math (5): a gain, where micro sees none
+    assert result.passed
+    assert result.benchmarks["gaokao"].overall.delta == pytest.approx((20 - 4) / 24)

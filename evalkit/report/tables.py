@@ -143,6 +143,14 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
     return notes
 
 
+SHOT_SOURCES = {
+    "split": "shots from the shot split",
+    "file": "shots from the few-shot file",
+    "derived": "shots from a seeded split",
+    "none": "zero-shot",
+}
+
+
 def run_setting_note(label: str, task: Task, result: RunResult) -> str:
     """Scheme, subsets and length limit of a run (PROTOCOL §5: the figures depend on all three)."""
     scheme = result.scheme
@@ -151,7 +159,7 @@ def run_setting_note(label: str, task: Task, result: RunResult) -> str:
     limit = f"{scheme.max_tokens} tokens ({scheme.length_policy})"
     also = "".join(f"; Average ({a}) beside it" for a in scheme.also)
     return (
-        f"{label}: scheme {scheme.name} ({scheme.shot_source} shots), {len(subsets)} subsets"
+        f"{label}: scheme {scheme.name} ({SHOT_SOURCES[scheme.shot_source]}), {len(subsets)} subsets"
         f"{' (left out: ' + ', '.join(left_out) + ')' if left_out else ''}, length limit {limit}, "
         f"single4 questions only{also}."
     )
