@@ -163,7 +163,7 @@ class Task:
     keep: RowFilter = "all"  # rows scored; the others are skipped (their row index stays in the ids)
     points_field: str = ""  # the per-item points key, checked against Subject.points
     requires_data_dir: bool = False  # no hub copy carries these bytes
-    declaration: str = ""  # the declaration file this task was read from ("" for Python-defined tasks)
+    declaration_hash: str = ""  # sha256 prefix of the --task-file it came from ("" for built-in tasks)
 
     def __hash__(self) -> int:
         return hash(self.name)

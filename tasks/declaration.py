@@ -142,9 +142,9 @@ def task_from_dict(data: object, where: str, base_of: Callable[[str], Scheme], d
         name: _scheme(name, raw, f"{where}: schemes.{name}", base_of) for name, raw in data["schemes"].items()
     }
     kwargs = _record(
-        Task, data["task"], f"{where}: task", {"subjects", "schemes", "declaration"}, TASK_DEFAULTS
+        Task, data["task"], f"{where}: task", {"subjects", "schemes", "declaration_hash"}, TASK_DEFAULTS
     )
-    task = Task(subjects=subjects, schemes=schemes, declaration=digest, **kwargs)
+    task = Task(subjects=subjects, schemes=schemes, declaration_hash=digest, **kwargs)
     _check(task, where)
     return task
 
@@ -182,7 +182,7 @@ def load_declaration(path: str | Path, base_of: Callable[[str], Scheme], builtin
 def dump_declaration(task: Task) -> dict:
     """A Task as a declaration (the inverse of task_from_dict), e.g. to start a user file from a built-in."""
     body = {f.name: getattr(task, f.name) for f in dataclasses.fields(Task)}
-    for key in ("subjects", "schemes", "declaration"):
+    for key in ("subjects", "schemes", "declaration_hash"):
         body.pop(key)
     document = {
         "evalkit_task": VERSION,

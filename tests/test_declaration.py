@@ -72,7 +72,7 @@ def test_a_mistake_is_one_line_naming_the_field():
 def test_builtin_declarations_round_trip():
     for name in ("agieval", "gaokao"):
         task = get_task(name)
-        assert task.declaration == ""  # built in: no declaration hash in the config
+        assert task.declaration_hash == ""  # built in: no declaration hash in the config
         assert task_from_dict(dump_declaration(task), name, scheme_by_path) == task
 
 
@@ -175,7 +175,7 @@ def test_a_user_task_may_not_shadow_a_builtin(tmp_path):
     path.write_text(json.dumps(declaration("ceval")), encoding="utf-8")
     with pytest.raises(EvalkitError, match="is a built-in task"):
         register_task_file(str(path))
-    assert "ceval" in BUILTIN and TASKS["ceval"].declaration == ""
+    assert "ceval" in BUILTIN and TASKS["ceval"].declaration_hash == ""
 
 
 def test_a_file_that_is_not_json_is_one_error(tmp_path):

@@ -77,6 +77,6 @@ def task_listing(task: Task, counts: dict[str, dict[str, int]] | None = None) ->
     )
     if task.keep != "all":
         summary += f"; {task.keep} rows only"
-    if task.declaration:
-        summary += f"; declared (--task-file, sha256 {task.declaration})"
+    if task.declaration_hash:
+        summary += f"; declared (--task-file, sha256 {task.declaration_hash})"
     return "\n".join([summary, *("  " + line for line in _aligned(rows, right))])

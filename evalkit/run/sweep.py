@@ -59,7 +59,7 @@ def task_config(
         raise unknown(f"{task.name} scheme", config.scheme, task.schemes)
     shots = task.schemes[config.scheme].shots if scheme_shots else config.shots
     return dataclasses.replace(
-        config, task=task.name, subjects=subjects, shots=shots, task_file_hash=task.declaration or None
+        config, task=task.name, subjects=subjects, shots=shots, task_file_hash=task.declaration_hash or None
     )
 
 
