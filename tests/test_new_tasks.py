@@ -4,6 +4,7 @@ constructions written here from PROTOCOL §5 and, for AGIEval `official`, from u
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import json
 import random
@@ -315,3 +316,22 @@ def test_report_csv_html_and_compare_carry_the_new_tasks(tmp_path):
     # points-weighted: B loses English (1 point a question) and wins Math (5): a gain, where micro sees none
     assert result.passed
     assert result.benchmarks["gaokao"].overall.delta == pytest.approx((20 - 4) / 24)
+
+
+def test_shots_default_to_the_schemes_and_max_length_is_a_recorded_setting():
+    from evalkit.run.sweep import task_config
+    from evalkit.types import RunConfig
+
+    base = RunConfig(model="m", task="")
+    gaokao = task_config(get_task("gaokao"), base, None, scheme_shots=True)
+    assert gaokao.shots == 0 and gaokao.task_file_hash is None
+    mmlu = task_config(get_task("mmlu"), base, None, scheme_shots=True)
+    assert mmlu.config_hash() == "4e50a9a2620b"  # the golden hash: "the scheme's" count is 5 there
+    asked = dataclasses.replace(base, scheme="baichuan", max_length=4096)
+    longer = task_config(get_task("agieval"), asked, None, scheme_shots=True)
+    assert (
+        longer.max_length == 4096
+        and longer.config_hash() != dataclasses.replace(longer, max_length=None).config_hash()
+    )
+    with pytest.raises(EvalkitError, match="--max-length sets the limit of schemes that drop shots"):
+        task_config(get_task("agieval"), dataclasses.replace(base, max_length=4096), None, scheme_shots=True)

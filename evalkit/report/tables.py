@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
+from evalkit.report.run_setting import run_setting_note
 from evalkit.report.text import AVERAGE, footnote, run_label
 from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members, subject_points
 from evalkit.stats.published import PublishedRow, check_names, matching, named_rows
@@ -141,28 +142,6 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
                 "groups without results are blank."
             )
     return notes
-
-
-SHOT_SOURCES = {
-    "split": "shots from the shot split",
-    "file": "shots from the few-shot file",
-    "derived": "shots from a seeded split",
-    "none": "zero-shot",
-}
-
-
-def run_setting_note(label: str, task: Task, result: RunResult) -> str:
-    """Scheme, subsets and length limit of a run (PROTOCOL §5: the figures depend on all three)."""
-    scheme = result.scheme
-    subsets = list(result.subjects)
-    left_out = [s.name for s in task.subjects if s.name not in result.subjects]
-    limit = f"{scheme.max_tokens} tokens ({scheme.length_policy})"
-    also = "".join(f"; Average ({a}) beside it" for a in scheme.also)
-    return (
-        f"{label}: scheme {scheme.name} ({SHOT_SOURCES[scheme.shot_source]}), {len(subsets)} subsets"
-        f"{' (left out: ' + ', '.join(left_out) + ')' if left_out else ''}, length limit {limit}, "
-        f"single4 questions only{also}."
-    )
 
 
 def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict[str, Interval]:

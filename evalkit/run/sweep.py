@@ -57,7 +57,14 @@ def task_config(
     of the declaration a user task came from (--task-file)."""
     if config.scheme not in task.schemes:
         raise unknown(f"{task.name} scheme", config.scheme, task.schemes)
-    shots = task.schemes[config.scheme].shots if scheme_shots else config.shots
+    scheme = task.schemes[config.scheme]
+    if config.max_length is not None and scheme.length_policy not in ("drop_last", "drop_longest"):
+        raise EvalkitError(
+            f"--max-length sets the limit of schemes that drop shots to fit it; {task.name} "
+            f"{scheme.name} has length policy {scheme.length_policy!r} (its prompts are cut at the "
+            "model's context, if at all): leave --max-length out for it"
+        )
+    shots = scheme.shots if scheme_shots else config.shots
     return dataclasses.replace(
         config, task=task.name, subjects=subjects, shots=shots, task_file_hash=task.declaration_hash or None
     )
