@@ -3,7 +3,8 @@
     python benchmarks/scoring_speed.py                          # every subject, 10 questions each, 1 thread
     python benchmarks/scoring_speed.py --subjects-per-task 2    # a quick look
 
-SmolLM2-135M (CPU, fp32), the official 5-shot prompts of MMLU (test), C-Eval (val) and CMMLU (test),
+SmolLM2-135M (CPU, fp32), the official prompts of MMLU (test), C-Eval (val) and CMMLU (test), 5-shot (and
+with --tasks agieval,gaokao AGIEval's 1/3/5-shot and Gaokao's zero-shot official prompts),
 the first --per-subject questions of every subject, all in one process, interleaved per subject (the
 order of the three rotates from subject to subject so that drift in machine speed spreads evenly):
   A  one plain forward per full prompt, batch 1, full logits: the definition, and the reference
@@ -110,9 +111,9 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
         plain = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="plain", progress=False)
         subjects = [s.name for s in task.subjects][: args.subjects_per_task]
         for k, data in enumerate(
-            load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject)
+            load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject, scheme=scheme)
         ):
-            prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
+            prompts = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos), scheme.shots)
             seqs = encode_prompts(tokenizer, [p.text for p in prompts], scheme.bos)
             runs = {
                 "A": functools.partial(reference, model, seqs, letters),
@@ -181,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         help="model file or directory, loaded by evalkit at fp32 on CPU",
     )
     parser.add_argument("--data-dir", default=str(SHARED / "data"), help="the official benchmark files")
-    parser.add_argument("--tasks", default="mmlu,ceval,cmmlu", help="comma list, official scheme")
+    parser.add_argument(
+        "--tasks", default="mmlu,ceval,cmmlu", help="comma list (agieval, gaokao too), official scheme"
+    )
     parser.add_argument("--per-subject", type=int, default=10, help="first N questions of each subject")
     parser.add_argument(
         "--subjects-per-task", type=int, default=None, help="first N subjects of each task; omitted: all"

@@ -21,7 +21,10 @@ LetterRule = Literal["in_context", "standalone"]
 BosPolicy = Literal["tokenizer_default", "never"]
 ShotOrder = Literal["file", "shuffled_per_question"]
 LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
-Aggregation = Literal["micro", "macro"]
+Aggregation = Literal["micro", "macro", "points"]  # points: each subject weighted by n x Subject.points
+ShotSource = Literal["split", "file", "derived", "none"]  # Scheme.shot_source
+DataFormat = Literal["csv", "jsonl", "json"]  # Task.format: how a subject's file is read
+RowFilter = Literal["all", "single4"]  # Task.keep: single4 = four options, one gold letter A-D
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
 DistributedExecutor = Literal["ray", "mp"]  # vLLM's executors: across nodes (Ray) or one node
 
@@ -57,6 +60,8 @@ class Subject:
     name_en: str  # e.g. "High School Physics"
     name_zh: str  # e.g. "高中物理" ("" where the benchmark has none)
     categories: tuple[str, ...]
+    language: str = ""  # picks Scheme.languages' templates (AGIEval: "en" / "zh")
+    points: float = 1.0  # points per question (GAOKAO-Bench `score`): the `points` aggregation's weight
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Question:
     text: str
     choices: tuple[str, str, str, str]
     answer: str | None
+    passage: str | None = None  # AGIEval's passage; Scheme.passage_template renders it
+    options: tuple[str, ...] | None = None  # the option list as given (a shot may have 3, or 1 combined)
+    label: str | None = None  # the gold as upstream prints it (`['C']` for a list label); None: answer
 
 
 @dataclass(frozen=True)
@@ -100,9 +108,28 @@ class Scheme:
     strip_text: bool = False  # strip the question (not the choices) before formatting, as lm-eval does
     subject_names: dict[str, str] = field(default_factory=dict)  # overrides subject_zh per subject
     source: str = ""  # where these bytes come from (repository, path, commit)
+    # ---- issue 24 (AGIEval, Gaokao, declared tasks); every default reproduces the schemes above ----
+    shots: int = 5  # the shot count when --shots is not given
+    subject_shots: dict[str, int] = field(default_factory=dict)  # per-subject caps (AGIEval official 1/3/5)
+    shot_source: ShotSource = "split"  # the task's shot split, a shot file, a derived split, or none
+    shot_file: str = ""  # "file": CSV of "sample k" rows, cells Python literals (under <data-dir>/<task>/)
+    shot_columns: dict[str, str] = field(default_factory=dict)  # subject -> its column in the shot file
+    blank_passage: tuple[str, ...] = ()  # subjects whose file shots lose their passage
+    split_key: str = ""  # "derived": sha256 template of a row's rank, {benchmark} {subset} {row}
+    pool_size: int = 5  # "derived": rows per subject moved to the shot pool
+    options_joiner: str = "\n"  # `{options}`: the option list joined by this
+    passage_template: str = ""  # `{passage}` when the question has a non-empty passage, else ""
+    header_by_subject: dict[str, str] = field(default_factory=dict)  # a subject's whole header, verbatim
+    languages: dict[str, dict[str, str]] = field(default_factory=dict)  # language -> template overrides
+    default_exclude: tuple[str, ...] = ()  # subjects left out unless --subjects names them
+    also: tuple[Aggregation, ...] = ()  # aggregations reported beside the main one ("Average (micro)")
 
     def __hash__(self) -> int:  # subject_names is a dict; the name identifies a scheme
         return hash(self.name)
+
+    def shots_for(self, subject: str, requested: int) -> int:
+        """Shots for one subject: the request, capped by the scheme's per-subject count."""
+        return min(requested, self.subject_shots.get(subject, requested))
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,14 @@ class Task:
     # differs from csv_header (C-Eval dev adds "explanation", C-Eval test has no "answer")
     id_column: str | None = None  # header of the row-id column, checked to equal the row index
     schemes: dict[str, Scheme] = field(default_factory=dict)
+    # ---- issue 24: JSON/JSONL layouts (AGIEval, Gaokao, declared tasks); defaults: the CSV layouts ----
+    format: DataFormat = "csv"
+    fields: dict[str, str] = field(default_factory=dict)  # role (question, options, answer, passage) -> key
+    items_key: str = ""  # "json": the key of the item list ("example" in GAOKAO-Bench)
+    keep: RowFilter = "all"  # rows scored; the others are skipped (their row index stays in the ids)
+    points_field: str = ""  # the per-item points key, checked against Subject.points
+    requires_data_dir: bool = False  # no hub copy carries these bytes
+    declaration_hash: str = ""  # sha256 prefix of the --task-file it came from ("" for built-in tasks)
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -215,7 +250,7 @@ NON_RESULT_FIELDS = frozenset(
 )
 # Result fields left out of the hash while they hold their default, so that the runs made before the field
 # existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).
-HASHED_UNLESS_DEFAULT = frozenset({"backend"})
+HASHED_UNLESS_DEFAULT = frozenset({"backend", "max_length", "task_file_hash"})
 
 
 @dataclass(frozen=True)
@@ -236,6 +271,8 @@ class RunConfig:
     device: str = "auto"
     trust_remote_code: bool = False
     seed: int = 1234  # shot shuffles of schemes that shuffle
+    max_length: int | None = None  # the length policy's token limit; None: the scheme's (2048)
+    task_file_hash: str | None = None  # sha256 prefix of the --task-file declaring this task; None: built in
     batch_tokens: int | None = None  # None: sized for the device
     engine: EngineChoice = "auto"
     output_dir: str = "results"

@@ -7,7 +7,7 @@ Layout: ceval/{dev,val,test}/{subject}_{split}.csv, CRLF, header id,question,A,B
 from __future__ import annotations
 
 from evalkit.types import Scheme, Task
-from tasks import CHOICES, load_task_file
+from tasks.common import CHOICES, load_task_file
 
 _DATA, _SUBJECTS = load_task_file("ceval")
 _EXAMPLE = "{question}" + CHOICES + "答案："

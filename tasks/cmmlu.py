@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from evalkit.types import Scheme, Task
-from tasks import CHOICES, load_task_file
 from tasks.ceval import LM_EVAL as CEVAL_LM_EVAL
+from tasks.common import CHOICES, load_task_file
 
 _DATA, _SUBJECTS = load_task_file("cmmlu")
 _HEADER = "以下是关于{subject_zh}的单项选择题，请直接给出正确答案的选项。\n\n"

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from evalkit.types import Scheme, Task
-from tasks import CHOICES, load_task_file
+from tasks.common import CHOICES, load_task_file
 
 _DATA, _SUBJECTS = load_task_file("mmlu")
 _EXAMPLE = "{question}" + CHOICES + "Answer:"

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_runner import eval_args, run_dirs
+from support_cli import eval_args, run_dirs_by_task
 
 import run_eval
 from evalkit.cli.common import third_party_warnings_once
@@ -62,12 +62,12 @@ def test_defaults_and_choices_come_from_their_owners_as_typed(capsys):
     from evalkit.machine import DEVICE_MAPS
     from evalkit.models.quant.plans import PRECISIONS, QUANT_BITS
     from evalkit.types import RunConfig
-    from tasks import TASKS
+    from tasks import DEFAULT_TASKS
 
     defaults = RunConfig(model="", task="")
     eval_help = " ".join(option_blocks(help_text(capsys, "eval")).values())
     eval_help = " ".join(eval_help.split())  # argparse wraps where it likes
-    assert f"(default: {','.join(TASKS)})" in eval_help
+    assert f"(default: {','.join(DEFAULT_TASKS)})" in eval_help
     assert "{" + ",".join(DEVICE_MAPS) + "}" in eval_help
     assert f"one of {', '.join(PRECISIONS)} (default: {defaults.precision})" in eval_help
     assert f"(default: {defaults.output_dir})" in eval_help and f"(default: {defaults.seed})" in eval_help
@@ -189,7 +189,7 @@ def test_eval_prints_the_plan_and_one_estimate_per_task(tiny_spm_model_dir, tiny
 def test_a_resumed_run_says_how_much_was_scored(tiny_spm_model_dir, tiny_data_dir, tmp_path, capsys):
     args = eval_args(tiny_spm_model_dir, tiny_data_dir, tmp_path, tasks=("ceval",))
     assert main(args) == 0
-    run_dir = run_dirs(tmp_path)["ceval"]
+    run_dir = run_dirs_by_task(tmp_path)["ceval"]
     total = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))["timings"]["questions"]
     (run_dir / "run.json").unlink()
     lines = (run_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)

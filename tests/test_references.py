@@ -151,7 +151,17 @@ def test_published_rows_merge_agreeing_documents_and_keep_disagreeing_ones():
     assert baichuan_7b[0].scores["Avg(Hard)"] == 31.5 and baichuan_7b[0].split == "test"
     assert len([r for r in rows if r.benchmark == "ceval" and r.named("ziya llama 13b pretrain")]) == 2
     assert [r.scores for r in rows if r.benchmark == "mmlu" and r.named("Falcon-7B")] == [{"Average": 35.0}]
-    assert {r.benchmark for r in rows} == {"ceval", "mmlu", "cmmlu"}  # Gaokao and AGIEval are data only
+    assert {r.benchmark for r in rows} == {"ceval", "mmlu", "cmmlu", "gaokao", "agieval"}
+    # Baichuan-7B: the card and the Baichuan2 README agree on AGIEval (one row, two sources) and disagree on
+    # Gaokao (36.24 vs 36.34: two rows, each labelled by its source)
+    agieval = [r for r in rows if r.benchmark == "agieval" and r.named("Baichuan-7B")]
+    assert len(agieval) == 1 and len(agieval[0].sources) == 2 and agieval[0].scores == {"Average": 34.44}
+    gaokao = sorted(r.scores["Average"] for r in rows if r.benchmark == "gaokao" and r.named("Baichuan-7B"))
+    assert gaokao == [36.24, 36.34]
+    assert [r.scores for r in rows if r.benchmark == "gaokao" and r.named("Baichuan-13B-Base")] == [
+        {"Average": 49.69}
+    ]
+    assert all("unpublished" in " ".join(r.notes) for r in rows if r.benchmark in ("gaokao", "agieval"))
 
 
 def test_quantization_rows_carry_the_memory_of_their_precision():

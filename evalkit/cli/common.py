@@ -114,6 +114,27 @@ def subcommand(
     )
 
 
+# ---- user benchmarks (tasks.declaration) ----
+
+
+def add_task_file_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--task-file",
+        action="append",
+        metavar="PATH",
+        help="a benchmark declared as data (JSON; see README 'Your own benchmark'); repeatable; its "
+        "hash enters the config hash",
+    )
+
+
+def register_task_files(args: argparse.Namespace) -> None:
+    """--task-file: user benchmarks declared as data join the task registry (tasks.declaration)."""
+    from tasks import register_task_file
+
+    for path in getattr(args, "task_file", None) or []:
+        register_task_file(path)
+
+
 # ---- the backends' flags (declared in evalkit.backends) ----
 
 

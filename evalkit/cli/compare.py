@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalkit.cli.common import subcommand
+from evalkit.cli.common import add_task_file_flag, register_task_files, subcommand
 
 
 def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
     )
     p.add_argument("a", help="baseline: a run directory or a folder of runs (one per task)")
     p.add_argument("b", help="candidate: a run directory or a folder of runs (one per task)")
+    add_task_file_flag(p)
     p.add_argument(
         "--max-drop", type=float, help="accuracy points B may lose against A per benchmark (default: no gate)"
     )
@@ -66,6 +67,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     gates = {"max_drop": args.max_drop, "max_kl": args.max_kl, "min_agreement": args.min_agreement}
     check_thresholds(**gates)  # before reading any run: a NaN gate is refused, never passed
+    register_task_files(args)
     runs_a, runs_b = list(saved_runs([args.a]).values()), list(saved_runs([args.b]).values())
     comparison = compare(runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset)
     print(to_markdown(comparison, all_subjects=args.all_subjects))

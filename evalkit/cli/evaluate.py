@@ -10,16 +10,18 @@ from evalkit.backends import refuse_foreign_flags
 from evalkit.cli.common import (
     DEFAULTS,
     add_backend_flags,
+    add_task_file_flag,
     backend_settings,
     comma_list,
     int_at_least,
     literal_choices,
+    register_task_files,
     subcommand,
 )
 from evalkit.machine import DEVICE_MAPS, DEVICES
 from evalkit.models.quant.choices import DEFAULT_QUANT_BACKEND, PRECISIONS, QUANT_BACKENDS, QUANT_BITS
 from evalkit.types import RunConfig
-from tasks import TASKS, get_task
+from tasks import DEFAULT_TASKS, TASKS, expand_tasks, get_task
 
 if TYPE_CHECKING:
     from evalkit.store.records import ReportRun
@@ -63,12 +65,19 @@ def add_parsers(sub: argparse._SubParsersAction, program: str) -> None:
 def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
-    parser.add_argument("--tasks", type=comma_list, default=",".join(TASKS), help="comma list of tasks")
+    parser.add_argument(
+        "--tasks",
+        type=comma_list,
+        default=",".join(DEFAULT_TASKS),
+        help=f"comma list of tasks from {', '.join(TASKS)} or declared with --task-file; all: every one",
+    )
     parser.add_argument(
         "--data-dir",
         help="local copy of the benchmarks in their official layouts "
-        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets",
+        f"(<dir>/{{{','.join(TASKS)}}}/...); default: the hub datasets (agieval, gaokao and declared "
+        "tasks need it)",
     )
+    add_task_file_flag(parser)
     parser.add_argument(
         "--split",
         help=f"split to score (default: each task's own: {own_splits}; "
@@ -92,8 +101,14 @@ def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None
     parser.add_argument(
         "--shots",
         type=int_at_least(0),
-        default=DEFAULTS.shots,
-        help="few-shot examples per prompt (every subject needs that many shot rows)",
+        help="few-shot examples per prompt, capped by a scheme's per-subject counts (default: the "
+        "scheme's: 5; agieval official 1/3/5 per subset; gaokao official 0)",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int_at_least(1),
+        help="token limit of the scheme's length policy, recorded in the config (default: the "
+        "scheme's, 2048; e.g. 4096 for the baichuan scheme of agieval/gaokao)",
     )
     parser.add_argument(
         "--limit", type=int_at_least(1), help="score only the first N questions of each subject (smoke runs)"
@@ -164,7 +179,8 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
     from evalkit.run.sweep import run_sweep
 
     refuse_foreign_flags(vars(args), args.backend)
-    tasks = [get_task(name) for name in args.tasks]
+    register_task_files(args)
+    tasks = [get_task(name) for name in expand_tasks(args.tasks)]
     config = RunConfig(
         model=args.model,
         task="",
@@ -172,7 +188,8 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         split=args.split,
         scheme=args.scheme,
         letter_rule=args.letter_token,
-        shots=args.shots,
+        shots=DEFAULTS.shots if args.shots is None else args.shots,
+        max_length=args.max_length,
         limit=args.limit,
         quant_backend=args.quant_backend,
         device=args.device,
@@ -185,7 +202,9 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         backend=args.backend,
         **backend_settings(args),
     )
-    return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
+    return run_sweep(
+        tasks, config, precisions, args.subjects, args.device_map, scheme_shots=args.shots is None
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

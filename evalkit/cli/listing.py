@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalkit.cli.common import comma_list, subcommand
-from tasks import TASKS
+from evalkit.cli.common import add_task_file_flag, comma_list, register_task_files, subcommand
 
 
 def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
@@ -18,17 +17,24 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
         ["list", "list --tasks ceval --data-dir ../shared/data"],
         program,
     )
-    p.add_argument("--tasks", type=comma_list, default=",".join(TASKS), help="comma list of tasks")
+    p.add_argument(
+        "--tasks",
+        type=comma_list,
+        default="all",
+        help="comma list of tasks; all: every task, declared ones too",
+    )
     p.add_argument("--data-dir", help="count rows of each split in this local copy")
+    add_task_file_flag(p)
     p.set_defaults(func=cmd_list)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     from evalkit.questions.data import count_rows
     from evalkit.report.listing import task_listing
-    from tasks import get_task
+    from tasks import expand_tasks, get_task
 
-    for name in args.tasks:
+    register_task_files(args)
+    for name in expand_tasks(args.tasks):
         task = get_task(name)
         counts = (
             {split: count_rows(task, args.data_dir, split) for split in task.splits} if args.data_dir else {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from evalkit.cli.common import comma_list, subcommand
+from evalkit.cli.common import add_task_file_flag, comma_list, register_task_files, subcommand
 from evalkit.report import PRECISION_TABLE, PRECISION_TABLE_DEFAULT
 
 
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
         program,
     )
     p.add_argument("paths", nargs="+", help="run directories, or folders to search for them")
+    add_task_file_flag(p)
     p.add_argument("--csv", help="also write the tables as CSV to this file")
     p.add_argument(
         "--html",
@@ -76,6 +77,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from tasks import get_task
     from tasks.references import published_quantization, published_rows
 
+    register_task_files(args)
     published = () if args.no_published else published_rows()
     quant_published = () if args.no_published else published_quantization()
     runs = report_runs(args.paths, get_task, dict(args.match))

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from evalkit.hub import require_hub_dataset
-from evalkit.types import LETTERS, EvalkitError, Question, Subject, SubjectData, Task, unknown
+from evalkit.types import LETTERS, EvalkitError, Question, Scheme, Subject, SubjectData, Task, unknown
 
 # the column order of header-less files (MMLU): question, A, B, C, D, answer
 HEADERLESS_COLUMNS = ("question", "A", "B", "C", "D", "answer")
@@ -38,11 +38,16 @@ def load_task_data(
     subjects: Sequence[str] | None = None,
     limit: int | None = None,
     n_shots: int | None = None,
+    scheme: Scheme | None = None,
 ) -> list[SubjectData]:
     """Questions and shots of the selected subjects (task order); data_dir None reads the hub. With
-    `n_shots`, every subject must have that many shot rows (checked here, before any model loads)."""
+    `n_shots`, every subject must have that many shot rows (checked here, before any model loads).
+    `scheme` (default: the task's official one) picks the shots of JSON layouts (a file, a derived split)."""
     split = split or task.eval_split
     _check_source(task, data_dir, split)
+    if task.format != "csv":
+        scheme = scheme or task.schemes["official"]
+        return _load_json_task(task, scheme, Path(data_dir), split, subjects, limit, n_shots)
     if limit is not None and limit < 1:
         raise EvalkitError(f"--limit must be a positive number of questions per subject, got {limit}")
     if n_shots is not None and n_shots < 0:
@@ -66,6 +71,37 @@ def load_task_data(
     return out
 
 
+def _load_json_task(
+    task: Task,
+    scheme: Scheme,
+    data_dir: Path,
+    split: str,
+    names: Sequence[str] | None,
+    limit: int | None,
+    n_shots: int | None,
+) -> list[SubjectData]:
+    """A JSON-layout task (evalkit.questions.jsonl); subjects the scheme leaves out by default (AGIEval's
+    jec-qa under `baichuan`) are read only when named."""
+    from evalkit.questions.jsonl import load_subject
+
+    if limit is not None and limit < 1:
+        raise EvalkitError(f"--limit must be a positive number of questions per subject, got {limit}")
+    chosen = select_subjects(task, names)
+    if names is None:
+        chosen = [s for s in chosen if s.name not in scheme.default_exclude]
+    out = []
+    for subject in chosen:
+        data = load_subject(task, scheme, data_dir, subject, split, limit)
+        wanted = scheme.shots_for(subject.name, n_shots) if n_shots is not None else 0
+        if len(data.shots) < wanted:
+            raise EvalkitError(
+                f"{task.name} {scheme.name}: {len(data.shots)} shot rows for subject {subject.name!r}, "
+                f"fewer than --shots {wanted}; lower --shots"
+            )
+        out.append(data)
+    return out
+
+
 def file_digest(path: Path) -> str:
     """The first 16 hex digits of a file's sha256: config.json's record of the data a run read."""
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -85,8 +121,15 @@ def _where(task: Task, data_dir: str | Path | None, subject: str, split: str) ->
 def count_rows(
     task: Task, data_dir: str | Path | None, split: str, subjects: Sequence[str] | None = None
 ) -> dict[str, int]:
-    """Data rows per subject of one split (for the `list` subcommand), validated like a load."""
+    """Data rows per subject of one split (for the `list` subcommand), validated like a load; JSON
+    layouts count the rows they score (single4)."""
     _check_source(task, data_dir, split)
+    if task.format != "csv":
+        from evalkit.questions.jsonl import load_rows
+
+        return {
+            s.name: len(load_rows(task, Path(data_dir), s, split)) for s in select_subjects(task, subjects)
+        }
     return {s.name: len(_load(task, data_dir, s.name, split)) for s in select_subjects(task, subjects)}
 
 
@@ -105,6 +148,11 @@ def select_subjects(task: Task, names: Sequence[str] | None) -> list[Subject]:
 def _check_source(task: Task, data_dir: str | Path | None, split: str) -> None:
     if split not in task.splits:
         raise unknown(f"{task.name} split", split, task.splits)
+    if data_dir is None and task.requires_data_dir:
+        raise EvalkitError(
+            f"{task.title} needs --data-dir: no hub dataset carries its official bytes (expected "
+            f"<data-dir>/{task.name}/{task.local_path})"
+        )
     if data_dir is not None and not (Path(data_dir) / task.name).is_dir():
         raise EvalkitError(
             f"no {task.name} folder in the data dir {data_dir} (expected "

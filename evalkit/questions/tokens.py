@@ -3,6 +3,7 @@ policy."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import get_args
@@ -49,7 +50,15 @@ def letter_tokens(tokenizer, rule: LetterRule, scheme: Scheme) -> LetterTokens:
         raise EvalkitError(
             f"tokenizer {name}: letters A-D share token ids {ids} {list(strings)} (rule {rule})"
         )
-    return LetterTokens(ids=tuple(ids), strings=strings, rule=rule)
+    letters = LetterTokens(ids=tuple(ids), strings=strings, rule=rule)
+    for language, overrides in scheme.languages.items():  # AGIEval: "答案是 A" must read the same ids
+        variant = letter_tokens(tokenizer, rule, dataclasses.replace(scheme, **overrides, languages={}))
+        if variant.ids != letters.ids:
+            raise EvalkitError(
+                f"tokenizer {name}: the letters after the {language} cue {variant.strings} differ from "
+                f"those after {scheme.answer_cue!r} {letters.strings} (rule {rule}); one run reads one set"
+            )
+    return letters
 
 
 def _special_tokens(bos: BosPolicy) -> bool:

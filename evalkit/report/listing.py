@@ -28,6 +28,22 @@ def _aligned(rows: Sequence[Sequence[str]], right: Sequence[bool]) -> list[str]:
     return lines
 
 
+def _shot_sources(task: Task) -> str:
+    """Where each scheme's shots come from: the shot split for the CSV benchmarks, else per scheme."""
+    sources = {
+        name: {
+            "split": task.shot_split,
+            "file": scheme.shot_file,
+            "derived": f"a seeded split ({scheme.pool_size} rows a subject)",
+            "none": "nowhere (zero-shot)",
+        }[scheme.shot_source]
+        for name, scheme in task.schemes.items()
+    }
+    if len(set(sources.values())) == 1:
+        return next(iter(sources.values()))
+    return ", ".join(f"{where} ({name})" for name, where in sources.items())
+
+
 def task_listing(task: Task, counts: dict[str, dict[str, int]] | None = None) -> str:
     """What `list` prints for one task: a summary line, then one aligned row per subject (name, Chinese
     name where the benchmark has them, categories, rows per split where `counts` (split -> subject ->
@@ -57,6 +73,10 @@ def task_listing(task: Task, counts: dict[str, dict[str, int]] | None = None) ->
     right = [False] * (len(head) - len(splits)) + [True] * len(splits)
     summary = (
         f"{task.name} ({task.title}): {len(task.subjects)} subjects; scored split {task.eval_split}, "
-        f"shots from {task.shot_split}; schemes: {', '.join(task.schemes)}"
+        f"shots from {_shot_sources(task)}; schemes: {', '.join(task.schemes)}"
     )
+    if task.keep != "all":
+        summary += f"; {task.keep} rows only"
+    if task.declaration_hash:
+        summary += f"; declared (--task-file, sha256 {task.declaration_hash})"
     return "\n".join([summary, *("  " + line for line in _aligned(rows, right))])

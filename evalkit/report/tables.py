@@ -16,14 +16,19 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from evalkit.report.run_setting import run_setting_note
 from evalkit.report.text import AVERAGE, footnote
-from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members
+from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members, subject_points
 from evalkit.stats.published import PublishedRow, check_names, matching, named_rows
 from evalkit.store.records import Metric, ReportRun, RunResult
 from evalkit.store.saved_runs import SUBMISSION_FILE, run_label, short_model_name
 from evalkit.types import RunConfig, Task
 
-AGGREGATION_NOTES = {"micro": "mean over questions (micro)", "macro": "mean of subject accuracies (macro)"}
+AGGREGATION_NOTES = {
+    "micro": "mean over questions (micro)",
+    "macro": "mean of subject accuracies (macro)",
+    "points": "subject accuracies weighted by their total points (GAOKAO-Bench)",
+}
 
 
 @dataclass(frozen=True)
@@ -112,6 +117,8 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
                 f"{label}: split {config.split or task.eval_split} has no answers, no accuracy; "
                 f"submission written: {_submission(run)}"
             )
+        if run.result.scheme.shot_source != "split":  # AGIEval, Gaokao, declared tasks: name the setting
+            notes.append(run_setting_note(label, task, run.result))
         if config.limit is not None:
             notes.append(
                 f"⚠ {label}: --limit {config.limit} questions per subject, a smoke run: "
@@ -133,7 +140,9 @@ def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict
     for column in columns:
         members = list(values) if column == AVERAGE else group_members(task, column, values)
         if members:
-            out[column] = bootstrap_ci({m: values[m] for m in members}, aggregation)
+            out[column] = bootstrap_ci(
+                {m: values[m] for m in members}, aggregation, weights=subject_points(task)
+            )
     return out
 
 

@@ -50,24 +50,46 @@ def subjects_by_task(
     return {name: tuple(names) for name, names in chosen.items() if names}
 
 
+def task_config(
+    task: Task, config: RunConfig, subjects: tuple[str, ...] | None, scheme_shots: bool
+) -> RunConfig:
+    """One task's config: its subjects, its scheme's shot count where --shots was not given, and the hash
+    of the declaration a user task came from (--task-file)."""
+    if config.scheme not in task.schemes:
+        raise unknown(f"{task.name} scheme", config.scheme, task.schemes)
+    scheme = task.schemes[config.scheme]
+    if config.max_length is not None and scheme.length_policy not in ("drop_last", "drop_longest"):
+        raise EvalkitError(
+            f"--max-length sets the limit of schemes that drop shots to fit it; {task.name} "
+            f"{scheme.name} has length policy {scheme.length_policy!r} (its prompts are cut at the "
+            "model's context, if at all): leave --max-length out for it"
+        )
+    shots = scheme.shots if scheme_shots else config.shots
+    return dataclasses.replace(
+        config, task=task.name, subjects=subjects, shots=shots, task_file_hash=task.declaration_hash or None
+    )
+
+
 def run_sweep(
     tasks: Sequence[Task],
     config: RunConfig,
     precisions: Sequence[str],
     subjects: Sequence[str] | None = None,
     device_map: str | None = None,
+    scheme_shots: bool = False,
 ) -> list[ReportRun]:
     """Validate all data and precisions up front, then per precision: load once, run every task, free.
 
     `config` holds the settings shared by every run (its task, subjects and precision are set here);
-    the model source, the device and the backend are resolved here, once, and handed down. The runs come
-    back in order (main process only: the others return none).
+    the model source, the device and the backend are resolved here, once, and handed down.
+    `scheme_shots`: --shots was not given, each task takes its scheme's count (5 for the CSV benchmarks,
+    so their hashes stay). The runs come back in order (main process only: the others return none).
     """
     by_name = {task.name: task for task in tasks}
     routed = subjects_by_task(tasks, subjects)
     progress = SweepProgress(planned=len(routed) * len(precisions))
     with between_runs(progress):  # a Ctrl-C between runs names those finished
-        return _sweep(by_name, routed, config, precisions, device_map, progress)
+        return _sweep(by_name, routed, config, precisions, device_map, progress, scheme_shots)
 
 
 def _sweep(
@@ -77,6 +99,7 @@ def _sweep(
     precisions: Sequence[str],
     device_map: str | None,
     progress: SweepProgress,
+    scheme_shots: bool,
 ) -> list[ReportRun]:
     """run_sweep's body: check every input, then load each precision once and run every task on it."""
     from evalkit.backends import plugin
@@ -104,10 +127,12 @@ def _sweep(
     device = process_device(config.device)
     # the backend's refusals come before any data or model is read
     backend_for = backend.check(config, precisions, source, device, device_map)
-    base = {name: dataclasses.replace(config, task=name, subjects=names) for name, names in routed.items()}
+    base = {name: task_config(by_name[name], config, names, scheme_shots) for name, names in routed.items()}
     # every file of every task and every precision is checked before the (slow) model loads
     data = {
-        name: load_task_data(by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots)
+        name: load_task_data(
+            by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots, by_name[name].schemes[c.scheme]
+        )
         for name, c in base.items()
     }
     if is_main_process():

@@ -52,6 +52,8 @@ def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
     scheme = task.schemes[config.scheme]
     if config.letter_rule and config.letter_rule != scheme.letter_rule:
         scheme = dataclasses.replace(scheme, letter_rule=config.letter_rule)
+    if config.max_length is not None:  # --max-length: the length policy's limit (4096 on request)
+        scheme = dataclasses.replace(scheme, max_tokens=config.max_length)
     return scheme
 
 
@@ -218,7 +220,7 @@ class _Finished:
         if missing:
             raise EvalkitError(f"{run_dir.path}: {len(missing)} questions were not scored, e.g. {missing[0]}")
         results = [final[qid] for qid in order]
-        summary = aggregate(self.task, self.scheme.aggregation, results)
+        summary = aggregate(self.task, self.scheme.aggregation, results, self.scheme.also)
         if summary.overall is None:
             write_submission(run_dir.path / SUBMISSION_FILE, results)
         scored = len(results) - len(done)

@@ -29,7 +29,7 @@ from evalkit.stats.divergence import (
     divergence,
     per_question,
 )
-from evalkit.stats.metrics import Interval, bootstrap_ci, combine, group_members
+from evalkit.stats.metrics import Interval, bootstrap_ci, combine, group_members, subject_points
 from evalkit.stats.pairing import check_comparable, pair_by_task, shared_ids
 from evalkit.store.records import Metric, SavedRun
 from evalkit.store.saved_runs import run_label
@@ -136,8 +136,9 @@ def _delta(
     aggregation: Aggregation,
     n_boot: int,
     seed: int,
+    weights: Mapping[str, float] | None = None,
 ) -> Delta:
-    ma, mb = combine(xa, aggregation), combine(xb, aggregation)
+    ma, mb = combine(xa, aggregation, weights), combine(xb, aggregation, weights)
     diffs = {s: xb[s] - xa[s] for s in xa}
     right_to_wrong = int(sum((d < 0).sum() for d in diffs.values()))
     wrong_to_right = int(sum((d > 0).sum() for d in diffs.values()))
@@ -145,11 +146,11 @@ def _delta(
         a=ma,
         b=mb,
         delta=mb.accuracy - ma.accuracy,
-        ci=bootstrap_ci(diffs, aggregation, n_boot=n_boot, seed=seed),
+        ci=bootstrap_ci(diffs, aggregation, n_boot=n_boot, seed=seed, weights=weights),
         right_to_wrong=right_to_wrong,
         wrong_to_right=wrong_to_right,
         p_value=mcnemar_p(right_to_wrong, wrong_to_right),
-        divergence=divergence(pq, aggregation, n_boot=n_boot, seed=seed),
+        divergence=divergence(pq, aggregation, n_boot=n_boot, seed=seed, weights=weights),
     )
 
 
@@ -189,6 +190,7 @@ def compare_pair(
         for s, ids in _ids_by_subject(shared, by_id_a).items()
     }
     aggregation = a.result.scheme.aggregation
+    weights = subject_points(task)
     groups = {}
     for group in task.categories + task.extra_groups:
         members = group_members(task, group, order)
@@ -200,6 +202,7 @@ def compare_pair(
                 aggregation,
                 n_boot,
                 seed,
+                weights,
             )
     return BenchmarkComparison(
         task=task.name,
@@ -207,9 +210,11 @@ def compare_pair(
         label_a=run_label(a.result, task.eval_split),
         label_b=run_label(b.result, task.eval_split),
         aggregation=aggregation,
-        subjects={s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed) for s in order},
+        subjects={
+            s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed, weights) for s in order
+        },
         groups=groups,
-        overall=_delta(va, vb, pq, aggregation, n_boot, seed),
+        overall=_delta(va, vb, pq, aggregation, n_boot, seed, weights),
         flips=tuple(flips),
         only_a=only_a,
         only_b=only_b,

@@ -88,8 +88,15 @@ def per_question(a: Sequence[QuestionResult], b: Sequence[QuestionResult]) -> Pe
     return PerQuestion(kl=letter_kl(lp_a, lp_b), agree=agree, gold_shift=gold_shift)
 
 
-def _mean(by_subject: Sequence[np.ndarray], aggregation: Aggregation) -> np.ndarray:
-    """The mean along the last axis of arrays (..., n_s), one per subject, micro or macro."""
+def _mean(
+    by_subject: Sequence[np.ndarray], aggregation: Aggregation, weights: Sequence[float] | None = None
+) -> np.ndarray:
+    """The mean along the last axis of arrays (..., n_s), one per subject, micro, macro or by points."""
+    if aggregation == "points":
+        if weights is None:
+            raise EvalkitError("the points aggregation needs each subject's points")
+        total = sum(w * v.shape[-1] for w, v in zip(weights, by_subject, strict=True))
+        return sum(w * v.sum(axis=-1) for w, v in zip(weights, by_subject, strict=True)) / total
     if aggregation == "micro":
         return sum(v.sum(axis=-1) for v in by_subject) / sum(v.shape[-1] for v in by_subject)
     if aggregation == "macro":
@@ -97,16 +104,18 @@ def _mean(by_subject: Sequence[np.ndarray], aggregation: Aggregation) -> np.ndar
     raise unknown("aggregation", aggregation, get_args(Aggregation))
 
 
-def _statistics(parts: Sequence[PerQuestion], aggregation: Aggregation) -> np.ndarray:
+def _statistics(
+    parts: Sequence[PerQuestion], aggregation: Aggregation, weights: Sequence[float] | None = None
+) -> np.ndarray:
     """(5, ...) kl mean, kl p95, kl p99, agreement, gold shift of per-subject arrays (..., n_s)."""
     pooled = np.concatenate([p.kl for p in parts], axis=-1)
     quantiles = np.quantile(pooled, [q / 100 for q in PERCENTILES], axis=-1)
     return np.stack(
         [
-            _mean([p.kl for p in parts], aggregation),
+            _mean([p.kl for p in parts], aggregation, weights),
             *quantiles,
-            _mean([p.agree for p in parts], aggregation),
-            _mean([p.gold_shift for p in parts], aggregation),
+            _mean([p.agree for p in parts], aggregation, weights),
+            _mean([p.gold_shift for p in parts], aggregation, weights),
         ]
     )
 
@@ -118,6 +127,7 @@ def divergence(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    weights: Mapping[str, float] | None = None,
 ) -> Divergence:
     """The figures over several subjects with their paired bootstrap intervals (questions resampled
     within each subject; percentiles of the pooled resample)."""
@@ -125,7 +135,8 @@ def divergence(
     if not names:
         raise EvalkitError("no paired questions to measure a divergence on")
     parts = [by_subject[name] for name in names]
-    point = _statistics(parts, aggregation)  # (5,)
+    w = [weights[name] for name in names] if weights is not None else None  # the points aggregation's
+    point = _statistics(parts, aggregation, w)  # (5,)
     rng = np.random.default_rng(seed)
     replicates = []
     for start in range(0, n_boot, CHUNK):
@@ -134,7 +145,7 @@ def divergence(
         for p in parts:
             index = rng.integers(0, len(p.kl), size=(size, len(p.kl)))  # (size, n_s)
             drawn.append(PerQuestion(kl=p.kl[index], agree=p.agree[index], gold_shift=p.gold_shift[index]))
-        replicates.append(_statistics(drawn, aggregation))  # (5, size)
+        replicates.append(_statistics(drawn, aggregation, w))  # (5, size)
     boot = np.concatenate(replicates, axis=1)  # (5, n_boot)
     tail = (1 - level) / 2
     with np.errstate(invalid="ignore"):  # an inf KL makes its interval inf, not an error

@@ -2,8 +2,10 @@
 
 micro (hendrycks MMLU, lm-eval everywhere): a group's accuracy is correct / questions over all of
 its questions. macro (C-Eval, CMMLU official scorers): accuracy per subject first, then a group's
-accuracy is the unweighted mean of its subjects' accuracies. Only subjects that have results count,
-so a `--subjects` subset run reports the groups it touched and nothing else.
+accuracy is the unweighted mean of its subjects' accuracies. points (GAOKAO-Bench): each file's
+accuracy weighted by its total points, i.e. each question by its subject's points per question.
+Only subjects that have results count, so a `--subjects` subset run reports the groups it touched
+and nothing else.
 """
 
 from __future__ import annotations
@@ -45,12 +47,32 @@ def correct_by_subject(results: Iterable[QuestionResult]) -> dict[str, np.ndarra
     return {subject: np.asarray(values) for subject, values in grouped.items()}
 
 
-def combine(values_by_subject: Mapping[str, np.ndarray], aggregation: Aggregation) -> Metric:
-    """One figure over several subjects: micro = mean over questions, macro = mean of subject means."""
+def subject_points(task: Task) -> dict[str, float]:
+    """Each subject's points per question: the weights of the `points` aggregation (GAOKAO-Bench)."""
+    return {s.name: s.points for s in task.subjects}
+
+
+def _points(weights: Mapping[str, float] | None) -> Mapping[str, float]:
+    if weights is None:
+        raise EvalkitError("the points aggregation needs each subject's points (subject_points(task))")
+    return weights
+
+
+def combine(
+    values_by_subject: Mapping[str, np.ndarray],
+    aggregation: Aggregation,
+    weights: Mapping[str, float] | None = None,
+) -> Metric:
+    """One figure over several subjects: micro = mean over questions, macro = mean of subject means,
+    points = each question weighted by its subject's points (`weights`), as GAOKAO-Bench totals a score."""
     if not values_by_subject:
         raise EvalkitError("no subjects with results to combine")
     n = sum(len(v) for v in values_by_subject.values())
-    if aggregation == "micro":
+    if aggregation == "points":
+        w = _points(weights)
+        total = sum(w[s] * len(v) for s, v in values_by_subject.items())
+        accuracy = float(sum(w[s] * float(v.sum()) for s, v in values_by_subject.items()) / total)
+    elif aggregation == "micro":
         accuracy = float(sum(float(v.sum()) for v in values_by_subject.values()) / n)
     elif aggregation == "macro":
         accuracy = float(np.mean([v.mean() for v in values_by_subject.values()]))
@@ -65,8 +87,12 @@ def group_members(task: Task, group: str, present: Iterable[str]) -> list[str]:
     return [name for name in task.group_subjects(group) if name in have]
 
 
-def aggregate(task: Task, aggregation: Aggregation, results: Iterable[QuestionResult]) -> Aggregate:
-    """Subject, group and overall accuracies of one run, the way the benchmark's scorer computes them."""
+def aggregate(
+    task: Task, aggregation: Aggregation, results: Iterable[QuestionResult], also: Iterable[Aggregation] = ()
+) -> Aggregate:
+    """Subject, group and overall accuracies of one run, the way the benchmark's scorer computes them;
+    each of `also` (the scheme's other aggregations) as a group "Average (<aggregation>)" over all
+    subjects."""
     results = list(results)
     for result in results:
         task.subject(result.subject)  # an unknown subject is an error naming the valid ones
@@ -81,13 +107,16 @@ def aggregate(task: Task, aggregation: Aggregation, results: Iterable[QuestionRe
     if not values:
         return Aggregate(subjects={}, groups={}, overall=None)
     ordered = {s.name: values[s.name] for s in task.subjects if s.name in values}
-    subjects = {name: combine({name: v}, aggregation) for name, v in ordered.items()}
+    weights = subject_points(task)
+    subjects = {name: combine({name: v}, aggregation, weights) for name, v in ordered.items()}
     groups = {}
     for group in task.categories + task.extra_groups:
         members = group_members(task, group, ordered)
         if members:
-            groups[group] = combine({m: ordered[m] for m in members}, aggregation)
-    return Aggregate(subjects=subjects, groups=groups, overall=combine(ordered, aggregation))
+            groups[group] = combine({m: ordered[m] for m in members}, aggregation, weights)
+    for other in also:
+        groups[f"Average ({other})"] = combine(ordered, other, weights)
+    return Aggregate(subjects=subjects, groups=groups, overall=combine(ordered, aggregation, weights))
 
 
 def bootstrap_ci(
@@ -97,6 +126,7 @@ def bootstrap_ci(
     level: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
+    weights: Mapping[str, float] | None = None,
 ) -> Interval:
     """Percentile interval of `combine(values_by_subject)`, resampling questions within each subject.
 
@@ -119,7 +149,10 @@ def bootstrap_ci(
         sums.append(draws @ distinct)
     totals = np.stack(sums)  # subjects x n_boot: resampled sum of values per subject
     sizes = np.array([len(arrays[s]) for s in sorted(arrays)], dtype=float)
-    if aggregation == "micro":
+    if aggregation == "points":
+        w = np.array([_points(weights)[s] for s in sorted(arrays)], dtype=float)
+        stats = (totals * w[:, None]).sum(axis=0) / (sizes * w).sum()
+    elif aggregation == "micro":
         stats = totals.sum(axis=0) / sizes.sum()
     elif aggregation == "macro":
         stats = (totals / sizes[:, None]).mean(axis=0)
