@@ -97,6 +97,7 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         output_dir=args.output_dir,
         progress=not args.no_progress,
         backend=args.backend,
+        permute=args.permute,
         **{name: getattr(args, name) for name in VLLM_ENGINE_FIELDS if getattr(args, name) is not None},
     )
     return run_sweep(tasks, config, precisions, args.subjects, args.device_map)
@@ -122,17 +123,21 @@ def check_backend_flags(args: argparse.Namespace, hf_only: Sequence[str] = HF_FL
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evalkit.machine import is_main_process
+    from evalkit.report.calibration_tables import calibration_markdown
     from evalkit.report.tables_markdown import to_markdown
     from tasks.references import published_rows
 
     runs = _sweep(args, [args.precision])
     if is_main_process():
         print(to_markdown(runs, published_rows()))
+        if calibration := calibration_markdown(runs):
+            print(calibration)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from evalkit.machine import is_main_process
+    from evalkit.report.calibration_tables import calibration_markdown
     from evalkit.report.quantization import build_quant_table
     from evalkit.report.quantization_markdown import quant_markdown
     from evalkit.report.tables_markdown import to_markdown
@@ -141,6 +146,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = _sweep(args, args.precision)
     if is_main_process():
         print(to_markdown(runs, published_rows()))
+        if calibration := calibration_markdown(runs):
+            print(calibration)
         print(quant_markdown(build_quant_table(runs, published_quantization())))
     return 0
 
@@ -156,6 +163,7 @@ def _saved_runs(paths: Sequence[str]) -> dict[Path, SavedRun]:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from evalkit.report.calibration_tables import calibration_markdown
     from evalkit.report.csv import write_csv
     from evalkit.report.html import write_html
     from evalkit.report.quantization import PRECISION_TABLE, build_quant_table, show_precision
@@ -179,15 +187,17 @@ def cmd_report(args: argparse.Namespace) -> int:
         for path, saved in _saved_runs(args.paths).items()
     ]
     print(to_markdown(runs, published, args.reference))
+    if calibration := calibration_markdown(runs, args.ece_bins):
+        print(calibration)
     quant = PRECISION_TABLE[args.precision_table]
     table = build_quant_table(runs, quant_published)
     if show_precision(table, quant):
         print(quant_markdown(table))
     if args.csv:
-        write_csv(runs, args.csv, published, args.reference)
+        write_csv(runs, args.csv, published, args.reference, args.ece_bins)
         print(f"CSV written: {args.csv}", file=sys.stderr)
     if args.html:
-        page = write_html(runs, args.html, published, args.reference, quant_published, quant)
+        page = write_html(runs, args.html, published, args.reference, quant_published, quant, args.ece_bins)
         print(f"HTML written: {page.path} (plots: {', '.join(str(p) for p in page.plots)})", file=sys.stderr)
     return 0
 
@@ -196,10 +206,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from evalkit.report.compare_tables import to_markdown
     from evalkit.stats.compare import check_thresholds, compare
 
-    gates = {"max_drop": args.max_drop, "max_kl": args.max_kl, "min_agreement": args.min_agreement}
+    gates = {
+        "max_drop": args.max_drop,
+        "max_kl": args.max_kl,
+        "min_agreement": args.min_agreement,
+        "max_ece_increase": args.max_ece_increase,
+    }
     check_thresholds(**gates)  # before reading any run: a NaN gate is refused, never passed
     runs_a, runs_b = list(_saved_runs([args.a]).values()), list(_saved_runs([args.b]).values())
-    comparison = compare(runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset)
+    comparison = compare(
+        runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset, bins=args.ece_bins
+    )
     print(to_markdown(comparison, all_subjects=args.all_subjects))
     return 0 if comparison.passed else 1
 
@@ -403,6 +420,15 @@ def _add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> Non
     )
     _add_backend_flags(parser)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
+    parser.add_argument(
+        "--permute",
+        choices=_literal_choices(RunConfig, "permute"),
+        default=DEFAULTS.permute,
+        help="cyclic: score every question under the four cyclic rotations of its options (the gold "
+        "letter moves with its text; shots unchanged) and report circular accuracy, mean accuracy over "
+        "rotations and position bias; a run of its own configuration, compared only with runs permuted "
+        f"the same way (default: {DEFAULTS.permute})",
+    )
     parser.add_argument(
         "--threads",
         type=_int_at_least(1),
@@ -611,6 +637,7 @@ def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         "(otherwise matched by name automatically); repeatable",
     )
     p.add_argument("--no-published", action="store_true", help="leave published figures out")
+    _add_ece_bins(p)
     p.add_argument(
         "--precision-table",
         choices=list(PRECISION_TABLE),
@@ -619,6 +646,17 @@ def _add_report_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         "its 95%% CI); auto: when a model has runs at several precisions",
     )
     p.set_defaults(func=cmd_report)
+
+
+def _add_ece_bins(parser: argparse.ArgumentParser) -> None:
+    from evalkit.stats.calibration import DEFAULT_BINS
+
+    parser.add_argument(
+        "--ece-bins",
+        type=_int_at_least(1),
+        default=DEFAULT_BINS,
+        help=f"equal-width confidence bins of the expected calibration error (default: {DEFAULT_BINS})",
+    )
 
 
 def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
@@ -659,6 +697,14 @@ def _add_compare_parser(sub: argparse._SubParsersAction, prog: str) -> None:
         help="the smallest share of questions whose top letter B must keep from A per benchmark, "
         "e.g. 0.95 (default: no gate)",
     )
+    p.add_argument(
+        "--max-ece-increase",
+        type=float,
+        metavar="POINTS",
+        help="the most expected calibration error (ECE, top letter, in points) B may gain over A per "
+        "benchmark, e.g. 2.0 (default: no gate)",
+    )
+    _add_ece_bins(p)
     p.add_argument(
         "--allow-subset",
         action="store_true",

@@ -86,7 +86,7 @@ def llama_macs(config, seqs: list[list[int]], groups: list[tuple[int, list[int]]
 
 def engine_scores(scorer: Scorer, seqs: list[list[int]]) -> Scores:
     found = dict(scorer.score(seqs))
-    return [list(found[i]) for i in range(len(seqs))]
+    return [list(found[i].logprobs) for i in range(len(seqs))]
 
 
 def pred(scores: list[float]) -> int:

@@ -24,6 +24,7 @@ LengthPolicy = Literal["none", "drop_last", "drop_longest", "left_truncate"]
 Aggregation = Literal["micro", "macro"]
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
 DistributedExecutor = Literal["ray", "mp"]  # vLLM's executors: across nodes (Ray) or one node
+Permute = Literal["none", "cyclic"]  # --permute: the options as given, or all four cyclic rotations
 Backend = Literal[
     "hf", "vllm"
 ]  # --backend: evalkit.backends.hf.scorer.Scorer, or evalkit.backends.vllm.scorer.VllmScorer
@@ -129,6 +130,9 @@ class Task:
     # differs from csv_header (C-Eval dev adds "explanation", C-Eval test has no "answer")
     id_column: str | None = None  # header of the row-id column, checked to equal the row index
     schemes: dict[str, Scheme] = field(default_factory=dict)
+    # the four options are separate fields (not embedded in the question text, not carrying their own
+    # "(A)" prefixes): only then can --permute rotate them (evalkit.questions.permute)
+    options_separate: bool = True
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -157,9 +161,17 @@ class QuestionResult:
     shots_used: int
     prompt_tokens: int
     prompt_hash: str | None = None  # token_ids_hash of the ids scored; None in records from before it existed
+    # the four letters' summed probability under the full vocabulary at the answer position; None where the
+    # backend cannot give it, and in records from before it existed
+    letter_mass: float | None = None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+        """One JSON line; `letter_mass` is left out while None, so that lines written before it existed
+        (and by backends without it) keep their bytes when a run resumes or merges its shards."""
+        row = dataclasses.asdict(self)
+        if row["letter_mass"] is None:
+            del row["letter_mass"]
+        return json.dumps(row, ensure_ascii=False)
 
     @staticmethod
     def from_dict(row: dict) -> QuestionResult:
@@ -188,7 +200,7 @@ NON_RESULT_FIELDS = frozenset(
 )
 # Result fields left out of the hash while they hold their default, so that the runs made before the field
 # existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).
-HASHED_UNLESS_DEFAULT = frozenset({"backend"})
+HASHED_UNLESS_DEFAULT = frozenset({"backend", "permute"})
 
 
 @dataclass(frozen=True)
@@ -214,6 +226,7 @@ class RunConfig:
     output_dir: str = "results"
     progress: bool = True
     backend: Backend = "hf"  # the scoring engine (evalkit.backends)
+    permute: Permute = "none"  # "cyclic": every question under its four option rotations (own configuration)
     # ---- --backend vllm: how the engine is started (evalkit.backends.vllm.engine.VllmSettings) ----
     tensor_parallel_size: int = 1  # GPUs sharing each layer
     pipeline_parallel_size: int = 1  # stages splitting the layers

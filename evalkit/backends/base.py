@@ -1,11 +1,17 @@
-"""The scoring interface: token-id prompts and four letter ids in, four fp32 log-probs out, batch by batch.
+"""The scoring interface: token-id prompts and four letter ids in, four fp32 log-probs (and the letters'
+full-vocabulary mass) out, batch by batch.
 
 A backend is built for one model and one set of four distinct letter token ids (the runner finds them
 with evalkit.questions.tokens.letter_tokens). It never tokenizes: it scores exactly the token ids it is given.
 For each prompt it gives the fp32 log-softmax over the four letter ids of the next-token distribution
 after the prompt's last token: four floats that sum (in probability) to one, in letter order A, B, C, D.
+Beside them it gives `log_mass`, the natural log of the four letters' summed probability under the FULL
+vocabulary at that position (logsumexp of the four letter logits minus logsumexp of all logits, fp32), or
+None where the engine cannot compute it: never a guess. The two travel together as `LetterScores`:
+a renormalised answer can look right while the model puts almost no probability on the letters at all
+(it wants to write "The answer is", a wrong letter-token rule, a broken output layer).
 
-`score_batches(token_ids, only=None)` yields lists of (prompt index, log-probs), each list as soon as
+`score_batches(token_ids, only=None)` yields lists of (prompt index, LetterScores), each list as soon as
 it is done, so the runner appends it to questions.jsonl at once (a killed run keeps it):
 - every index in `only` (all prompts when None) is yielded exactly once, and no other; the order of
   the indices within and across batches is the backend's own (the runner keys results by index);
@@ -32,11 +38,21 @@ evalkit.backends.hf.scorer.Scorer satisfies this Protocol structurally (no base 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
-from typing import Protocol, get_args, runtime_checkable
+from typing import NamedTuple, Protocol, get_args, runtime_checkable
 
 from evalkit.types import Backend
 
 Scores = tuple[float, float, float, float]  # log-softmax over the letters A, B, C, D (fp32 values)
+
+
+class LetterScores(NamedTuple):
+    """What a backend gives for one prompt: the four renormalised letter log-probs, and the log of the
+    letters' summed full-vocabulary probability (None: this backend cannot give it)."""
+
+    logprobs: Scores
+    log_mass: float | None = None
+
+
 BACKENDS: tuple[str, ...] = get_args(
     Backend
 )  # --backend choices; "hf" (evalkit.backends.hf.scorer.Scorer): default
@@ -53,13 +69,13 @@ class ScoringBackend(Protocol):
 
     def score_batches(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[list[tuple[int, Scores]]]:
-        """Yield each finished batch's [(prompt index, log-probs)]; every index of `only` exactly once."""
+    ) -> Iterator[list[tuple[int, LetterScores]]]:
+        """Yield each finished batch's [(prompt index, LetterScores)]; every index of `only` exactly once."""
         ...
 
     def score(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[tuple[int, Scores]]:
+    ) -> Iterator[tuple[int, LetterScores]]:
         """The pairs of `score_batches`, one at a time."""
         ...
 
@@ -69,8 +85,8 @@ class OneByOne:
 
     def score(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[tuple[int, Scores]]:
-        """Yield (index, log-probs) one question at a time, in the order of `score_batches`."""
+    ) -> Iterator[tuple[int, LetterScores]]:
+        """Yield (index, LetterScores) one question at a time, in the order of `score_batches`."""
         for batch in self.score_batches(token_ids, only):
             yield from batch
 

@@ -40,6 +40,8 @@ def run_label(
         label += f" {config.shots}-shot"
     if config.split not in (None, eval_split):
         label += f" ({config.split})"
+    if config.permute != "none":
+        label += f" permute={config.permute}"
     if config.limit is not None:
         label += f" ⚠ limit={config.limit}"
     return label

@@ -18,10 +18,11 @@ from accelerate import PartialState
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
-from evalkit.backends.base import ScoringBackend, backend_record
+from evalkit.backends.base import LetterScores, ScoringBackend, backend_record
 from evalkit.backends.hf.scorer import NonFiniteLogits, Scorer
 from evalkit.machine import environment
 from evalkit.models.loading import LoadedModel
+from evalkit.questions.permute import permute_subjects
 from evalkit.questions.prepare import Prepared, prepare_subjects, report_long_prompts
 from evalkit.questions.tokens import LetterTokens, encode_prompts, letter_tokens
 from evalkit.run.plan import FirstBatchEstimate, describe_plan, describe_resume
@@ -55,8 +56,9 @@ def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
 
 
 def _question_result(
-    prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int], subject: str
+    prompt: Prompt, scores: LetterScores, token_ids: list[int], subject: str
 ) -> QuestionResult:
+    logprobs = scores.logprobs
     if not all(math.isfinite(x) for x in logprobs):
         raise EvalkitError(
             f"non-finite letter log-probs {logprobs} for question {prompt.question.id} "
@@ -74,6 +76,7 @@ def _question_result(
         shots_used=prompt.shots_used,
         prompt_tokens=len(token_ids),
         prompt_hash=token_ids_hash(token_ids),
+        letter_mass=None if scores.log_mass is None else math.exp(scores.log_mass),
     )
 
 
@@ -101,8 +104,8 @@ def _score_subjects(
                     if estimate is not None:
                         estimate.batch_done([token_ids[i] for i, _ in batch])
                     results = [
-                        _question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
-                        for i, logprobs in batch
+                        _question_result(prompts[i], scores, token_ids[i], subject_data.subject.name)
+                        for i, scores in batch
                     ]
                     run_dir.append(results)
                     bar.update(len(results))
@@ -143,6 +146,7 @@ def run_task(
     """
     state = PartialState()
     scheme = resolve_scheme(task, config)
+    data = permute_subjects(task, data, config.permute)  # --permute cyclic: each question's 4 rotations
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
     scorer = _scorer(loaded, letters, config)
     started = time.perf_counter()
