@@ -170,3 +170,33 @@ def test_compare_gates_on_the_ece_increase():
         check_thresholds(max_ece_increase=-1)
     with pytest.raises(EvalkitError, match="--max-ece-increase"):
         check_thresholds(max_ece_increase=math.nan)
+
+
+def test_report_shows_dashes_for_old_runs_and_counts_mass_coverage(tmp_path):
+    import pandas as pd
+
+    from evalkit.report.calibration_tables import calibration_markdown
+    from evalkit.report.csv import write_csv
+    from evalkit.report.html import write_html
+    from evalkit.report.tables import ReportRun
+
+    task = get_task("ceval")
+    config = RunConfig(model="org/old", task="ceval", subjects=("accountant",))
+    old = ReportRun(run_result(config, HAND), task, None, None)  # saved without its questions read back
+    mixed = [dataclasses.replace(r, letter_mass=0.5) for r in HAND[:2]] + HAND[2:]
+    new_config = dataclasses.replace(config, model="org/new")
+    new = ReportRun(run_result(new_config, mixed), task, None, mixed)
+    text = calibration_markdown([old, new])
+    old_row = next(line for line in text.splitlines() if line.startswith("| old"))
+    new_row = next(line for line in text.splitlines() if line.startswith("| new"))
+    assert old_row.count("–") == 6  # ECE, Brier, mass, circular, rotation mean, position bias
+    assert "0.500 (2/4)" in new_row and "31.0 [" in new_row  # mass over the 2 of 4 that carry it; ECE
+    frame = pd.read_csv(write_csv([old, new], tmp_path / "t.csv"))
+    average = frame[(frame.group == "Average") & (frame.source == "measured")].set_index("run")
+    assert (
+        average.at["new fp32", "ece"] == pytest.approx(31.0) and average.at["new fp32", "letter_mass_n"] == 2
+    )
+    assert pd.isna(average.at["old fp32", "ece"]) and average.at["old fp32", "permute"] == "none"
+    page = write_html([old, new], tmp_path / "r.html")
+    assert any(p.name == "r-reliability.png" for p in page.plots)
+    assert "calibration and answer order" in page.path.read_text(encoding="utf-8")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
-from matplotlib.figure import Figure
 
 from evalkit.report.tables import ReportRun
 from evalkit.report.tables import _labels as row_labels  # the accuracy table's row labels, shared
@@ -19,6 +19,9 @@ from evalkit.report.text import AVERAGE, markdown_table
 from evalkit.stats.calibration import DEFAULT_BINS, per_question, reliability
 from evalkit.stats.summary import GroupFigures, run_summary
 from evalkit.types import LETTERS
+
+if TYPE_CHECKING:  # matplotlib only where the page is drawn: `eval` and `compare` never import it
+    from matplotlib.figure import Figure
 
 DASH = "–"
 NOTES = (
@@ -139,6 +142,9 @@ CSV_FIELDS = (
     "letter_mass_n",
     "circular_accuracy",
     "rotation_mean_accuracy",
+    "picked_shares",
+    "gold_shares",
+    "position_skew",
     "permute",
 )
 
@@ -162,12 +168,20 @@ def csv_fields(row: CalibrationRow, group: str) -> dict:
             circular_accuracy=100 * rob.circular.accuracy,
             rotation_mean_accuracy=100 * rob.mean_over_rotations.accuracy,
         )
+    if (bias := figures.bias) is not None:  # shares of A/B/C/D, and the largest |picked - gold| in points
+        fields.update(
+            picked_shares="/".join(f"{p:.4f}" for p in bias.picked),
+            gold_shares="/".join(f"{g:.4f}" for g in bias.gold),
+            position_skew=100 * bias.largest_skew,
+        )
     return fields
 
 
 def reliability_figure(rows: dict[str, list[CalibrationRow]], bins: int = DEFAULT_BINS) -> Figure | None:
     """The reliability diagram: accuracy against mean confidence per bin, one line per run and benchmark
     (matplotlib's object API, as evalkit.report.html); None where no run has labeled questions."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
     drawn = 0

@@ -80,8 +80,9 @@ def divergence_frame(table: QuantTable) -> pd.DataFrame:
 
 
 def calibration_frame(table: QuantTable) -> pd.DataFrame:
-    """Per row and benchmark: ECE (points), Brier, mean letter mass and circular accuracy, as strings
-    ("ECE 4.1 · Brier 0.612 · mass 0.873 · circular 31.0"); "–" where a row has no such figure."""
+    """Per row and benchmark: ECE (points), Brier, mean letter mass, circular accuracy and position skew,
+    as strings ("ECE 4.1 · Brier 0.612 · mass 0.873 · circular 31.0 · position skew 6.0"); "–" where a
+    row has no such figure."""
     data = {}
     for name, row in zip(_row_labels(table), table.rows, strict=True):
         cells = {}
@@ -98,6 +99,8 @@ def calibration_frame(table: QuantTable) -> pd.DataFrame:
                 mass_text += f" ({mass.n}/{mass.of})"
             parts.append(f"mass {mass_text}")
             parts.append(f"circular {'–' if rob is None else f'{100 * rob.circular.accuracy:.1f}'}")
+            if figures.bias is not None:
+                parts.append(f"position skew {100 * figures.bias.largest_skew:.1f}")
             cells[title] = " · ".join(parts)
         if any(v != "–" for v in cells.values()):
             data[name] = cells
@@ -108,7 +111,8 @@ CALIBRATION_NOTE = (
     "ECE: top-letter expected calibration error in points (10 equal-width bins, pooled over the "
     "benchmark's questions); Brier: mean sum over the four letters of (p - y)², 0-2; mass: mean "
     "full-vocabulary probability of the four letters (n/N: questions that carry it); circular: right "
-    "under all four option rotations (--permute cyclic runs)."
+    "under all four option rotations (--permute cyclic runs); position skew: the largest |picked - gold| "
+    "share of a letter, points."
 )
 
 
@@ -121,16 +125,18 @@ DIVERGENCE_NOTE = (
 
 
 def quant_markdown(table: QuantTable) -> str:
+    """The precision table, then (where rows have them) the letter distributions against full precision
+    and the calibration, letter mass and answer-order figures per row."""
     notes = "".join(f"- {n}\n" for n in table.notes)
     text = f"## Precision\n\n{markdown_table(quant_frame(table))}\n{notes}"
-    calibration = calibration_frame(table)
-    if len(calibration):
-        text += f"\n### Calibration, letter mass and answer order\n\n{markdown_table(calibration)}\n"
-        text += f"- {CALIBRATION_NOTE}\n"
     divergence = divergence_frame(table)
     if len(divergence):
         text += (
             f"\n### Letter distributions against full precision\n\n{markdown_table(divergence)}\n"
             f"- {DIVERGENCE_NOTE}\n"
         )
+    calibration = calibration_frame(table)
+    if len(calibration):
+        text += f"\n### Calibration, letter mass and answer order\n\n{markdown_table(calibration)}\n"
+        text += f"- {CALIBRATION_NOTE}\n"
     return text
