@@ -523,3 +523,24 @@ def test_scores_without_the_mass_are_the_same(bpe, mixed):
     without = dict(Scorer(bpe[1], letters, batch_tokens=3000, progress=False, mass=False).score(seqs))
     assert all(without[i].log_mass is None for i in without)
     assert all(without[i].logprobs == with_mass[i].logprobs for i in without)
+
+
+def test_packed_rows_run_shared_leading_tokens_once(bpe, mixed):
+    """Suffixes that share leading tokens (a question's option rotations) are packed as a trie: each
+    shared token once, and every suffix still scores as its own plain forward."""
+    from evalkit.backends.hf import forward as hf_model
+
+    seqs, letters, _ = mixed
+    base = seqs[:7]  # one prefix group; each prompt gets three variants that differ in the last 3 tokens
+    variants = [s[:-3] + s[-3:][::-1] for s in base] + [s[:-2] + [s[-1], s[-2]] for s in base] + base
+    inputs, last = hf_model.packed_inputs(
+        [[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 6]], 0, None, {"full": None}, torch.float32, "past_key_values"
+    )
+    # lexicographic order [1,2,3,4], [1,2,3,6], [1,2,5]: 1, 2, 3 once, then 4, 6 and 5
+    assert inputs["input_ids"].tolist() == [[1, 2, 3, 4, 6, 5]] and last.tolist() == [[3, 5, 4]]
+    assert inputs["position_ids"].tolist() == [[0, 1, 2, 3, 3, 2]]
+    mask = inputs["attention_mask"][0, 0] == 0  # (6, 6) who sees whom
+    assert mask[4].tolist() == [True, True, True, False, True, False]  # 6 sees 1, 2, 3 and itself
+    scorer = Scorer(bpe[1], letters, batch_tokens=4096, engine="prefix", progress=False)
+    assert_matches(dict(scorer.score(variants)), reference(bpe[1], variants, letters))
+    assert scorer.mode == "packed"

@@ -175,8 +175,17 @@ class Scorer(OneByOne):
             return [[i] for i in order]
         if mode != "packed":  # rows x padded length, the prefix counted in each row
             return split_batches([(i, len(seqs[i])) for i in order], self.batch_tokens, packed=False)
+        # packed rows: suffixes in lexicographic order, so that those sharing leading tokens (a question's
+        # option rotations) meet in a row, where those tokens are packed once (hf_model.packed_inputs); each
+        # costs the tokens it does not share with its predecessor
         cap = min(PACK_TOKENS["cpu" if self.device.type == "cpu" else "other"], self.batch_tokens - prefix)
-        return split_batches([(i, len(seqs[i]) - prefix) for i in order], cap, packed=True)
+        order = sorted(members, key=lambda i: (seqs[i][prefix:], i))
+        sizes, previous = [], []
+        for i in order:
+            suffix = seqs[i][prefix:]
+            sizes.append((i, len(suffix) - hf_model.shared_start(previous, suffix)))
+            previous = suffix
+        return split_batches(sizes, cap, packed=True)
 
     # ---- the probe: trust a reuse mode only where it agrees with plain forwards ----
 
