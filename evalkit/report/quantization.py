@@ -94,6 +94,7 @@ def _settings(run: ReportRun) -> tuple:
         config.split,
         config.limit,
         config.seed,
+        config.permute,  # a permuted run pairs only with runs permuted the same way
     )
 
 
