@@ -108,3 +108,13 @@ def test_a_cyclic_run_equals_four_runs_on_rotated_files(tiny_bpe_model_dir, tmp_
                 assert got[field] == row[field], (qid, k, field)
             assert max(abs(x - y) for x, y in zip(got["logprobs"], row["logprobs"], strict=True)) <= 1e-5
             assert abs(got["letter_mass"] - row["letter_mass"]) <= 1e-5
+
+
+def test_an_unlabeled_split_is_refused_with_one_line_before_scoring(tiny_bpe_model_dir, tmp_path, capsys):
+    data = write_data_dir(tmp_path / "data", "ceval", SUBJECTS["ceval"])
+    args = ["eval", "--model", str(tiny_bpe_model_dir), "--data-dir", str(data), "--tasks", "ceval"]
+    args += ["--subjects", "ceval/accountant", "--split", "test", "--permute", "cyclic"]
+    assert main([*args, "--output-dir", str(tmp_path / "out"), "--no-progress"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "has no gold answer" in errors[0]
+    assert not list((tmp_path / "out").glob("*/config.json"))  # refused before any run directory

@@ -81,6 +81,7 @@ def run_sweep(
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
     from evalkit.models.loading import load_model
     from evalkit.questions.data import load_task_data
+    from evalkit.questions.permute import permute_subjects
     from evalkit.store.disk import check_output_dir
 
     by_name = {task.name: task for task in tasks}
@@ -111,6 +112,11 @@ def run_sweep(
         name: load_task_data(by_name[name], c.data_dir, c.split, c.subjects, c.limit, c.shots)
         for name, c in base.items()
     }
+    for (
+        name,
+        task_data,
+    ) in data.items():  # --permute refusals (options not separate, no answers) before loading
+        permute_subjects(by_name[name], task_data, config.permute)
     if is_main_process():
         check_output_dir(config.output_dir)
     backend_for = {p: None for p in precisions} if vllm else _quant_backends(precisions, config, device)
