@@ -46,7 +46,7 @@ def timed(scorer, subjects) -> tuple[float, dict]:
     """Seconds to score every subject (one score_batches call per subject, as the runner does)."""
     started, got = time.perf_counter(), {}
     for name, seqs in subjects:
-        got.update({(name, i): scores for i, scores in scorer.score(seqs)})
+        got.update({(name, i): scores.logprobs for i, scores in scorer.score(seqs)})
     return time.perf_counter() - started, got
 
 

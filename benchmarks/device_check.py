@@ -187,7 +187,7 @@ def pack_tokens(size: int) -> Iterator[None]:
 def engine_run(scorer: Scorer, seqs: list[list[int]], pack: int | None = None) -> Scores:
     with pack_tokens(pack) if pack else contextlib.nullcontext():
         found = dict(scorer.score(seqs))
-    return [found[i] for i in range(len(seqs))]
+    return [found[i].logprobs for i in range(len(seqs))]
 
 
 class Engines(NamedTuple):

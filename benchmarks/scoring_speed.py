@@ -9,15 +9,17 @@ the first --per-subject questions of every subject, all in one process, interlea
 order of the three rotates from subject to subject so that drift in machine speed spreads evenly):
   A  one plain forward per full prompt, batch 1, full logits: the definition, and the reference
   C  plain batched forwards of the full prompts, no prefix reuse (Scorer engine="plain")
-  B  the engine (Scorer engine="prefix")
+  B  the engine (Scorer engine="prefix"), with the letters' full-vocabulary mass (the default)
+  N  the engine without the mass (Scorer mass=False): B/N is the mass computation's cost
 Prints two work ratios of A to B: tokens run, and multiply-accumulates counted analytically for a
 llama-style decoder (linear layers, attention over each token's context, the vocabulary projection
 where logits are read; B ideal: each prefix once, then each suffix over it, logits at its last token
 only). An exact engine can beat the MAC ratio only by running faster per MAC than A. Then
 questions/s, the speed ratios B/A and B/C (median over subjects, and overall = total time ratio),
 B's and C's prediction agreement with A and their max |log-prob difference|, peak RSS and the torch
-thread count. Targets: B/A >= 5, B/C >= 3, 100% agreement. Timings are wall clock; the CPU-time
-ratios beside them are steadier on a shared machine.
+thread count. Targets: B/A >= 5, B/C >= 3, 100% agreement; B/N close to 1 (the mass is one logsumexp per
+question). `--mass-only` times B and N alone (interleaved), for a quick look at the mass's cost.
+Timings are wall clock; the CPU-time ratios beside them are steadier on a shared machine.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def llama_macs(config, seqs: list[list[int]], groups: list[tuple[int, list[int]]
 
 def engine_scores(scorer: Scorer, seqs: list[list[int]]) -> Scores:
     found = dict(scorer.score(seqs))
-    return [list(found[i]) for i in range(len(seqs))]
+    return [list(found[i].logprobs) for i in range(len(seqs))]
 
 
 def pred(scores: list[float]) -> int:
@@ -109,6 +111,9 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
         letters = letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
         engine = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="prefix", progress=False)
         plain = Scorer(model, letters, batch_tokens=args.batch_tokens, engine="plain", progress=False)
+        massless = Scorer(
+            model, letters, batch_tokens=args.batch_tokens, engine="prefix", progress=False, mass=False
+        )
         subjects = [s.name for s in task.subjects][: args.subjects_per_task]
         for k, data in enumerate(
             load_task_data(task, args.data_dir, subjects=subjects, limit=args.per_subject, scheme=scheme)
@@ -119,8 +124,10 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
                 "A": functools.partial(reference, model, seqs, letters),
                 "C": functools.partial(engine_scores, plain, seqs),
                 "B": functools.partial(engine_scores, engine, seqs),
+                "N": functools.partial(engine_scores, massless, seqs),
             }
-            order = "ACB"[k % 3 :] + "ACB"[: k % 3]
+            keys = "BN" if args.mass_only else "ACBN"
+            order = keys[k % len(keys) :] + keys[: k % len(keys)]
             groups = prefix_groups(seqs)
             shared = sum((len(members) - 1) * prefix for prefix, members in groups)
             record = {
@@ -134,13 +141,31 @@ def subject_rows(args: argparse.Namespace, model, tokenizer) -> list[dict]:
             }
             record["engine"] = f"{engine.engine_used} ({engine.mode})"  # e.g. "prefix (packed)"
             records.append(record)
+            times = " ".join(f"{key} {record[key][1]:.1f}s" for key in keys)
             print(
-                f"{name}/{data.subject.name}: {len(seqs)} q, A {record['A'][1]:.1f}s C {record['C'][1]:.1f}s "
-                f"B {record['B'][1]:.1f}s ({record['engine']})",
+                f"{name}/{data.subject.name}: {len(seqs)} q, {times} ({record['engine']})",
                 file=sys.stderr,
                 flush=True,
             )
     return records
+
+
+def mass_summary(label: str, records: list[dict]) -> dict:
+    """The mass computation's cost: the engine with it (B) against without it (N), same scores."""
+    n = sum(r["n"] for r in records)
+    wall = {key: sum(r[key][1] for r in records) for key in "BN"}
+    cpu = {key: sum(r[key][2] for r in records) for key in "BN"}
+    same = all(got == ref for r in records for got, ref in zip(r["B"][0], r["N"][0]))
+    return {
+        "set": label,
+        "subjects": len(records),
+        "questions": n,
+        **{f"{key} q/s": round(n / wall[key], 2) for key in "BN"},
+        "B/N time median": round(statistics.median(r["B"][1] / r["N"][1] for r in records), 3),
+        "B/N time overall": round(wall["B"] / wall["N"], 3),
+        "B/N cpu": round(cpu["B"] / cpu["N"], 3),
+        "same log-probs": same,
+    }
 
 
 def summary(label: str, records: list[dict]) -> dict:
@@ -193,10 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-tokens", type=int, default=None, help="Scorer token budget; omitted: sized for the device"
     )
+    parser.add_argument(
+        "--mass-only", action="store_true", help="time only the engine with (B) and without (N) the mass"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     loaded = load_model(args.model, "fp32", "cpu")
     records = subject_rows(args, loaded.model, loaded.tokenizer)
+    masses = [mass_summary(t, [r for r in records if r["task"] == t]) for t in args.tasks.split(",")]
+    masses.append(mass_summary("all", records))
+    print(tabulate(masses, headers="keys", floatfmt=".3g"))
+    if args.mass_only:
+        return 0
     rows = [summary(t, [r for r in records if r["task"] == t]) for t in args.tasks.split(",")]
     rows.append(summary("all", records))
     print(tabulate(rows, headers="keys", floatfmt=".3g"))

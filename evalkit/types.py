@@ -27,6 +27,7 @@ DataFormat = Literal["csv", "jsonl", "json"]  # Task.format: how a subject's fil
 RowFilter = Literal["all", "single4"]  # Task.keep: single4 = four options, one gold letter A-D
 EngineChoice = Literal["auto", "prefix", "plain"]  # --engine: prefix reuse, full prompts, or chosen per run
 DistributedExecutor = Literal["ray", "mp"]  # vLLM's executors: across nodes (Ray) or one node
+Permute = Literal["none", "cyclic"]  # --permute: the options as given, or all four cyclic rotations
 
 
 class EvalkitError(Exception):
@@ -127,6 +128,12 @@ class Scheme:
     def __hash__(self) -> int:  # subject_names is a dict; the name identifies a scheme
         return hash(self.name)
 
+    @staticmethod
+    def from_dict(data: dict) -> Scheme:
+        """A scheme read back from JSON (run.json): its tuple fields came back as lists."""
+        tuples = {f.name for f in dataclasses.fields(Scheme) if isinstance(f.default, tuple)}
+        return Scheme(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in data.items()})
+
     def shots_for(self, subject: str, requested: int) -> int:
         """Shots for one subject: the request, capped by the scheme's per-subject count."""
         return min(requested, self.subject_shots.get(subject, requested))
@@ -161,6 +168,9 @@ class Task:
     points_field: str = ""  # the per-item points key, checked against Subject.points
     requires_data_dir: bool = False  # no hub copy carries these bytes
     declaration_hash: str = ""  # sha256 prefix of the --task-file it came from ("" for built-in tasks)
+    # the four options are separate fields (not embedded in the question text, not carrying their own
+    # "(A)" prefixes): only then can --permute rotate them (evalkit.questions.permute)
+    options_separate: bool = True
 
     def __hash__(self) -> int:
         return hash(self.name)
@@ -189,9 +199,17 @@ class QuestionResult:
     shots_used: int
     prompt_tokens: int
     prompt_hash: str | None = None  # token_ids_hash of the ids scored; None in records from before it existed
+    # the four letters' summed probability under the full vocabulary at the answer position; None where the
+    # backend cannot give it, and in records from before it existed
+    letter_mass: float | None = None
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), ensure_ascii=False)
+        """One JSON line; `letter_mass` is left out while None, so that lines written before it existed
+        (and by backends without it) keep their bytes when a run resumes or merges its shards."""
+        row = dataclasses.asdict(self)
+        if row["letter_mass"] is None:
+            del row["letter_mass"]
+        return json.dumps(row, ensure_ascii=False)
 
     @staticmethod
     def from_dict(row: dict) -> QuestionResult:
@@ -250,7 +268,7 @@ NON_RESULT_FIELDS = frozenset(
 )
 # Result fields left out of the hash while they hold their default, so that the runs made before the field
 # existed keep their hash (and resume); any other value is hashed (a resume never mixes backends).
-HASHED_UNLESS_DEFAULT = frozenset({"backend", "max_length", "task_file_hash"})
+HASHED_UNLESS_DEFAULT = frozenset({"backend", "max_length", "task_file_hash", "permute"})
 
 
 @dataclass(frozen=True)
@@ -278,6 +296,7 @@ class RunConfig:
     output_dir: str = "results"
     progress: bool = True
     backend: str = "hf"  # the scoring engine: a name in evalkit.backends.PLUGINS
+    permute: Permute = "none"  # "cyclic": every question under its four option rotations (own configuration)
     vllm: VllmEngine = field(default_factory=VllmEngine)  # --backend vllm: how its engine is started
     server: ServerSettings = field(default_factory=ServerSettings)  # --backend server: which servers, how
 

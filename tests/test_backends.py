@@ -59,7 +59,7 @@ def test_vllm_settings_that_cannot_run_are_refused_before_loading(model_dir, tmp
 def test_precisions_map_to_vllm_dtypes_and_prequantized_checkpoints(model_dir, tmp_path):
     kwargs = VllmSettings(precision="bf16", max_model_len=1024, enforce_eager=True).engine_kwargs(model_dir)
     assert kwargs["dtype"] == "bfloat16" and "quantization" not in kwargs
-    assert kwargs["enable_prefix_caching"] and kwargs["logprobs_mode"] == "raw_logits"
+    assert kwargs["enable_prefix_caching"] and kwargs["logprobs_mode"] == "raw_logprobs"
     assert kwargs["skip_tokenizer_init"] and kwargs["max_model_len"] == 1024 and kwargs["enforce_eager"]
     awq = tmp_path / "awq"
     awq.mkdir()

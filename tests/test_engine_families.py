@@ -72,7 +72,7 @@ def engine_diff(scorer: Scorer, seqs: list[list[int]], ref: list[torch.Tensor]) 
     """The largest |log-prob difference| between the engine and the definition over all prompts."""
     got = dict(scorer.score(seqs))
     assert sorted(got) == list(range(len(seqs)))
-    return max((torch.tensor(got[i]) - ref[i]).abs().max().item() for i in range(len(seqs)))
+    return max((torch.tensor(got[i].logprobs) - ref[i]).abs().max().item() for i in range(len(seqs)))
 
 
 def far_token_effect(model, seqs: list[list[int]]) -> float:

@@ -79,7 +79,12 @@ def report(tmp_path_factory):
 
 def test_page_and_plots_are_written_side_by_side(report):
     assert report.path.is_file()
-    assert [p.name for p in report.plots] == ["report-ceval.png", "report-precision.png", "report-kl.png"]
+    assert [p.name for p in report.plots] == [
+        "report-ceval.png",
+        "report-reliability.png",  # the calibration section's reliability diagram
+        "report-precision.png",
+        "report-kl.png",
+    ]
     assert all(p.read_bytes().startswith(b"\x89PNG\r\n\x1a\n") for p in report.plots)
 
 
@@ -95,7 +100,7 @@ def test_page_needs_nothing_from_outside(report):
     page = report.path.read_text(encoding="utf-8")
     assert not re.search(r"<script|<link|@import|url\(", page)
     links = re.findall(r"""\b(?:src|href)\s*=\s*["']?([^"'\s>]*)""", page)
-    assert len(links) == 3 and all(link.startswith("data:image/png;base64,") for link in links)
+    assert len(links) == 4 and all(link.startswith("data:image/png;base64,") for link in links)
     assert page.startswith("<!DOCTYPE html>") and '<meta charset="utf-8">' in page
 
 
@@ -149,7 +154,7 @@ def test_kl_plot_draws_one_curve_per_compared_row_and_benchmark():
 def test_precision_section_only_for_a_sweep_unless_asked(tmp_path):
     single = write_html(runs(("fp16",)), tmp_path / "one.html")
     assert "<h2>Precision</h2>" not in single.path.read_text(encoding="utf-8")
-    assert [p.name for p in single.plots] == ["one-ceval.png"]
+    assert [p.name for p in single.plots] == ["one-ceval.png", "one-reliability.png"]
     asked = write_html(runs(("fp16",)), tmp_path / "asked.html", quant=True)
     assert "<h2>Precision</h2>" in asked.path.read_text(encoding="utf-8")
     never = write_html(runs(), tmp_path / "never.html", quant=False)

@@ -288,9 +288,9 @@ def _saved(task_name: str, scheme: str, model: str, rights: dict[str, int]):
 def test_report_csv_html_and_compare_carry_the_new_tasks(tmp_path):
     from evalkit.report.csv import write_csv
     from evalkit.report.html import write_html
-    from evalkit.report.tables import ReportRun
     from evalkit.report.tables_markdown import to_markdown
     from evalkit.stats.compare import compare
+    from evalkit.store.records import ReportRun
     from tasks.references import published_rows
 
     rights = {

@@ -154,7 +154,7 @@ def reference(model, seqs: list[list[int]], letters: tuple[int, ...]) -> list[to
 def assert_matches(got: dict[int, tuple], ref: list[torch.Tensor], tol: float = 1e-4) -> None:
     assert sorted(got) == list(range(len(ref)))
     for i, expected in enumerate(ref):
-        values = torch.tensor(got[i])
+        values = torch.tensor(got[i].logprobs if hasattr(got[i], "logprobs") else got[i])
         assert int(values.argmax()) == int(expected.argmax()), f"prediction of prompt {i} differs"
         assert (values - expected).abs().max().item() <= tol, (
             f"log-probs of prompt {i}: {values} vs {expected}"
@@ -481,8 +481,66 @@ def test_bf16_engine_reuses_the_prefix_within_bf16_rounding_on_real_cmmlu(smollm
     assert scorer.engine_used == "prefix"
     tolerance = PROBE_TOLERANCE[torch.bfloat16]
     for i, expected in enumerate(reference(model, seqs, letters)):
-        values = torch.tensor(got[i])
+        values = torch.tensor(got[i].logprobs if hasattr(got[i], "logprobs") else got[i])
         assert (values - expected).abs().max().item() <= tolerance, f"prompt {i}: {values} vs {expected}"
         top_two = expected.sort(descending=True).values[:2]
         if top_two[0] - top_two[1] > 2 * tolerance:  # a clear winner stays the winner
             assert int(values.argmax()) == int(expected.argmax())
+
+
+def reference_log_mass(model, seqs: list[list[int]], letters: tuple[int, ...]) -> list[float]:
+    """The definition of the letter mass: one plain forward per full prompt, the fp32 log-softmax over the
+    FULL vocabulary at the last position, the four letters' log-probs summed in probability."""
+    with torch.inference_mode():
+        out = []
+        for s in seqs:
+            full = torch.log_softmax(model(torch.tensor([s])).logits[0, -1].float(), -1)  # (vocab,)
+            out.append(float(torch.logsumexp(full[list(letters)], -1)))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["packed", "rows", "plain", "isolated"])
+def test_letter_mass_equals_a_full_vocabulary_forward_in_every_mode(bpe, mixed, mode):
+    seqs, letters, ref = mixed
+    want = reference_log_mass(bpe[1], seqs, letters)
+    engine = "plain" if mode == "plain" else "prefix"
+    scorer = Scorer(
+        bpe[1], letters, batch_tokens=3000, engine=engine, progress=False, isolated=mode == "isolated"
+    )
+    if mode == "rows":
+        scorer.candidates = ["rows"]
+    got = dict(scorer.score(seqs))
+    assert scorer.mode == mode if mode != "plain" else scorer.engine_used == "plain"
+    assert_matches(got, ref)
+    for i, expected in enumerate(want):
+        assert got[i].log_mass is not None and abs(got[i].log_mass - expected) <= 1e-4, (i, got[i], expected)
+    assert max(want) < 0 and min(want) > -30  # a real mass in (0, 1): the test has teeth
+
+
+def test_scores_without_the_mass_are_the_same(bpe, mixed):
+    seqs, letters, _ = mixed
+    with_mass = dict(Scorer(bpe[1], letters, batch_tokens=3000, progress=False).score(seqs))
+    without = dict(Scorer(bpe[1], letters, batch_tokens=3000, progress=False, mass=False).score(seqs))
+    assert all(without[i].log_mass is None for i in without)
+    assert all(without[i].logprobs == with_mass[i].logprobs for i in without)
+
+
+def test_packed_rows_run_shared_leading_tokens_once(bpe, mixed):
+    """Suffixes that share leading tokens (a question's option rotations) are packed as a trie: each
+    shared token once, and every suffix still scores as its own plain forward."""
+    from evalkit.backends.hf import forward as hf_model
+
+    seqs, letters, _ = mixed
+    base = seqs[:7]  # one prefix group; each prompt gets three variants that differ in the last 3 tokens
+    variants = [s[:-3] + s[-3:][::-1] for s in base] + [s[:-2] + [s[-1], s[-2]] for s in base] + base
+    inputs, last = hf_model.packed_inputs(
+        [[1, 2, 3, 4], [1, 2, 5], [1, 2, 3, 6]], 0, None, {"full": None}, torch.float32, "past_key_values"
+    )
+    # lexicographic order [1,2,3,4], [1,2,3,6], [1,2,5]: 1, 2, 3 once, then 4, 6 and 5
+    assert inputs["input_ids"].tolist() == [[1, 2, 3, 4, 6, 5]] and last.tolist() == [[3, 5, 4]]
+    assert inputs["position_ids"].tolist() == [[0, 1, 2, 3, 3, 2]]
+    mask = inputs["attention_mask"][0, 0] == 0  # (6, 6) who sees whom
+    assert mask[4].tolist() == [True, True, True, False, True, False]  # 6 sees 1, 2, 3 and itself
+    scorer = Scorer(bpe[1], letters, batch_tokens=4096, engine="prefix", progress=False)
+    assert_matches(dict(scorer.score(variants)), reference(bpe[1], variants, letters))
+    assert scorer.mode == "packed"

@@ -19,7 +19,7 @@ vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/vllm 
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
+from evalkit.backends.base import LetterScores, ScoringBackend, backend_record  # noqa: E402
 from evalkit.backends.hf.scorer import Scorer  # noqa: E402
 from evalkit.backends.vllm.engine import VllmSettings, dequantize_gguf, load_vllm  # noqa: E402
 from evalkit.backends.vllm.scorer import VllmScorer  # noqa: E402
@@ -47,12 +47,19 @@ def _prompts(tokenizer, task_name: str, data_dir, subjects: tuple[str, ...], lim
     return seqs, letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
 
 
-def _max_difference(got: dict[int, tuple], want: dict[int, tuple]) -> float:
-    """Largest |log-prob difference| over all questions; the predictions must be the same."""
+def _max_difference(got: dict, want: dict) -> float:
+    """Largest |log-prob difference| over all questions (LetterScores or plain log-prob tuples; the
+    letters' log-mass too where both sides give it); the predictions must be the same."""
     assert sorted(got) == sorted(want)
     worst = 0.0
     for i, expected in want.items():
-        values, expected = torch.tensor(got[i]), torch.tensor(expected)
+        mine, theirs = got[i], expected
+        if isinstance(mine, LetterScores) and isinstance(theirs, LetterScores):
+            if mine.log_mass is not None and theirs.log_mass is not None:
+                worst = max(worst, abs(mine.log_mass - theirs.log_mass))
+        mine = mine.logprobs if isinstance(mine, LetterScores) else mine
+        theirs = theirs.logprobs if isinstance(theirs, LetterScores) else theirs
+        values, expected = torch.tensor(mine), torch.tensor(theirs)
         assert int(values.argmax()) == int(expected.argmax()), (
             f"prediction of prompt {i}: {values} vs {expected}"
         )

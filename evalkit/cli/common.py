@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from evalkit.backends import BACKENDS, DEFAULT_BACKEND, PLUGINS, Flag, backend_help, plugin
+from evalkit.stats.calibration import DEFAULT_BINS as DEFAULT_ECE_BINS
 from evalkit.types import RunConfig
 
 DEFAULTS = RunConfig(model="", task="")
@@ -111,6 +112,15 @@ def subcommand(
     epilog = "examples:\n" + "\n".join(f"  {program} {command}" for command in examples)
     return sub.add_parser(
         name, help=summary, description=wrapped, epilog=epilog, formatter_class=HelpFormatter
+    )
+
+
+def add_ece_bins(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ece-bins",
+        type=int_at_least(1),
+        default=DEFAULT_ECE_BINS,
+        help=f"equal-width confidence bins of the expected calibration error (default: {DEFAULT_ECE_BINS})",
     )
 
 

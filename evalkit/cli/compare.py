@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from evalkit.cli.common import add_task_file_flag, register_task_files, subcommand
+from evalkit.cli.common import add_ece_bins, add_task_file_flag, register_task_files, subcommand
 
 
 def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
@@ -47,6 +47,14 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
         "e.g. 0.95 (default: no gate)",
     )
     p.add_argument(
+        "--max-ece-increase",
+        type=float,
+        metavar="POINTS",
+        help="the most expected calibration error (ECE, top letter, in points) B may gain over A per "
+        "benchmark, e.g. 2.0 (default: no gate)",
+    )
+    add_ece_bins(p)
+    p.add_argument(
         "--allow-subset",
         action="store_true",
         help="compare only the questions both runs scored instead of refusing different sets",
@@ -65,10 +73,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from evalkit.store.saved_runs import saved_runs
     from tasks import get_task
 
-    gates = {"max_drop": args.max_drop, "max_kl": args.max_kl, "min_agreement": args.min_agreement}
+    gates = {
+        "max_drop": args.max_drop,
+        "max_kl": args.max_kl,
+        "min_agreement": args.min_agreement,
+        "max_ece_increase": args.max_ece_increase,
+    }
     check_thresholds(**gates)  # before reading any run: a NaN gate is refused, never passed
     register_task_files(args)
     runs_a, runs_b = list(saved_runs([args.a]).values()), list(saved_runs([args.b]).values())
-    comparison = compare(runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset)
+    comparison = compare(
+        runs_a, runs_b, get_task, **gates, allow_subset=args.allow_subset, bins=args.ece_bins
+    )
     print(to_markdown(comparison, all_subjects=args.all_subjects))
     return 0 if comparison.passed else 1

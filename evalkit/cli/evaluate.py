@@ -165,6 +165,15 @@ def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None
     add_backend_flags(parser)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
     parser.add_argument(
+        "--permute",
+        choices=literal_choices(RunConfig, "permute"),
+        default=DEFAULTS.permute,
+        help="cyclic: score every question under the four cyclic rotations of its options (the gold "
+        "letter moves with its text; shots unchanged) and report circular accuracy, mean accuracy over "
+        "rotations and position bias; a run of its own configuration, compared only with runs permuted "
+        f"the same way (default: {DEFAULTS.permute})",
+    )
+    parser.add_argument(
         "--threads",
         type=int_at_least(1),
         help="torch CPU threads (default: torch's own; recorded in run.json)",
@@ -200,6 +209,7 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
         output_dir=args.output_dir,
         progress=not args.no_progress,
         backend=args.backend,
+        permute=args.permute,
         **backend_settings(args),
     )
     return run_sweep(
@@ -209,17 +219,21 @@ def _sweep(args: argparse.Namespace, precisions: Sequence[str]) -> list[ReportRu
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evalkit.machine import is_main_process
+    from evalkit.report.calibration_tables import calibration_markdown
     from evalkit.report.tables_markdown import to_markdown
     from tasks.references import published_rows
 
     runs = _sweep(args, [args.precision])
     if is_main_process():
         print(to_markdown(runs, published_rows()))
+        if calibration := calibration_markdown(runs):
+            print(calibration)
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from evalkit.machine import is_main_process
+    from evalkit.report.calibration_tables import calibration_markdown
     from evalkit.report.quantization import build_quant_table
     from evalkit.report.quantization_markdown import quant_markdown
     from evalkit.report.tables_markdown import to_markdown
@@ -228,5 +242,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     runs = _sweep(args, args.precision)
     if is_main_process():
         print(to_markdown(runs, published_rows()))
+        if calibration := calibration_markdown(runs):
+            print(calibration)
         print(quant_markdown(build_quant_table(runs, published_quantization())))
     return 0

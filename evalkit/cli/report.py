@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from evalkit.cli.common import add_task_file_flag, comma_list, register_task_files, subcommand
+from evalkit.cli.common import add_ece_bins, add_task_file_flag, comma_list, register_task_files, subcommand
 from evalkit.report import PRECISION_TABLE, PRECISION_TABLE_DEFAULT
 
 
@@ -57,6 +57,7 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
         "(otherwise matched by name automatically); repeatable",
     )
     p.add_argument("--no-published", action="store_true", help="leave published figures out")
+    add_ece_bins(p)
     p.add_argument(
         "--precision-table",
         choices=list(PRECISION_TABLE),
@@ -68,6 +69,7 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from evalkit.report.calibration_tables import calibration_markdown
     from evalkit.report.csv import write_csv
     from evalkit.report.html import write_html
     from evalkit.report.quantization import build_quant_table, show_precision
@@ -82,14 +84,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     quant_published = () if args.no_published else published_quantization()
     runs = report_runs(args.paths, get_task, dict(args.match))
     print(to_markdown(runs, published, args.reference))
+    if calibration := calibration_markdown(runs, args.ece_bins):
+        print(calibration)
     quant = PRECISION_TABLE[args.precision_table]
     table = build_quant_table(runs, quant_published)
     if show_precision(table, quant):
         print(quant_markdown(table))
     if args.csv:
-        write_csv(runs, args.csv, published, args.reference)
+        write_csv(runs, args.csv, published, args.reference, args.ece_bins)
         print(f"CSV written: {args.csv}", file=sys.stderr)
     if args.html:
-        page = write_html(runs, args.html, published, args.reference, quant_published, quant)
+        page = write_html(runs, args.html, published, args.reference, quant_published, quant, args.ece_bins)
         print(f"HTML written: {page.path} (plots: {', '.join(str(p) for p in page.plots)})", file=sys.stderr)
     return 0

@@ -12,6 +12,7 @@ import functools
 import random
 from collections.abc import Callable
 
+from evalkit.questions.permute import base_id
 from evalkit.types import EvalkitError, Prompt, Question, Scheme, Subject, SubjectData
 
 
@@ -106,7 +107,7 @@ def _shot_rows(scheme: Scheme, shots: tuple[Question, ...], question: Question, 
     if scheme.shot_order == "file":
         return list(shots)
     rows = list(shots)
-    random.Random(f"{seed}/{question.id}").shuffle(rows)
+    random.Random(f"{seed}/{base_id(question.id)}").shuffle(rows)  # a question's rotations share its shots
     return rows
 
 

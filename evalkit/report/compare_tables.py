@@ -49,6 +49,30 @@ def _divergence_rows(deltas: Mapping[str, Delta]) -> pd.DataFrame:
     )
 
 
+CALIBRATION_HEADING = (
+    "Calibration of B against A: ECE in points (top letter, {bins} equal-width bins, pooled over the "
+    "questions), Brier 0-2 (sum over the four letters of (p - y)², mean); Δ = B - A [paired bootstrap "
+    "95% CI]\n"
+)
+
+
+def _calibration_rows(deltas: Mapping[str, Delta]) -> pd.DataFrame:
+    rows = {}
+    for name, d in deltas.items():
+        c = d.calibration
+        if c is None:
+            continue
+        rows[name] = {
+            "ECE A": f"{100 * c.a.ece:.1f}",
+            "ECE B": f"{100 * c.b.ece:.1f}",
+            "Δ ECE": f"{100 * c.ece_delta:+.1f} [{100 * c.ece_ci.low:+.1f}, {100 * c.ece_ci.high:+.1f}]",
+            "Brier A": f"{c.a.brier:.3f}",
+            "Brier B": f"{c.b.brier:.3f}",
+            "Δ Brier": f"{c.brier_delta:+.3f} [{c.brier_ci.low:+.3f}, {c.brier_ci.high:+.3f}]",
+        }
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
 def _power(c: BenchmarkComparison) -> str:
     """What a pass can mean: the smallest drop the paired discordance lets McNemar's test detect."""
     d = c.overall
@@ -91,6 +115,10 @@ def _summary(comparison: Comparison) -> list[str]:
     parts = [f"## Summary: {sides} (benchmark Averages, accuracy points)\n", markdown_table(rows)]
     overall = {c.title: c.overall for c in comparison.benchmarks.values()}
     parts += [DIVERGENCE_HEADING, markdown_table(_divergence_rows(overall).rename_axis("benchmark"))]
+    calibration = _calibration_rows(overall)
+    if len(calibration):
+        bins = next(iter(comparison.benchmarks.values())).overall.calibration.a.bins
+        parts += [CALIBRATION_HEADING.format(bins=bins), markdown_table(calibration.rename_axis("benchmark"))]
     parts += [_power(c) for c in comparison.benchmarks.values()]
     if comparison.max_drop is not None:
         loose = [
@@ -138,6 +166,11 @@ def to_markdown(comparison: Comparison, max_flips: int = 20, all_subjects: bool 
         parts.append(markdown_table(_rows({"Average": c.overall, **c.groups}).rename_axis("group")))
         averages = {"Average": c.overall, **c.groups}
         parts.append(markdown_table(_divergence_rows(averages).rename_axis("group")))
+        calibration = _calibration_rows(averages)
+        if len(calibration):
+            bins = c.overall.calibration.a.bins
+            parts.append(CALIBRATION_HEADING.format(bins=bins))
+            parts.append(markdown_table(calibration.rename_axis("group")))
         parts += _subject_rows(c, all_subjects)
         for direction in ("right→wrong", "wrong→right"):
             flips = [f for f in c.flips if f.direction == direction]

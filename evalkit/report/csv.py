@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from evalkit.report.calibration_tables import CSV_FIELDS, CalibrationRow, build_calibration_rows, csv_fields
 from evalkit.report.tables import BenchmarkTable, build_tables
+from evalkit.stats.calibration import DEFAULT_BINS
 from evalkit.stats.published import PublishedRow
 from evalkit.store.records import ReportRun
 from evalkit.store.saved_runs import short_model_name
@@ -30,10 +32,11 @@ CSV_COLUMNS = [
     "ci95_high",
     "published",
     "published_row",
+    *CSV_FIELDS,  # calibration, letter mass, answer order (evalkit.report.calibration_tables)
 ]
 
 
-def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
+def _csv_rows(name: str, table: BenchmarkTable, calibration: dict[str, CalibrationRow]) -> list[dict]:
     rows = []
     for label in table.scores.index:
         intervals, config = table.group_intervals.get(label, {}), table.configs[label]
@@ -61,6 +64,7 @@ def _csv_rows(name: str, table: BenchmarkTable) -> list[dict]:
                     "ci95_high": 100 * ci.high if ci else None,
                     "published": None if math.isnan(published) else published,
                     "published_row": reference if reference and not math.isnan(published) else None,
+                    **(csv_fields(calibration[label], group) if label in calibration else {}),
                 }
             )
     for label, row in table.published_rows.items():
@@ -85,12 +89,14 @@ def write_csv(
     path: str | Path,
     published: Sequence[PublishedRow] = (),
     extra: Sequence[str] = (),
+    bins: int = DEFAULT_BINS,
 ) -> Path:
     """Every figure of every table, one per line (benchmark, run, group): accuracy x100 unrounded, n, CI,
     and the published figure a run is compared with; published rows follow with their source."""
     rows = []
+    calibration = build_calibration_rows(runs, bins)
     for name, table in build_tables(runs, published, extra).items():
-        rows += _csv_rows(name, table)
+        rows += _csv_rows(name, table, {row.label: row for row in calibration.get(name, [])})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(path, index=False, encoding="utf-8")

@@ -1,6 +1,6 @@
-"""A report as one self-contained HTML page: the benchmark tables, the precision table and plots
-(accuracy per category, Δ per precision, and the distribution of the per-question letter KL per
-precision).
+"""A report as one self-contained HTML page: the benchmark tables, the calibration and answer-order
+tables, the precision table and plots (accuracy per category, the reliability diagram, Δ per precision,
+and the distribution of the per-question letter KL per precision).
 
 Plots are drawn with matplotlib's object API (a bare Figure renders through the Agg canvas: no
 display and no pyplot global state), saved as PNG files beside the page and embedded in it as
@@ -24,10 +24,23 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from evalkit.report.calibration_tables import (
+    NOTES,
+    build_calibration_rows,
+    calibration_frame,
+    reliability_figure,
+)
 from evalkit.report.quantization import QuantTable, build_quant_table, show_precision
-from evalkit.report.quantization_markdown import DIVERGENCE_NOTE, divergence_frame, quant_frame
+from evalkit.report.quantization_markdown import (
+    CALIBRATION_NOTE,
+    DIVERGENCE_NOTE,
+    divergence_frame,
+    quant_frame,
+)
+from evalkit.report.quantization_markdown import calibration_frame as quant_calibration_frame
 from evalkit.report.tables import BenchmarkTable, build_tables
 from evalkit.report.tables_markdown import count_frame, display_frame
+from evalkit.stats.calibration import DEFAULT_BINS
 from evalkit.stats.published import PublishedRow, name_key
 from evalkit.store.records import ReportRun
 from evalkit.types import LETTERS
@@ -238,6 +251,25 @@ def _notes(notes: Sequence[str]) -> str:
     return '<ul class="notes">' + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"
 
 
+def _calibration_section(runs: Sequence[ReportRun], path: Path, plots: list[Path], bins: int) -> list[str]:
+    """Calibration and answer-order tables per benchmark, with the reliability diagram (a PNG in `plots`)."""
+    rows = build_calibration_rows(runs, bins)
+    body = []
+    for task_rows in rows.values():
+        if any(row.figures is not None for row in task_rows):
+            title = html.escape(task_rows[0].run.task.title)
+            body.append(
+                f"<h3>{title}: calibration and answer order</h3>" + _html_table(calibration_frame(task_rows))
+            )
+    figure = reliability_figure(rows, bins)
+    if figure is not None:
+        plots.append(path.with_name(f"{path.stem}-reliability.png"))
+        body.append(_save(figure, plots[-1]))
+    if body:
+        body = ["<h2>Calibration and answer order</h2>", *body, _notes([n.format(bins=bins) for n in NOTES])]
+    return body
+
+
 def write_html(
     runs: Sequence[ReportRun | tuple],
     path: str | Path,
@@ -245,6 +277,7 @@ def write_html(
     extra: Sequence[str] = (),
     quant_published: Sequence[PublishedRow] = (),
     quant: bool | None = None,
+    bins: int = DEFAULT_BINS,
 ) -> HtmlReport:
     """The page at `path` and its plots beside it (`<stem>-<benchmark>.png`, `<stem>-precision.png`).
 
@@ -265,6 +298,7 @@ def write_html(
                 f"{_html_table(count_frame(table))}</details>"
             )
         body.append(_notes(table.notes))
+    body += _calibration_section(runs, path, plots, bins)
     precision = build_quant_table(runs, quant_published)
     if show_precision(precision, quant):
         kinds = ["measured"] * len(precision.rows) + ["published"] * len(precision.published)
@@ -274,6 +308,13 @@ def write_html(
         if any(row.baseline is not None for row in precision.rows):
             plots.append(path.with_name(f"{path.stem}-precision.png"))
             body.append(_save(precision_figure(precision), plots[-1]))
+        calibration = quant_calibration_frame(precision)
+        if len(calibration):
+            body.append(
+                "<h3>Calibration, letter mass and answer order</h3>"
+                + _html_table(calibration)
+                + _notes([CALIBRATION_NOTE])
+            )
         divergence = divergence_frame(precision)
         if len(divergence):
             body.append(

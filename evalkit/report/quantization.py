@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from evalkit.report.text import AVERAGE, footnote
 from evalkit.stats.compare import Delta, compare_pair
 from evalkit.stats.published import FULL, FULL_PRECISIONS, PublishedRow, matching
+from evalkit.stats.summary import GroupFigures, group_figures
 from evalkit.store.records import Metric, ReportRun, SavedRun
 from evalkit.store.saved_runs import run_label, short_model_name
 from evalkit.types import EvalkitError
@@ -41,6 +42,7 @@ class QuantCell:
 
     metric: Metric
     delta: Delta | None  # None on the baseline row, or where the baseline lacks the benchmark or questions
+    figures: GroupFigures | None = None  # calibration, letter mass, answer order; None: no questions given
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,7 @@ def _settings(run: ReportRun) -> tuple:
         config.split,
         config.limit,
         config.seed,
+        config.permute,  # a permuted run pairs only with runs permuted the same way
     )
 
 
@@ -158,7 +161,10 @@ def _cells(
                     f"{delta.a.n} shared questions ({comparison.only_a} and {comparison.only_b} "
                     "left out)."
                 )
-        cells[name] = QuantCell(run.result.overall, delta)
+        figures = None
+        if run.questions is not None:
+            figures = group_figures(list(run.questions), run.result.scheme.aggregation, n_boot=0)
+        cells[name] = QuantCell(run.result.overall, delta, figures)
     return cells
 
 

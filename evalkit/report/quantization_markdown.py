@@ -79,6 +79,43 @@ def divergence_frame(table: QuantTable) -> pd.DataFrame:
     return pd.DataFrame.from_dict(data, orient="index").fillna("–").rename_axis("Model")
 
 
+def calibration_frame(table: QuantTable) -> pd.DataFrame:
+    """Per row and benchmark: ECE (points), Brier, mean letter mass, circular accuracy and position skew,
+    as strings ("ECE 4.1 · Brier 0.612 · mass 0.873 · circular 31.0 · position skew 6.0"); "–" where a
+    row has no such figure."""
+    data = {}
+    for name, row in zip(_row_labels(table), table.rows, strict=True):
+        cells = {}
+        for task, title in table.titles.items():
+            cell = row.cells.get(task)
+            figures = None if cell is None else cell.figures
+            if figures is None:
+                cells[title] = "–"
+                continue
+            cal, mass, rob = figures.calibration, figures.mass, figures.robustness
+            parts = [f"ECE {100 * cal.ece:.1f} · Brier {cal.brier:.3f}" if cal else "ECE – · Brier –"]
+            mass_text = "–" if mass.mean is None else f"{mass.mean:.3f}"
+            if mass.mean is not None and mass.n < mass.of:
+                mass_text += f" ({mass.n}/{mass.of})"
+            parts.append(f"mass {mass_text}")
+            parts.append(f"circular {'–' if rob is None else f'{100 * rob.circular.accuracy:.1f}'}")
+            if figures.bias is not None:
+                parts.append(f"position skew {100 * figures.bias.largest_skew:.1f}")
+            cells[title] = " · ".join(parts)
+        if any(v != "–" for v in cells.values()):
+            data[name] = cells
+    return pd.DataFrame.from_dict(data, orient="index").fillna("–").rename_axis("Model")
+
+
+CALIBRATION_NOTE = (
+    "ECE: top-letter expected calibration error in points (10 equal-width bins, pooled over the "
+    "benchmark's questions); Brier: mean sum over the four letters of (p - y)², 0-2; mass: mean "
+    "full-vocabulary probability of the four letters (n/N: questions that carry it); circular: right "
+    "under all four option rotations (--permute cyclic runs); position skew: the largest |picked - gold| "
+    "share of a letter, points."
+)
+
+
 DIVERGENCE_NOTE = (
     "Letter distributions: KL(P_A ‖ P_B) over the four letters, in nats, of the row (B) "
     "from its baseline (A): mean [95% CI], 95th and 99th percentile; agree: questions whose "
@@ -88,6 +125,8 @@ DIVERGENCE_NOTE = (
 
 
 def quant_markdown(table: QuantTable) -> str:
+    """The precision table, then (where rows have them) the letter distributions against full precision
+    and the calibration, letter mass and answer-order figures per row."""
     notes = "".join(f"- {n}\n" for n in table.notes)
     text = f"## Precision\n\n{markdown_table(quant_frame(table))}\n{notes}"
     divergence = divergence_frame(table)
@@ -96,4 +135,8 @@ def quant_markdown(table: QuantTable) -> str:
             f"\n### Letter distributions against full precision\n\n{markdown_table(divergence)}\n"
             f"- {DIVERGENCE_NOTE}\n"
         )
+    calibration = calibration_frame(table)
+    if len(calibration):
+        text += f"\n### Calibration, letter mass and answer order\n\n{markdown_table(calibration)}\n"
+        text += f"- {CALIBRATION_NOTE}\n"
     return text

@@ -106,6 +106,7 @@ def _sweep(
     from evalkit.machine import free_memory, is_main_process, is_single_process, process_device
     from evalkit.models.source import resolve_source
     from evalkit.questions.data import load_task_data
+    from evalkit.questions.permute import permute_subjects
     from evalkit.store.disk import check_output_dir
 
     if not config.progress:  # transformers' own bars too ("Loading weights")
@@ -135,6 +136,11 @@ def _sweep(
         )
         for name, c in base.items()
     }
+    for (
+        name,
+        task_data,
+    ) in data.items():  # --permute refusals (options not separate, no answers) before loading
+        permute_subjects(by_name[name], task_data, config.permute)
     if is_main_process():
         check_output_dir(config.output_dir)
     if config.limit is not None:

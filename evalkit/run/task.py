@@ -19,9 +19,10 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from evalkit.backends import plugin
-from evalkit.backends.base import NonFiniteLogits, ScoringBackend, backend_record
+from evalkit.backends.base import LetterScores, NonFiniteLogits, ScoringBackend, backend_record
 from evalkit.machine import environment
 from evalkit.models.loading import LoadedModel
+from evalkit.questions.permute import permute_subjects
 from evalkit.questions.prepare import Prepared, prepare_subjects, report_long_prompts
 from evalkit.questions.tokens import LetterTokens, encode_prompts, letter_tokens
 from evalkit.run.plan import FirstBatchEstimate, describe_plan, describe_resume
@@ -58,8 +59,9 @@ def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
 
 
 def _question_result(
-    prompt: Prompt, logprobs: tuple[float, ...], token_ids: list[int], subject: str
+    prompt: Prompt, scores: LetterScores, token_ids: list[int], subject: str
 ) -> QuestionResult:
+    logprobs = scores.logprobs
     if not all(math.isfinite(x) for x in logprobs):
         raise EvalkitError(
             f"non-finite letter log-probs {logprobs} for question {prompt.question.id} "
@@ -77,6 +79,7 @@ def _question_result(
         shots_used=prompt.shots_used,
         prompt_tokens=len(token_ids),
         prompt_hash=token_ids_hash(token_ids),
+        letter_mass=None if scores.log_mass is None else math.exp(scores.log_mass),
     )
 
 
@@ -90,29 +93,37 @@ def _score_subjects(
     title: str,
     estimate: FirstBatchEstimate | None = None,
 ) -> set[str]:
-    """Score what is not done yet, appending each batch to this process's questions file; engines used."""
-    engines = set()
+    """Score what is not done yet in one call to the backend (which may work on several subjects at once),
+    appending each batch to this process's questions file as it comes (this loop is the one writer);
+    the engines used."""
     total = sum(len(d.questions) for d in own)
     initial = sum(q.id in done for d in own for q in d.questions)
+    work = [
+        (prepared, [i for i, p in enumerate(prepared.prompts) if p.question.id not in done])
+        for prepared in subjects
+    ]
+    work = [(prepared, todo) for prepared, todo in work if todo]
+    if not work:
+        return set()
     with tqdm(total=total, initial=initial, desc=title, unit="q", disable=not config.progress) as bar:
-        for subject_data, prompts, token_ids in subjects:
-            todo = [i for i, p in enumerate(prompts) if p.question.id not in done]
-            if not todo:
-                continue
-            try:
-                for batch in scorer.score_batches(token_ids, only=todo):
-                    if estimate is not None:
-                        estimate.batch_done([token_ids[i] for i, _ in batch])
-                    results = [
-                        _question_result(prompts[i], logprobs, token_ids[i], subject_data.subject.name)
-                        for i, logprobs in batch
-                    ]
-                    run_dir.append(results)
-                    bar.update(len(results))
-            except NonFiniteLogits as err:
-                raise _non_finite_error(err, prompts, token_ids, subject_data.subject.name, config) from err
-            engines.add(scorer.engine_used)
-    return engines
+        try:
+            for batch in scorer.score_subjects([p.token_ids for p, _ in work], [todo for _, todo in work]):
+                if estimate is not None:
+                    estimate.batch_done([work[item.subject][0].token_ids[item.index] for item in batch])
+                results = [_result_of(work[item.subject][0], item.index, item.scores) for item in batch]
+                run_dir.append(results)
+                bar.update(len(results))
+        except NonFiniteLogits as err:
+            prepared = work[err.subject][0]
+            name = prepared.data.subject.name
+            raise _non_finite_error(err, prepared.prompts, prepared.token_ids, name, config) from err
+    return set(scorer.engines_used)
+
+
+def _result_of(prepared: Prepared, index: int, scores: LetterScores) -> QuestionResult:
+    return _question_result(
+        prepared.prompts[index], scores, prepared.token_ids[index], prepared.data.subject.name
+    )
 
 
 def _non_finite_error(
@@ -146,6 +157,7 @@ def run_task(
     """
     state = PartialState()
     scheme = resolve_scheme(task, config)
+    data = permute_subjects(task, data, config.permute)  # --permute cyclic: each question's 4 rotations
     letters: LetterTokens = letter_tokens(loaded.tokenizer, scheme.letter_rule, scheme)
     scorer = plugin(config.backend).scorer(loaded, letters.ids, config)
     started = time.perf_counter()

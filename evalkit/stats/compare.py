@@ -6,10 +6,12 @@ within subjects, the same draw for A and B), McNemar's exact p-value (two-sided 
 the discordant questions; it is a question-level test whatever the aggregation), and the questions
 that flipped; beside them the letter-distribution divergence of B from A (evalkit.divergence: mean
 and 95th/99th percentile KL(P_A || P_B) in nats, top-letter agreement, mean |Δ P(gold)|, paired
-bootstrap intervals) and a power note (the smallest drop McNemar's test could detect). Three gates
-judge quantized models on each benchmark's Average: `max_drop` (accuracy points it may lose),
-`max_kl` (nats of mean KL it may reach) and `min_agreement` (the share of top letters it must keep);
-any failing gate fails the comparison, and the CLI exits 1. Which runs and questions pair up:
+bootstrap intervals), the change of calibration (ECE and Brier of B minus A, evalkit.stats.calibration,
+paired bootstrap intervals from one draw of questions for both runs) and a power note (the smallest drop
+McNemar's test could detect). Four gates judge quantized models on each benchmark's Average: `max_drop`
+(accuracy points it may lose), `max_kl` (nats of mean KL it may reach), `min_agreement` (the share of top
+letters it must keep) and `max_ece_increase` (ECE points it may gain); any failing gate fails the
+comparison, and the CLI exits 1. Which runs and questions pair up:
 evalkit.stats.pairing; evalkit.report.compare_tables writes it out.
 """
 
@@ -22,6 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import binomtest
 
+from evalkit.stats.calibration import DEFAULT_BINS, CalibrationDelta, calibration_delta
+from evalkit.stats.calibration import PerQuestion as CalibrationInputs
+from evalkit.stats.calibration import per_question as calibration_inputs
 from evalkit.stats.divergence import (
     Divergence,
     PerQuestion,
@@ -48,6 +53,7 @@ class Delta:
     wrong_to_right: int
     p_value: float  # McNemar exact; 1.0 when no question flipped
     divergence: Divergence  # B's letter distributions against A's, question by question
+    calibration: CalibrationDelta | None = None  # ECE and Brier of B minus A, paired intervals
 
     @property
     def detectable_drop(self) -> float | None:
@@ -89,7 +95,7 @@ class BenchmarkComparison:
 class Gate:
     """One threshold on each benchmark's Average, and the benchmarks that failed it."""
 
-    name: str  # "max drop", "max KL", "min agreement"
+    name: str  # "max drop", "max KL", "min agreement", "max ECE increase"
     threshold: float
     unit: str  # how the threshold is given: "points", "nats", "fraction"
     failed: dict[str, float]  # benchmark -> its failing value, in the threshold's unit
@@ -100,7 +106,7 @@ class Comparison:
     benchmarks: dict[str, BenchmarkComparison]
     max_drop: float | None  # accuracy points; None: no gate
     failed: tuple[str, ...]  # benchmarks that failed some gate
-    gates: tuple[Gate, ...] = ()  # the gates asked for, in the order max drop, max KL, min agreement
+    gates: tuple[Gate, ...] = ()  # the gates asked for: max drop, max KL, min agreement, max ECE increase
 
     @property
     def passed(self) -> bool:
@@ -108,11 +114,20 @@ class Comparison:
 
 
 def check_thresholds(
-    max_drop: float | None = None, max_kl: float | None = None, min_agreement: float | None = None
+    max_drop: float | None = None,
+    max_kl: float | None = None,
+    min_agreement: float | None = None,
+    max_ece_increase: float | None = None,
 ) -> None:
     """Refuse a gate that cannot judge: NaN or infinite (NaN compares false and would pass anything),
     negative, or an agreement outside [0, 1]."""
-    for flag, value in (("--max-drop", max_drop), ("--max-kl", max_kl), ("--min-agreement", min_agreement)):
+    flags = (
+        ("--max-drop", max_drop),
+        ("--max-kl", max_kl),
+        ("--min-agreement", min_agreement),
+        ("--max-ece-increase", max_ece_increase),
+    )
+    for flag, value in flags:
         if value is not None and not math.isfinite(value):
             raise EvalkitError(f"{flag} must be a finite number, got {value}")
     if max_drop is not None and max_drop < 0:
@@ -121,6 +136,8 @@ def check_thresholds(
         raise EvalkitError(f"--max-kl must be >= 0 nats, got {max_kl}")
     if min_agreement is not None and not 0 <= min_agreement <= 1:
         raise EvalkitError(f"--min-agreement is a fraction in [0, 1], got {min_agreement}")
+    if max_ece_increase is not None and max_ece_increase < 0:
+        raise EvalkitError(f"--max-ece-increase must be >= 0 ECE points, got {max_ece_increase}")
 
 
 def mcnemar_p(right_to_wrong: int, wrong_to_right: int) -> float:
@@ -136,6 +153,7 @@ def _delta(
     aggregation: Aggregation,
     n_boot: int,
     seed: int,
+    calibration: tuple[Mapping[str, CalibrationInputs], Mapping[str, CalibrationInputs], int] | None = None,
     weights: Mapping[str, float] | None = None,
 ) -> Delta:
     ma, mb = combine(xa, aggregation, weights), combine(xb, aggregation, weights)
@@ -151,6 +169,9 @@ def _delta(
         wrong_to_right=wrong_to_right,
         p_value=mcnemar_p(right_to_wrong, wrong_to_right),
         divergence=divergence(pq, aggregation, n_boot=n_boot, seed=seed, weights=weights),
+        calibration=None
+        if calibration is None
+        else calibration_delta(*calibration[:2], calibration[2], n_boot=n_boot, seed=seed),
     )
 
 
@@ -162,7 +183,14 @@ def _ids_by_subject(ids: Sequence[str], questions: Mapping[str, QuestionResult])
 
 
 def compare_pair(
-    task: Task, a: SavedRun, b: SavedRun, *, allow_subset: bool = False, n_boot: int = 2000, seed: int = 0
+    task: Task,
+    a: SavedRun,
+    b: SavedRun,
+    *,
+    allow_subset: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
+    bins: int = DEFAULT_BINS,
 ) -> BenchmarkComparison:
     """B against A on one benchmark, question by question."""
     check_comparable(task, a, b)
@@ -191,6 +219,13 @@ def compare_pair(
     }
     aggregation = a.result.scheme.aggregation
     weights = subject_points(task)
+    by_subject = _ids_by_subject(shared, by_id_a)
+    ca = {s: calibration_inputs([by_id_a[i] for i in ids])[s] for s, ids in by_subject.items()}
+    cb = {s: calibration_inputs([by_id_b[i] for i in ids])[s] for s, ids in by_subject.items()}
+
+    def cal(members: Sequence[str]) -> tuple[dict, dict, int]:
+        return {s: ca[s] for s in members}, {s: cb[s] for s in members}, bins
+
     groups = {}
     for group in task.categories + task.extra_groups:
         members = group_members(task, group, order)
@@ -202,6 +237,7 @@ def compare_pair(
                 aggregation,
                 n_boot,
                 seed,
+                cal(members),
                 weights,
             )
     return BenchmarkComparison(
@@ -211,10 +247,11 @@ def compare_pair(
         label_b=run_label(b.result, task.eval_split),
         aggregation=aggregation,
         subjects={
-            s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed, weights) for s in order
+            s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed, cal([s]), weights)
+            for s in order
         },
         groups=groups,
-        overall=_delta(va, vb, pq, aggregation, n_boot, seed, weights),
+        overall=_delta(va, vb, pq, aggregation, n_boot, seed, cal(order), weights),
         flips=tuple(flips),
         only_a=only_a,
         only_b=only_b,
@@ -229,18 +266,22 @@ def compare(
     max_drop: float | None = None,
     max_kl: float | None = None,
     min_agreement: float | None = None,
+    max_ece_increase: float | None = None,
     allow_subset: bool = False,
     n_boot: int = 2000,
     seed: int = 0,
+    bins: int = DEFAULT_BINS,
 ) -> Comparison:
     """Compare B with A on every task they share, and gate each benchmark's Average: its accuracy drop
     (points), its mean KL (nats) and its top-letter agreement (fraction). A value equal to a threshold
     passes; the tolerance absorbs float noise."""
-    check_thresholds(max_drop, max_kl, min_agreement)
+    check_thresholds(max_drop, max_kl, min_agreement, max_ece_increase)
     benchmarks = {}
     for a, b in pair_by_task(runs_a, runs_b):
         task = task_for(a.result.config.task)
-        benchmarks[task.name] = compare_pair(task, a, b, allow_subset=allow_subset, n_boot=n_boot, seed=seed)
+        benchmarks[task.name] = compare_pair(
+            task, a, b, allow_subset=allow_subset, n_boot=n_boot, seed=seed, bins=bins
+        )
     gates = []
     if max_drop is not None:
         drops = {name: -100 * c.overall.delta for name, c in benchmarks.items()}
@@ -260,6 +301,16 @@ def compare(
                 min_agreement,
                 "fraction",
                 {n: v for n, v in agreements.items() if v < min_agreement - 1e-12},
+            )
+        )
+    if max_ece_increase is not None:
+        rises = {name: 100 * c.overall.calibration.ece_delta for name, c in benchmarks.items()}
+        gates.append(
+            Gate(
+                "max ECE increase",
+                max_ece_increase,
+                "points",
+                {n: v for n, v in rises.items() if not v <= max_ece_increase + 1e-9},
             )
         )
     failed = tuple(name for name in benchmarks if any(name in gate.failed for gate in gates))

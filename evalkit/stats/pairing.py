@@ -23,6 +23,7 @@ def check_comparable(task: Task, a: SavedRun, b: SavedRun) -> None:
         ),
         "shots": (ca.shots, cb.shots),
         "split": (ca.split or task.eval_split, cb.split or task.eval_split),
+        "answer-order permutation (--permute)": (ca.permute, cb.permute),
     }
     if a.result.scheme.shot_order == "shuffled_per_question":
         settings["shot shuffle seed"] = (ca.seed, cb.seed)

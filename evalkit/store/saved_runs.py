@@ -59,7 +59,7 @@ def run_result_from_dict(data: dict) -> RunResult:
         **{
             **data,
             "config": config_from_fields(data["config"]),
-            "scheme": Scheme(**data["scheme"]),
+            "scheme": Scheme.from_dict(data["scheme"]),
             "letter_ids": tuple(data["letter_ids"]),
             "letter_strings": tuple(data["letter_strings"]),
             "subjects": {k: Metric(**v) for k, v in data["subjects"].items()},
@@ -149,6 +149,8 @@ def run_label(
         label += f" {config.shots}-shot"
     if config.split not in (None, eval_split):
         label += f" ({config.split})"
+    if config.permute != "none":
+        label += f" permute={config.permute}"
     if config.limit is not None:
         label += f" ⚠ limit={config.limit}"
     return label

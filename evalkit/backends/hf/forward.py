@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 
 import torch
 from transformers import Cache
@@ -136,6 +137,16 @@ def fork_cache(cache, rows: int):
     return tuple(tuple(t.repeat(rows, *[1] * (t.dim() - 1)) for t in layer) for layer in cache)
 
 
+def shared_start(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens two token lists share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def packed_inputs(
     suffixes: list[list[int]],
     prefix: int,
@@ -147,14 +158,36 @@ def packed_inputs(
     """The forward's inputs for one row of suffixes after the prefix, and the packed index of each
     suffix's last token (1 x k). Each suffix sees the prefix and its own earlier tokens only, at the
     positions of its own forward, and in sliding layers only the keys within their window (`kinds`:
-    {layer type: sliding window or None}, see attention_kinds); `dtype` is the mask's."""
-    lengths = torch.tensor([len(s) for s in suffixes])  # (k,)
-    total = int(lengths.sum())
-    segment = torch.repeat_interleave(torch.arange(len(suffixes)), lengths)  # (total,) suffix index
-    starts = torch.cumsum(lengths, 0) - lengths  # (k,) first packed index of each suffix
-    step = torch.arange(total)  # (total,)
-    positions = prefix + step - starts[segment]  # (total,) each token's position in its own prompt
-    own = (segment[:, None] == segment[None, :]) & (step[:, None] >= step[None, :])  # (total, total)
+    {layer type: sliding window or None}, see attention_kinds); `dtype` is the mask's.
+
+    Leading tokens a suffix shares with its lexicographic predecessor in the row are packed once (the row
+    is a trie): the four option rotations of a question (--permute cyclic) run its text once. A shared
+    token has the same position and the same earlier tokens in every suffix that holds it, so its keys
+    and values are those of each suffix's own forward."""
+    ids: list[int] = []  # packed tokens
+    parent: list[int] = []  # packed index of each token's previous token in its suffix; -1: the first
+    steps: list[int] = []  # each token's index within its suffix
+    last = [0] * len(suffixes)
+    previous: list[int] = []
+    previous_at: list[int] = []  # packed index of each token of the previous suffix
+    for k in sorted(range(len(suffixes)), key=lambda k: suffixes[k]):
+        suffix = suffixes[k]
+        shared = shared_start(previous, suffix)
+        at = previous_at[:shared]
+        for j in range(shared, len(suffix)):
+            parent.append(at[j - 1] if j else -1)
+            steps.append(j)
+            at.append(len(ids))
+            ids.append(suffix[j])
+        last[k] = at[-1]
+        previous, previous_at = suffix, at
+    total = len(ids)
+    own = torch.zeros(total, total, dtype=torch.bool)  # (total, total): a token sees its suffix's path
+    for i in range(total):  # a parent is packed before its children
+        if parent[i] >= 0:
+            own[i] = own[parent[i]]
+        own[i, i] = True
+    positions = prefix + torch.tensor(steps)  # (total,) each token's position in its own prompt
     seen = torch.cat([torch.ones(total, prefix, dtype=torch.bool), own], dim=1)  # (total, prefix + total)
     keys = torch.cat([torch.arange(prefix), positions])  # (prefix + total,) position of every key
     masks = {}
@@ -163,13 +196,13 @@ def packed_inputs(
         mask = torch.zeros(total, prefix + total, dtype=dtype)
         masks[kind] = mask.masked_fill_(~allowed, torch.finfo(dtype).min)[None, None]  # (1, 1, q, k)
     inputs = {
-        "input_ids": torch.tensor([[t for s in suffixes for t in s]]),
+        "input_ids": torch.tensor([ids]),
         "attention_mask": next(iter(masks.values())) if len(masks) == 1 else masks,
         "position_ids": positions[None],
         cache_name: fork_cache(cache, 1),
         "use_cache": True,
     }
-    return inputs, (starts + lengths - 1)[None]
+    return inputs, torch.tensor(last)[None]
 
 
 def padded_inputs(suffixes: list[list[int]], cache, cache_name: str | None) -> tuple[dict, torch.Tensor]:

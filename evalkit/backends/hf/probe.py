@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from evalkit.backends.base import Scores
+from evalkit.backends.base import LetterScores
 from evalkit.backends.hf.batching import Group
 
 # The probe's bound on a log-prob's difference from a lone forward (1e-3 for other dtypes: fp32
@@ -37,12 +37,17 @@ def probe_prompts(
     return forwards
 
 
-def largest_difference(got: Sequence[Sequence[Scores]], expected: Sequence[Sequence[Scores]]) -> float:
+def largest_difference(
+    got: Sequence[Sequence[LetterScores]], expected: Sequence[Sequence[LetterScores]]
+) -> float:
     """The largest log-prob difference between the probe's forwards in a reuse mode (`got`) and the
-    plain forwards of their prompts alone (`expected`), both [forward][prompt][letter]."""
+    plain forwards of their prompts alone (`expected`), both [forward][prompt]: the four letters' and,
+    where both sides have it, the letter log-mass (a reuse mode must get the full vocabulary right too)."""
     largest = 0.0
     for part, want in zip(got, expected, strict=True):
         for row, ref in zip(part, want, strict=True):
-            for a, b in zip(row, ref, strict=True):
+            for a, b in zip(row.logprobs, ref.logprobs, strict=True):
                 largest = max(largest, abs(a - b))
+            if row.log_mass is not None and ref.log_mass is not None:
+                largest = max(largest, abs(row.log_mass - ref.log_mass))
     return largest

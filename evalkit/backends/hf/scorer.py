@@ -1,4 +1,5 @@
-"""The scoring engine: fp32 log-softmax over the four letter ids after each token-id prompt.
+"""The scoring engine: fp32 log-softmax over the four letter ids after each token-id prompt, and the
+letters' full-vocabulary log-mass there (one logsumexp over the vocabulary at the answer position only).
 
 Speed comes from shared-prefix KV reuse. The prompts of a subject share their header and shots, so
 the engine groups prompts by their longest common token prefix (the plan: evalkit.backends.hf.batching), runs
@@ -22,6 +23,7 @@ batch-1 scripts do; anything else would make a question's scores depend on its n
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection, Iterator, Sequence
 from typing import get_args
 
@@ -29,7 +31,7 @@ import torch
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from evalkit.backends.base import NonFiniteLogits, OneByOne, Scores
+from evalkit.backends.base import LetterScores, NonFiniteLogits, OneByOne
 from evalkit.backends.hf import forward as hf_model
 from evalkit.backends.hf.batching import Batch, Group, prefix_groups, split_batches
 from evalkit.backends.hf.probe import PROBE_TOLERANCE, largest_difference, probe_prompts
@@ -49,6 +51,7 @@ class Scorer(OneByOne):
     `batch_tokens` bounds each forward: rows x padded length, the reused prefix counted in every row
     (packed rows: prefix + their suffixes). Results do not depend on it beyond float rounding (~1e-5).
     `isolated`: one prompt per forward, no prefix reuse (see the module docstring).
+    `mass`: also give each prompt's letter log-mass (LetterScores.log_mass); False only to measure its cost.
 
     Public state: `mode` is the reuse mode ("packed" | "rows" | "plain", settled by the first probe;
     "isolated" from the start; None before), `candidates` the modes the probe tries in order, `fallbacks`
@@ -66,6 +69,7 @@ class Scorer(OneByOne):
         engine: EngineChoice = "auto",
         progress: bool = True,
         isolated: bool = False,
+        mass: bool = True,
     ):
         if engine not in get_args(EngineChoice):
             raise unknown("engine", engine, get_args(EngineChoice))
@@ -79,6 +83,7 @@ class Scorer(OneByOne):
         self.letter_ids = torch.tensor(list(letter_ids), device=self.device)
         self.batch_tokens = batch_tokens or hf_model.default_batch_tokens(model)
         self.engine_used = ""  # "prefix" | "plain" | "isolated" once score() has run
+        self.engines_used: set[str] = set()  # every engine_used of the last score_subjects
         self.keep = hf_model.keep_mode(model)
         self.cache_argument = hf_model.cache_argument(model)
         self.fallbacks: list[Fallback] = []
@@ -91,6 +96,7 @@ class Scorer(OneByOne):
             self.candidates = []
             self.fallbacks.append(Fallback("rows", "unsupported", "its forward takes no KV cache argument"))
         self.isolated = isolated
+        self.mass = mass
         self.mode: ReuseMode | None = "isolated" if isolated else None
         if isolated and engine == "prefix":
             LOG.warning(
@@ -109,8 +115,8 @@ class Scorer(OneByOne):
 
     def score_batches(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[list[tuple[int, Scores]]]:
-        """Yield each batch's [(index, log-probs)] as soon as it is done (the runner writes one batch at
+    ) -> Iterator[list[tuple[int, LetterScores]]]:
+        """Yield each batch's [(index, LetterScores)] as soon as it is done (the runner writes one batch at
         a time). `only` limits what is computed and yielded; the plan (groups, batches) always comes
         from all of `token_ids`, so a resumed run is bit-identical."""
         seqs = [list(s) for s in token_ids]
@@ -161,8 +167,17 @@ class Scorer(OneByOne):
             return [[i] for i in order]
         if mode != "packed":  # rows x padded length, the prefix counted in each row
             return split_batches([(i, len(seqs[i])) for i in order], self.batch_tokens, packed=False)
+        # packed rows: suffixes in lexicographic order, so that those sharing leading tokens (a question's
+        # option rotations) meet in a row, where those tokens are packed once (hf_model.packed_inputs); each
+        # costs the tokens it does not share with its predecessor
         cap = min(PACK_TOKENS["cpu" if self.device.type == "cpu" else "other"], self.batch_tokens - prefix)
-        return split_batches([(i, len(seqs[i]) - prefix) for i in order], cap, packed=True)
+        order = sorted(members, key=lambda i: (seqs[i][prefix:], i))
+        sizes, previous = [], []
+        for i in order:
+            suffix = seqs[i][prefix:]
+            sizes.append((i, len(suffix) - hf_model.shared_start(previous, suffix)))
+            previous = suffix
+        return split_batches(sizes, cap, packed=True)
 
     # ---- the probe: trust a reuse mode only where it agrees with plain forwards ----
 
@@ -184,7 +199,7 @@ class Scorer(OneByOne):
             alone_bad = (
                 i
                 for i in group.members
-                if not torch.isfinite(self._letters(seqs, [i], 0, None, "plain")).all()
+                if not torch.isfinite(self._letters(seqs, [i], 0, None, "plain")[0]).all()
             )
             bad = next(alone_bad, group.members[0])
             raise NonFiniteLogits([bad]) from None
@@ -241,22 +256,33 @@ class Scorer(OneByOne):
         return cache
 
     @torch.inference_mode()
-    def _batch(self, seqs: list[list[int]], batch: list[int], prefix: int, cache, mode: str) -> list[Scores]:
-        """One forward: log-softmax over the letters after the last token of each prompt in `batch`."""
-        letters = self._letters(seqs, batch, prefix, cache, mode)
+    def _batch(
+        self, seqs: list[list[int]], batch: list[int], prefix: int, cache, mode: str
+    ) -> list[LetterScores]:
+        """One forward: log-softmax over the letters after the last token of each prompt in `batch`, and
+        the letters' log-mass in the full vocabulary there (None where it is not finite or not asked)."""
+        letters, totals = self._letters(seqs, batch, prefix, cache, mode)  # (n, 4), (n,) or None
         finite = torch.isfinite(letters).all(dim=-1)
         if not finite.all():
             bad = [batch[k] for k in torch.nonzero(~finite).flatten().tolist()]
             if len(batch) > 1 or prefix:  # a NaN spreads through a shared row or prefix: who fails alone?
-                lone = {i: self._letters(seqs, [i], 0, None, "plain") for i in bad}
+                lone = {i: self._letters(seqs, [i], 0, None, "plain")[0] for i in bad}
                 bad = [i for i in bad if not torch.isfinite(lone[i]).all()] or bad
             raise NonFiniteLogits(bad)
-        return [tuple(row) for row in torch.log_softmax(letters, dim=-1).tolist()]
+        logprobs = torch.log_softmax(letters, dim=-1).tolist()  # (n, 4)
+        if totals is None:
+            return [LetterScores(tuple(row), None) for row in logprobs]
+        log_mass = (torch.logsumexp(letters, dim=-1) - totals).tolist()  # (n,) log sum of the 4 probabilities
+        return [
+            LetterScores(tuple(row), m if math.isfinite(m) else None)
+            for row, m in zip(logprobs, log_mass, strict=True)
+        ]
 
     def _letters(
         self, seqs: list[list[int]], batch: list[int], prefix: int, cache, mode: str
-    ) -> torch.Tensor:
-        """fp32 letter logits (len(batch) x 4) of one forward in `mode` (plain, rows or packed)."""
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """fp32 letter logits (len(batch) x 4) of one forward in `mode` (plain, rows or packed), and the
+        logsumexp over the whole vocabulary at the same positions (len(batch),; None without `mass`)."""
         suffixes = [seqs[i][prefix:] for i in batch]
         if mode == "packed":
             inputs, positions = hf_model.packed_inputs(
@@ -265,13 +291,23 @@ class Scorer(OneByOne):
         else:
             rows_cache = cache if mode == "rows" else None
             inputs, positions = hf_model.padded_inputs(suffixes, rows_cache, self.cache_argument)
-        return self._letter_logits(inputs, positions).reshape(-1, 4)
+        letters, totals = self._letter_logits(inputs, positions)  # (rows, k, 4), (rows, k)
+        return letters.reshape(-1, 4), None if totals is None else totals.reshape(-1)
 
-    def _letter_logits(self, inputs: dict, positions: torch.Tensor) -> torch.Tensor:
-        """fp32 logits of the four letters at `positions` (rows x k) of this forward."""
+    def _letter_logits(
+        self, inputs: dict, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """fp32 logits of the four letters at `positions` (rows x k) of this forward, and (with `mass`) the
+        logsumexp of all logits there: only the answer positions' vocabulary rows are reduced."""
         cols = hf_model.keep_logits(self.keep, inputs, positions)
-        logits = self._forward(inputs).logits[..., self.letter_ids]
-        return logits.gather(1, cols.to(logits.device)[..., None].expand(-1, -1, 4)).float()
+        logits = self._forward(inputs).logits  # (rows, kept, vocab)
+        index = cols.to(logits.device)  # (rows, k): where each answer position landed among the kept
+        if not self.mass:
+            letters = logits[..., self.letter_ids]  # (rows, kept, 4)
+            return letters.gather(1, index[..., None].expand(-1, -1, 4)).float(), None
+        rows = logits.gather(1, index[..., None].expand(-1, -1, logits.shape[-1]))  # (rows, k, vocab)
+        letters = rows[..., self.letter_ids].float()  # (rows, k, 4)
+        return letters, torch.logsumexp(rows.float(), dim=-1)  # (rows, k, 4), (rows, k)
 
     def _forward(self, inputs: dict):
         """The model's own forward on its device; out-of-memory becomes an error naming --batch-tokens."""

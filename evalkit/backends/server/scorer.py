@@ -15,11 +15,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Collection, Iterator, Sequence
-from typing import NamedTuple
 
 from tqdm import tqdm
 
-from evalkit.backends.base import OneByOne, Scores
+from evalkit.backends.base import LetterScores, OneByOne, Scores, SubjectScore
 from evalkit.backends.server.client import ServerDown
 from evalkit.backends.server.dispatch import Dispatcher, Handoff
 from evalkit.backends.server.loader import ServedModel
@@ -30,20 +29,15 @@ from evalkit.types import EvalkitError
 MODE = "prefix_cache"  # the servers' automatic prefix caching (subject-affine routing feeds it)
 
 
-class SubjectScore(NamedTuple):
-    """One item of `score_subjects`: (subject index, prompt index, Scores, vocab_logprobs). The fourth
-    field is the letter-mass extension: the four full-vocabulary log-probs before renormalisation
-    (letter mass = sum(exp(v) for v in vocab_logprobs))."""
-
-    subject: int
-    index: int
-    scores: Scores
-    vocab_logprobs: VocabLogprobs
-
-
 def letter_mass(vocab_logprobs: VocabLogprobs) -> float:
     """The probability the model puts on the four letters together (1.0: it answers with a letter)."""
     return math.fsum(math.exp(v) for v in vocab_logprobs)
+
+
+def log_mass(vocab_logprobs: VocabLogprobs) -> float:
+    """log(letter_mass), as LetterScores carries it: a log-sum-exp of the four full-vocabulary values."""
+    top = max(vocab_logprobs)
+    return top + math.log(math.fsum(math.exp(v - top) for v in vocab_logprobs))
 
 
 def renormalise(rows: Sequence[VocabLogprobs]) -> list[Scores]:
@@ -59,8 +53,8 @@ class ServerScorer(OneByOne):
 
     Public state: `engine_used` ("server" once something was scored), `mode` ("prefix_cache"),
     `fallbacks` (empty), `isolated` (False), `handoffs` (servers taken out of a run, with where their
-    subjects went), `vocab_logprobs` ({prompt index: full-vocabulary letter log-probs} of the last
-    `score_batches` call), `scored_by` ({(subject, index): server URL} whose answer was kept, last call).
+    subjects went), `vocab_logprobs` ({(subject, index): the four full-vocabulary letter log-probs} of the
+    last call), `scored_by` ({(subject, index): server URL} whose answer was kept, last call).
     """
 
     isolated = False
@@ -71,10 +65,11 @@ class ServerScorer(OneByOne):
         self.served, self.progress = served, progress
         self.letter_ids = [int(i) for i in letter_ids]
         self.engine_used = ""
+        self.engines_used: set[str] = set()  # every engine_used of the last score_subjects
         self.mode: str | None = MODE
         self.fallbacks: list = []
         self.handoffs: list[Handoff] = []
-        self.vocab_logprobs: dict[int, VocabLogprobs] = {}
+        self.vocab_logprobs: dict[tuple[int, int], VocabLogprobs] = {}
         self.scored_by: dict[tuple[int, int], str] = {}
         for endpoint in served.endpoints:  # the run's own letters, before anything is scored
             endpoint.stop.clear()  # a previous run's end set it; the probe may retry
@@ -94,10 +89,8 @@ class ServerScorer(OneByOne):
     def score_batches(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
     ) -> Iterator[list[tuple[int, Scores]]]:
-        """One subject: yield [(index, log-probs)] as answers arrive; every index of `only` once."""
-        self.vocab_logprobs = {}
+        """One subject: yield [(index, LetterScores)] as answers arrive; every index of `only` once."""
         for batch in self.score_subjects([token_ids], [range(len(token_ids)) if only is None else only]):
-            self.vocab_logprobs.update((item.index, item.vocab_logprobs) for item in batch)
             yield [(item.index, item.scores) for item in batch]
 
     def score_subjects(
@@ -120,7 +113,8 @@ class ServerScorer(OneByOne):
         if not total:
             return
         self.engine_used = "server"
-        self.scored_by = {}
+        self.engines_used = {self.engine_used}
+        self.scored_by, self.vocab_logprobs = {}, {}
         urls = [endpoint.url for endpoint in self.served.endpoints]
         dispatcher = Dispatcher(
             self.served.endpoints, self.served.model_name, self.letter_ids, seqs, todo, labels
@@ -131,7 +125,11 @@ class ServerScorer(OneByOne):
                 scores = renormalise([a.vocab_logprobs for a in answers])
                 bar.update(len(answers))
                 self.scored_by.update(((a.subject, a.index), urls[a.server]) for a in answers)
-                yield [SubjectScore(a.subject, a.index, s, a.vocab_logprobs) for a, s in zip(answers, scores)]
+                self.vocab_logprobs.update(((a.subject, a.index), a.vocab_logprobs) for a in answers)
+                yield [
+                    SubjectScore(a.subject, a.index, LetterScores(s, log_mass(a.vocab_logprobs)))
+                    for a, s in zip(answers, scores)
+                ]
         finally:
             bar.close()
             self.handoffs += dispatcher.handoffs

@@ -4,8 +4,9 @@ dequantized weights evalkit scores).
 
 Offline vLLM starts worker processes (spawn): call `load_vllm` under `if __name__ == "__main__":`, or set
 VLLM_ENABLE_V1_MULTIPROCESSING=0 to run the engine in this process (one device only; the tests do this).
-The engine is started with the prefix cache on and `logprobs_mode="raw_logits"` (the scorer,
-evalkit.backends.vllm.scorer, takes the log-softmax over the four letters itself); `skip_tokenizer_init`:
+The engine is started with the prefix cache on and `logprobs_mode="raw_logprobs"` (the full-vocabulary fp32
+log-softmax of the raw logits, before any sampling processor: the letters' mass is their logsumexp; the
+scorer, evalkit.backends.vllm.scorer, renormalises over the four letters itself); `skip_tokenizer_init`:
 every prompt is given as evalkit's own token ids.
 
 Scale is vLLM's own: `tensor_parallel_size` GPUs share each layer, `pipeline_parallel_size` stages
@@ -117,7 +118,7 @@ class VllmSettings:
             "model": str(path),
             "skip_tokenizer_init": True,
             "enable_prefix_caching": True,
-            "logprobs_mode": "raw_logits",
+            "logprobs_mode": "raw_logprobs",
             "dtype": DTYPES.get(self.precision, "auto"),
             "tensor_parallel_size": self.tensor_parallel_size,
             "pipeline_parallel_size": self.pipeline_parallel_size,

@@ -5,10 +5,12 @@ reads the top-K log-probs only. Here every prompt is one request of one new toke
 own token ids (`TokensPrompt`: vLLM's tokenizer never runs), with
 `SamplingParams(max_tokens=1, logprob_token_ids=letters)`: vLLM returns the values of exactly the four
 letter ids for the next token, and a subject's shared header and shots are computed once and then read
-from the prefix cache. The engine is started with `logprobs_mode="raw_logits"`, so the four values are
-the letter logits themselves, and the log-softmax over the four is taken here in fp32, as the HF scorer
-does (from full-vocabulary log-probs, an engine started otherwise, the same renormalisation gives the
-same numbers up to rounding). A vLLM without `logprob_token_ids` (before 0.32) is refused: top-K
+from the prefix cache. The engine is started with `logprobs_mode="raw_logprobs"`, so the four values are
+the letters' full-vocabulary fp32 log-probs (vLLM's log-softmax of the raw logits, before any sampling
+processor): their logsumexp is the letters' log-mass (LetterScores.log_mass), and the log-softmax over
+the four, taken here in fp32 as the HF scorer does, equals the renormalisation of the raw logits up to
+rounding (log-softmax ignores the shared shift). An engine started in another mode gives no mass (None),
+never a guess. A vLLM without `logprob_token_ids` (before 0.32) is refused: top-K
 log-probs would silently miss letters outside the top K.
 
 Requests go in sorted by their token ids (prompts sharing a header and shots are neighbours, so the
@@ -28,7 +30,7 @@ from collections.abc import Collection, Iterator, Sequence
 
 from tqdm import tqdm
 
-from evalkit.backends.base import NonFiniteLogits, OneByOne, Scores
+from evalkit.backends.base import LetterScores, NonFiniteLogits, OneByOne
 from evalkit.backends.vllm.engine import VllmSettings, require_logprob_token_ids
 from evalkit.types import EvalkitError
 
@@ -76,6 +78,7 @@ class VllmScorer(OneByOne):
         self.max_model_len: int = config.max_model_len
         self.logprobs_mode: str = str(getattr(config, "logprobs_mode", "raw_logprobs"))
         self.engine_used = ""
+        self.engines_used: set[str] = set()  # every engine_used of the last score_subjects
         self.mode: str | None = MODE
         self.fallbacks: list = []
         self.cache = CacheStats()
@@ -83,8 +86,8 @@ class VllmScorer(OneByOne):
 
     def score_batches(
         self, token_ids: Sequence[Sequence[int]], only: Collection[int] | None = None
-    ) -> Iterator[list[tuple[int, Scores]]]:
-        """Yield [(index, log-probs)] of the requests finished in each engine step. Every prompt of `only`
+    ) -> Iterator[list[tuple[int, LetterScores]]]:
+        """Yield [(index, LetterScores)] of the requests finished in each engine step. Every prompt of `only`
         (all when None) is one request; they go in sorted by token ids, so shared prefixes hit the cache."""
         seqs = [[int(t) for t in s] for s in token_ids]
         todo = set(range(len(seqs))) if only is None else set(only)
@@ -121,7 +124,7 @@ class VllmScorer(OneByOne):
                         pending.discard(out.request_id)
                         batch.append(self._result(out, index_of[out.request_id]))
                 if batch:
-                    bad = [i for i, scores in batch if not all(math.isfinite(x) for x in scores)]
+                    bad = [i for i, scores in batch if not all(math.isfinite(x) for x in scores.logprobs)]
                     if bad:
                         raise NonFiniteLogits(sorted(bad))
                     bar.update(len(batch))
@@ -131,8 +134,9 @@ class VllmScorer(OneByOne):
             if pending:  # stopped early (an error, or the caller closed the generator): drop the rest
                 engine.abort_request(list(pending))
 
-    def _result(self, out, index: int) -> tuple[int, Scores]:
-        """(index, fp32 log-softmax over the four letters) of one finished request; cache counters."""
+    def _result(self, out, index: int) -> tuple[int, LetterScores]:
+        """(index, fp32 log-softmax over the four letters and their log-mass) of one finished request;
+        cache counters."""
         import torch
 
         self.cache.requests += 1
@@ -142,7 +146,11 @@ class VllmScorer(OneByOne):
         if missing := [t for t in self.letter_ids if t not in step]:
             raise EvalkitError(f"vLLM returned no value for letter id(s) {missing} (got ids {sorted(step)})")
         values = torch.tensor([step[t].logprob for t in self.letter_ids], dtype=torch.float32)  # (4,)
-        return index, tuple(torch.log_softmax(values, dim=-1).tolist())
+        log_mass = None
+        if self.logprobs_mode == "raw_logprobs":  # full-vocabulary log-probs: their logsumexp is the mass
+            mass = float(torch.logsumexp(values, dim=-1))
+            log_mass = mass if math.isfinite(mass) else None
+        return index, LetterScores(tuple(torch.log_softmax(values, dim=-1).tolist()), log_mass)
 
     def describe(self) -> dict:
         """run.json's record of the backend: vLLM version, settings, prefix-cache statistics."""
