@@ -180,3 +180,74 @@ def test_backend_flags_reach_the_run_config(monkeypatch, tmp_path):
     hf = seen["c"]
     assert hf.backend == "hf" and hf.vllm.tensor_parallel_size == 1 and hf.vllm.enforce_eager is False
     assert hf.vllm.max_model_len is None and hf.engine == "auto"
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--backend", "server"], "error: --backend server needs at least one --base-url"),
+        (
+            ["--backend", "server", "--base-url", "http://127.0.0.1:9", "--engine", "plain"],
+            "error: --engine is for --backend hf only; this run is --backend server",
+        ),
+        (
+            ["--base-url", "http://127.0.0.1:9"],
+            "error: --base-url is for --backend server only; this run is --backend hf",
+        ),
+        (
+            ["--backend", "server", "--base-url", "http://user:secret@127.0.0.1:9"],
+            "error: --base-url 'http://127.0.0.1:9': credentials in a URL are not taken",
+        ),
+        (
+            ["--backend", "server", "--base-url", "http://127.0.0.1:9", "--api-key-env", "sk-live key"],
+            "error: --api-key-env takes the NAME of an environment variable",
+        ),
+    ],
+)
+def test_served_backend_settings_are_refused_before_anything_loads(argv, expected, tmp_path, capsys):
+    """--backend server's flags (registry entry evalkit.backends.server.plugin) are checked before any data,
+    model or server is read: one `error:` line, exit 2, the key never echoed."""
+    import run_eval
+
+    (tmp_path / "model").mkdir()  # a model folder: the served backend reads only its tokenizer, later
+    base = ["eval", "--model", str(tmp_path / "model"), "--output-dir", str(tmp_path / "out")]
+    assert run_eval.main([*base, *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(expected), err
+    assert "secret" not in err and "sk-live" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_registry_lists_every_backend_and_their_flags_parse_into_their_records():
+    """Each backend declares its flags as data; the CLI builds them and fills that backend's settings."""
+    from evalkit.backends import PLUGINS
+    from evalkit.cli import build_parser
+    from evalkit.cli.common import backend_settings
+
+    assert list(PLUGINS) == ["hf", "vllm", "server"]
+    args = build_parser().parse_args(
+        [
+            "eval",
+            "--model",
+            "m",
+            "--backend",
+            "server",
+            "--base-url",
+            "http://a:1",
+            "--base-url",
+            "http://b:2",
+        ]
+        + [
+            "--served-model-name",
+            "llama",
+            "--concurrency",
+            "3",
+            "--request-timeout",
+            "9.5",
+            "--no-verify-tls",
+        ]
+    )
+    server = backend_settings(args)["server"]
+    assert server.base_urls == ("http://a:1", "http://b:2") and server.model == "llama"
+    assert (server.concurrency, server.timeout_s, server.verify_tls) == (3, 9.5, False)
+    assert args.model == "m"  # --served-model-name fills server.model, not --model

@@ -22,6 +22,7 @@ import pytest
 pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/vllm builds its environment)")
 
 import torch  # noqa: E402
+from support_cli import run_dirs_by_task  # noqa: E402
 from support_server import START_TIMEOUT_S, FaultProxy, VllmServer  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
@@ -348,6 +349,63 @@ def test_the_client_imports_no_torch_vllm_or_http_package():
 
 
 # ---- last: kills one of the module's servers ----
+
+
+# ---- the command line: eval --backend server ----
+
+
+def _read_runs(out) -> dict[str, tuple[dict, dict[str, dict]]]:
+    """task -> (run.json, {question id: its questions.jsonl record}) of every run under `out`."""
+    runs = {}
+    for task, run_dir in run_dirs_by_task(out).items():
+        rows = (run_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines()
+        run = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        runs[task] = (run, {row["id"]: row for row in map(json.loads, rows)})
+    return runs
+
+
+def test_eval_backend_server_equals_backend_hf_and_a_killed_run_resumes(fx, tiny_data_dir, tmp_path):
+    """`eval --backend server` over both servers, end to end through the registry and the runner: the
+    same questions, predictions, log-probs (1e-4) and letter mass as `--backend hf`; run.json records the
+    servers and never the key; a run killed mid-way (no run.json, a torn last line) resumes to the same
+    results."""
+    import run_eval
+
+    subjects = "mmlu/abstract_algebra,mmlu/anatomy,cmmlu/agronomy"
+    common = ["eval", "--model", str(fx.model_dir), "--data-dir", str(tiny_data_dir), "--tasks", "mmlu,cmmlu"]
+    common += ["--subjects", subjects, "--no-progress"]
+    served = ["--backend", "server", "--api-key-env", KEY_ENV, "--concurrency", "4"]
+    served += ["--base-url", fx.servers[0].url, "--base-url", fx.servers[1].url]
+    assert run_eval.main([*common, "--output-dir", str(tmp_path / "hf")]) == 0
+    assert run_eval.main([*common, *served, "--output-dir", str(tmp_path / "server")]) == 0
+    hf, server = _read_runs(tmp_path / "hf"), _read_runs(tmp_path / "server")
+    assert set(hf) == set(server) == {"mmlu", "cmmlu"}
+    for task, (run, rows) in server.items():
+        hf_run, hf_rows = hf[task]
+        assert rows.keys() == hf_rows.keys() and rows
+        for qid, row in rows.items():
+            want = hf_rows[qid]
+            assert row["pred"] == want["pred"] and row["prompt_hash"] == want["prompt_hash"], qid
+            assert max(abs(a - b) for a, b in zip(row["logprobs"], want["logprobs"])) <= TOLERANCE, qid
+            assert abs(row["letter_mass"] - want["letter_mass"]) <= TOLERANCE, qid
+        record = run["backend"]
+        assert record["backend"] == "server" and run["engine"] == "server"
+        assert sorted(record["endpoints"]) == sorted(s.url for s in fx.servers[:2])
+        assert run["config"]["backend"] == "server" and run["config_hash"] != hf_run["config_hash"]
+    for path in (tmp_path / "server").rglob("*"):
+        if path.is_file():
+            assert KEY not in path.read_text(encoding="utf-8", errors="replace"), path
+    run_dir = run_dirs_by_task(tmp_path / "server")["mmlu"]
+    first = server["mmlu"][1]
+    (run_dir / "run.json").unlink()  # what a kill leaves: no run.json, a torn last line
+    lines = (run_dir / "questions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    (run_dir / "questions.jsonl").write_text("".join(lines[:3]) + lines[3][:20], encoding="utf-8")
+    assert run_eval.main([*common, *served, "--output-dir", str(tmp_path / "server")]) == 0
+    run, rows = _read_runs(tmp_path / "server")["mmlu"]
+    assert run["timings"]["resumed_questions"] == 3 and rows.keys() == first.keys()
+    for qid, row in rows.items():
+        assert row["pred"] == first[qid]["pred"], qid
+        assert max(abs(a - b) for a, b in zip(row["logprobs"], first[qid]["logprobs"])) <= TOLERANCE, qid
 
 
 def test_a_server_killed_mid_run_leaves_its_subjects_to_the_other(fx, caplog):

@@ -67,6 +67,8 @@ class BackendPlugin:
     own_flags: tuple[str, ...]  # argparse dests of eval/sweep flags only this backend reads
     own_bench_flags: tuple[str, ...]  # likewise for bench
     flag_group: FlagGroup | None  # its own settings flags (eval, sweep and bench), None: none
+    # first of all, before any file is read: refuse settings that cannot run, whatever the model
+    check_settings: Callable[[RunConfig, Sequence[str]], None]
     # before anything loads: refuse what cannot run; each precision's quantization backend (None: none)
     check: Callable[[RunConfig, Sequence[str], ModelSource, str, str | None], dict[str, str | None]]
     # the model's session (a GGUF file dequantized once, ...) on `stack`; gives one loader per precision
@@ -74,6 +76,10 @@ class BackendPlugin:
     scorer: Callable[[LoadedModel, Sequence[int], RunConfig], ScoringBackend]
     bench: Callable[[dict[str, ModelSource], Sequence[str], BenchSettings, str], BenchReport]
     accelerate_launch: bool  # may run one process per GPU under `accelerate launch`
+
+
+def no_settings_to_check(config: RunConfig, precisions: Sequence[str]) -> None:
+    """`check_settings` of a backend whose settings are all checked against the model (`check`)."""
 
 
 def _plugins() -> dict[str, BackendPlugin]:

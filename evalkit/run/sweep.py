@@ -124,6 +124,7 @@ def _sweep(
             "--device-map spreads one model over all GPUs of one process; under accelerate "
             "launch each process holds its own copy: use one or the other"
         )
+    backend.check_settings(config, precisions)  # the flags alone, before any file is read
     source = resolve_source(config.model)
     device = process_device(config.device)
     # the backend's refusals come before any data or model is read

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from evalkit.backends import BackendPlugin, LoadPrecision
+from evalkit.backends import BackendPlugin, LoadPrecision, no_settings_to_check
 from evalkit.types import RunConfig
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ HF = BackendPlugin(
     own_flags=("engine", "device_map", "quant_backend", "batch_tokens"),
     own_bench_flags=("mode", "compile_backend", "quant_backend"),
     flag_group=None,
+    check_settings=no_settings_to_check,
     check=check,
     open=open_model,
     scorer=scorer,

@@ -70,19 +70,23 @@ FLAGS = FlagGroup(
 )
 
 
-def check(
-    config: RunConfig, precisions: Sequence[str], source: ModelSource, device: str, device_map: str | None
-) -> dict[str, str | None]:
-    """The settings, before any data is read or a server is asked; the servers compute at their own
+def check_settings(config: RunConfig, precisions: Sequence[str]) -> None:
+    """The settings, before any file is read or a server is asked; the servers compute at their own
     precision, so one precision label per run."""
-    from evalkit.backends.server.settings import check_settings
+    from evalkit.backends.server.settings import check_settings as check_server_settings
 
-    check_settings(config.server)
+    check_server_settings(config.server)
     if len(precisions) != 1:
         raise EvalkitError(
             f"--backend server scores the model at the precision its servers run; a sweep over "
             f"{', '.join(precisions)} needs one server set per precision: run eval once per set"
         )
+
+
+def check(
+    config: RunConfig, precisions: Sequence[str], source: ModelSource, device: str, device_map: str | None
+) -> dict[str, str | None]:
+    """Nothing more before loading: the servers themselves are checked when the model is opened."""
     return {precision: None for precision in precisions}
 
 
@@ -126,6 +130,7 @@ SERVER = BackendPlugin(
     own_flags=(),
     own_bench_flags=(),
     flag_group=FLAGS,
+    check_settings=check_settings,
     check=check,
     open=open_model,
     scorer=scorer,

@@ -7,7 +7,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from evalkit.backends import BackendPlugin, Flag, FlagGroup, LoadPrecision
+from evalkit.backends import BackendPlugin, Flag, FlagGroup, LoadPrecision, no_settings_to_check
 from evalkit.types import EvalkitError, RunConfig
 
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ VLLM = BackendPlugin(
     own_flags=(),
     own_bench_flags=(),
     flag_group=FLAGS,
+    check_settings=no_settings_to_check,
     check=check,
     open=open_model,
     scorer=scorer,
