@@ -503,7 +503,7 @@ def test_a_data_parallel_run_meeting_a_held_directory_stops_every_process(tiny_s
     """Under accelerate launch only the main process takes the lock; when it cannot, every process exits 2
     with its message instead of waiting at a barrier for ever."""
     from filelock import FileLock
-    from test_distributed import launch_command
+    from test_sharing import launch_command
 
     args = eval_args(tiny_spm_model_dir, data, tmp_path, subjects=MMLU)
     assert main(args) == 0  # this process's pid is in the holder record now
