@@ -139,7 +139,7 @@ def test_unresolved_decode_is_reported_not_raised(eos_loving: LoadedModel, tmp_p
     report = BenchReport(
         "2026-01-01T00:00:00+00:00",
         "eager",
-        dataclasses.asdict(SMALL),
+        SMALL,
         Environment(device="cpu", device_name="cpu"),
         (noisy,),
     )

@@ -115,7 +115,7 @@ def run_hf_bench(
     return BenchReport(
         datetime.now(timezone.utc).isoformat(timespec="seconds"),
         settings.mode,
-        dataclasses.asdict(settings),
+        settings,
         environment(device),
         tuple(rows),
     )

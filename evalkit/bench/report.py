@@ -63,8 +63,8 @@ def format_table(report: BenchReport) -> str:
     on_cuda = (env.device or "").startswith("cuda")
     engine = report.mode + (f" {report.vllm_version}" if report.vllm_version else "")  # "vllm 0.32.0"
     title = (
-        f"Throughput ({engine}) on {env.device_name}: {s['new_tokens']} new tokens after "
-        f"{s['prompt_tokens']} prompt tokens, greedy, EOS suppressed; median of {s['repeats']} repeats "
+        f"Throughput ({engine}) on {env.device_name}: {s.new_tokens} new tokens after "
+        f"{s.prompt_tokens} prompt tokens, greedy, EOS suppressed; median of {s.repeats} repeats "
         f"(spread = (max − min)/median). GB/s: best copy probe just before and after the row's repeats; "
         f"bound = GB/s ÷ bytes read per decode step; achieved = decode ÷ bound. "
         f"Peak: {'CUDA max allocated' if on_cuda else 'process peak RSS'} over the timed repeats."

@@ -196,7 +196,7 @@ class BenchReport:
 
     created: str  # UTC, ISO 8601
     mode: str  # "eager" | "compiled" | "vllm"
-    settings: dict  # BenchSettings as a dict (--backend vllm: the engine settings under "vllm")
+    settings: BenchSettings  # what was asked (--backend vllm: the engine settings under `vllm`)
     environment: Environment
     rows: tuple[BenchRow, ...]
     vllm_version: str | None = None  # --backend vllm: the vLLM that generated

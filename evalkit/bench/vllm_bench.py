@@ -176,7 +176,7 @@ def run_vllm_bench(
     return BenchReport(
         datetime.now(timezone.utc).isoformat(timespec="seconds"),
         MODE,
-        dataclasses.asdict(settings),
+        settings,
         environment(device),
         tuple(rows),
         vllm_version=require_logprob_token_ids(),
