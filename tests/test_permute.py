@@ -118,3 +118,12 @@ def test_an_unlabeled_split_is_refused_with_one_line_before_scoring(tiny_bpe_mod
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "has no gold answer" in errors[0]
     assert not list((tmp_path / "out").glob("*/config.json"))  # refused before any run directory
+
+
+def test_tasks_whose_options_are_not_separate_fields_cannot_be_rotated():
+    """Gaokao embeds its options in the question text and AGIEval's carry their own "(A)" labels: both are
+    declared so, and --permute refuses them; the CSV benchmarks' options are separate fields."""
+    from tasks import get_task
+
+    assert not get_task("gaokao").options_separate and not get_task("agieval").options_separate
+    assert all(get_task(name).options_separate for name in ("mmlu", "ceval", "cmmlu"))

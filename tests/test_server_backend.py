@@ -122,7 +122,7 @@ def _reference(model_dir, subjects, letters) -> dict[tuple[int, int], tuple]:
             with torch.no_grad():
                 logits = model(torch.tensor([seq])).logits[0, -1]  # (vocab,)
             vocab = torch.log_softmax(logits.double(), dim=-1)[letters].tolist()
-            reference[(s, i)] = (scores[i], tuple(vocab))
+            reference[(s, i)] = (scores[i].logprobs, tuple(vocab))
     return reference
 
 
