@@ -63,6 +63,15 @@ def add_parsers(sub: argparse._SubParsersAction, program: str) -> None:
 
 
 def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None:
+    """The flags of `eval` and `sweep` (which takes a list of precisions), in four groups."""
+    _add_question_flags(parser)
+    _add_precision_flags(parser, sweep)
+    _add_engine_flags(parser)
+    _add_run_flags(parser)
+
+
+def _add_question_flags(parser: argparse.ArgumentParser) -> None:
+    """What is scored: the model, tasks, data, subjects, scheme, shots."""
     own_splits = ", ".join(f"{name} {task.eval_split}" for name, task in TASKS.items())
     parser.add_argument("--model", required=True, help="hub id, local checkpoint directory, or a .gguf file")
     parser.add_argument(
@@ -113,6 +122,10 @@ def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None
     parser.add_argument(
         "--limit", type=int_at_least(1), help="score only the first N questions of each subject (smoke runs)"
     )
+
+
+def _add_precision_flags(parser: argparse.ArgumentParser, sweep: bool) -> None:
+    """At which precision(s), and how int8/int4 are made."""
     if sweep:  # full precision, then every quantized one
         parser.add_argument(
             "--precision",
@@ -138,6 +151,10 @@ def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None
         "rtn (per-channel absmax round-to-nearest, Baichuan's quantize()), model (the "
         "model's own quantize(bits): --trust-remote-code, except on the native Baichuan ports)",
     )
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    """Where and how the model runs: device, placement, remote code, the HF engine's batching."""
     parser.add_argument("--device", default=DEFAULTS.device, help=f"one of {', '.join(DEVICES)}")
     parser.add_argument(
         "--device-map",
@@ -162,6 +179,10 @@ def add_eval_flags(parser: argparse.ArgumentParser, sweep: bool = False) -> None
         help="prefix: reuse the subject's shared prompt prefix (KV cache); plain: full "
         f"prompts; auto: prefix where it saves enough (default: {DEFAULTS.engine}; --backend hf only)",
     )
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The backend and its own flags, and the run's seed, threads, output and progress."""
     add_backend_flags(parser)
     parser.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed of schemes that shuffle shots")
     parser.add_argument(
