@@ -214,3 +214,29 @@ class FaultProxy:
             request.wfile.write(payload)
         except OSError:
             pass
+
+
+def vllm_tiny_model(model_dir, tokenizer_dir, seed: int) -> None:
+    """A random Llama with head size 64 (what vLLM's CPU attention takes) and the given tokenizer, saved to
+    `model_dir` (the tests of both vLLM backends score it)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=2048,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40.0)  # random init is near-uniform: make the letters differ
+    model.save_pretrained(model_dir)

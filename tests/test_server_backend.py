@@ -23,8 +23,8 @@ pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/vllm builds 
 
 import torch  # noqa: E402
 from support_cli import run_dirs_by_task  # noqa: E402
-from support_server import START_TIMEOUT_S, FaultProxy, VllmServer  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from support_server import START_TIMEOUT_S, FaultProxy, VllmServer, vllm_tiny_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
 from evalkit.backends.hf.scorer import Scorer  # noqa: E402
@@ -77,28 +77,6 @@ class Fixture:
         return got
 
 
-def _tiny_model(model_dir, tokenizer_dir) -> None:
-    """A random Llama with head size 64 (what vLLM's CPU attention takes) and the given tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    tokenizer.save_pretrained(model_dir)
-    torch.manual_seed(5)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40.0)  # random init is near-uniform: make the letters differ
-    model.save_pretrained(model_dir)
-
-
 def _prompts(tokenizer, data_dir) -> tuple[list[list[list[int]]], list[int]]:
     """Five-shot prompts (official schemes) of six tiny subjects, scored on MMLU's letter ids."""
     subjects, letters = [], None
@@ -130,7 +108,7 @@ def _reference(model_dir, subjects, letters) -> dict[tuple[int, int], tuple]:
 def fx(tmp_path_factory, tiny_bpe_model_dir, tiny_spm_model_dir, tiny_data_dir):
     root = tmp_path_factory.mktemp("server_backend")
     model_dir = root / "model"
-    _tiny_model(model_dir, tiny_bpe_model_dir)
+    vllm_tiny_model(model_dir, tiny_bpe_model_dir, seed=5)
     started = time.monotonic()
     servers = [
         VllmServer(model_dir, root / f"server{i}.log", api_key=KEY, max_model_len=MAX_MODEL_LEN)

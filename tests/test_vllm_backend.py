@@ -17,7 +17,8 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in th
 vllm = pytest.importorskip("vllm", reason="vLLM is not installed here (.ci/vllm builds its environment)")
 
 import torch  # noqa: E402
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from support_server import vllm_tiny_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from evalkit.backends.base import LetterScores, ScoringBackend, backend_record  # noqa: E402
 from evalkit.backends.hf.scorer import Scorer  # noqa: E402
@@ -94,24 +95,8 @@ def tiny(tmp_path_factory, tiny_bpe_model_dir, tiny_data_dir):
     """A random-init llama (head size 64, which vLLM's CPU attention takes) with the byte-level BPE
     tokenizer of conftest.py, and MMLU prompts of three tiny subjects."""
     model_dir = tmp_path_factory.mktemp("vllm_tiny") / "model"
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bpe_model_dir)
-    tokenizer.save_pretrained(model_dir)
-    torch.manual_seed(3)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=2048,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-    )
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40.0)  # random init is near-uniform: make the letters differ
-    model.save_pretrained(model_dir)
+    vllm_tiny_model(model_dir, tiny_bpe_model_dir, seed=3)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     seqs, letters = _prompts(
         tokenizer, "mmlu", tiny_data_dir, ("abstract_algebra", "anatomy", "astronomy"), None
     )
