@@ -13,8 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_console_command_is_declared_for_the_cli() -> None:
+    """The console command is the CLI package's main, the same that run_eval.py (a shim) calls."""
+    import run_eval
+    from evalkit.cli import main
+
     scripts = {ep.name: ep.value for ep in metadata.entry_points(group="console_scripts")}
-    assert scripts.get("evalkit") == "run_eval:main"
+    assert scripts.get("evalkit") == "evalkit.cli:main"
+    assert run_eval.main is main
 
 
 def test_console_command_runs_like_the_script(tmp_path: Path) -> None:
