@@ -58,9 +58,13 @@ def resolve_scheme(task: Task, config: RunConfig) -> Scheme:
     return scheme
 
 
-def _question_result(
-    prompt: Prompt, scores: LetterScores, token_ids: list[int], subject: str
-) -> QuestionResult:
+def _question_result(prepared: Prepared, index: int, scores: LetterScores) -> QuestionResult:
+    """The record of question `index` of a prepared subject, from its backend's scores."""
+    prompt, token_ids, subject = (
+        prepared.prompts[index],
+        prepared.token_ids[index],
+        prepared.data.subject.name,
+    )
     logprobs = scores.logprobs
     if not all(math.isfinite(x) for x in logprobs):
         raise EvalkitError(
@@ -110,7 +114,7 @@ def _score_subjects(
             for batch in scorer.score_subjects([p.token_ids for p, _ in work], [todo for _, todo in work]):
                 if estimate is not None:
                     estimate.batch_done([work[item.subject][0].token_ids[item.index] for item in batch])
-                results = [_result_of(work[item.subject][0], item.index, item.scores) for item in batch]
+                results = [_question_result(work[item.subject][0], item.index, item.scores) for item in batch]
                 run_dir.append(results)
                 bar.update(len(results))
         except NonFiniteLogits as err:
@@ -118,12 +122,6 @@ def _score_subjects(
             name = prepared.data.subject.name
             raise _non_finite_error(err, prepared.prompts, prepared.token_ids, name, config) from err
     return set(scorer.engines_used)
-
-
-def _result_of(prepared: Prepared, index: int, scores: LetterScores) -> QuestionResult:
-    return _question_result(
-        prepared.prompts[index], scores, prepared.token_ids[index], prepared.data.subject.name
-    )
 
 
 def _non_finite_error(
