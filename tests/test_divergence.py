@@ -4,6 +4,7 @@ the power note, and a real pair: a tiny model at fp32 and at rtn int4."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from builders import saved_run
 from scipy.stats import binomtest
 
 from evalkit.stats.compare import compare, compare_pair
-from evalkit.stats.divergence import detectable_drop, letter_kl
+from evalkit.questions.permute import ROTATION_MARK, ROTATIONS, rotated_id
+from evalkit.stats.divergence import detectable_drop, expanded_quantile, letter_kl
 from evalkit.store.saved_runs import find_runs, load_run
 from evalkit.types import LETTERS, QuestionResult, RunConfig
 from tasks import get_task
@@ -250,3 +252,61 @@ def test_real_pair_gates_exit_on_kl_and_agreement(real_pair, capsys):
     report = capsys.readouterr().out
     assert "### Letter distributions against full precision" in report
     assert "| model int4/rtn | model fp32 | KL 0.0" in report
+
+
+def four_looks(run, permute: str = "cyclic"):
+    """The run with each question saved as four identical rotation lines (ids as --permute cyclic
+    writes them): four looks at one question, no more evidence than one."""
+    config = dataclasses.replace(run.result.config, permute=permute)
+    lines = [dataclasses.replace(q, id=rotated_id(q.id, k)) for q in run.questions for k in range(ROTATIONS)]
+    return saved_run(config, lines)
+
+
+def flat(figure) -> list[float]:
+    """An Estimate or Interval as its numbers."""
+    return [x for v in dataclasses.astuple(figure) for x in (v if isinstance(v, tuple) else (v,))]
+
+
+def test_rotations_of_a_question_are_one_bootstrap_draw():
+    """Intervals resample questions, not lines: four identical rotation lines per question give the
+    plain run's intervals exactly (the same draws), where lines drawn one by one would narrow them."""
+    a, b, _ = pair("mmlu", {"astronomy": 60, "anatomy": 40}, noise=0.8)
+    plain = compare_pair(MMLU, a, b, seed=3).overall
+    rotated = compare_pair(MMLU, four_looks(a), four_looks(b), seed=3).overall
+    assert rotated.divergence.n == 4 * plain.divergence.n
+    assert rotated.ci == plain.ci  # accuracy delta
+    for got, want in (
+        *(
+            (getattr(rotated.divergence, f), getattr(plain.divergence, f))
+            for f in ("kl_mean", "agreement", "gold_shift")
+        ),
+        (rotated.calibration.ece_ci, plain.calibration.ece_ci),
+        (rotated.calibration.brier_ci, plain.calibration.brier_ci),
+    ):  # equal but for the rounding of four-fold sums
+        assert flat(got) == pytest.approx(flat(want), rel=1e-12)
+    lines_apart = dataclasses.replace  # the same lines under ids that are not rotations: 4x the draws
+    apart = [
+        saved_run(
+            run.result.config, [lines_apart(q, id=q.id.replace(ROTATION_MARK, "-")) for q in run.questions]
+        )
+        for run in (four_looks(a, "none"), four_looks(b, "none"))
+    ]
+    narrow = compare_pair(MMLU, *apart, seed=3).overall
+    assert narrow.delta == pytest.approx(plain.delta)
+    assert narrow.ci.high - narrow.ci.low < 0.7 * (plain.ci.high - plain.ci.low)
+    assert narrow.divergence.kl_mean.ci.high - narrow.divergence.kl_mean.ci.low < 0.7 * (
+        plain.divergence.kl_mean.ci.high - plain.divergence.kl_mean.ci.low
+    )
+
+
+@pytest.mark.parametrize("q", [0.0, 0.37, 0.95, 0.99, 1.0])
+def test_expanded_quantile_is_numpy_quantile_of_the_repeated_sample(q):
+    rng = np.random.default_rng(5)
+    values = np.append(rng.exponential(size=30), [7.0, 0.0])
+    draws = rng.multinomial(32, np.full(32, 1 / 32), size=50)  # (50, 32) integer weights
+    want = [np.quantile(np.repeat(values, row), q) for row in draws]
+    np.testing.assert_allclose(expanded_quantile(values, draws, q), want, rtol=1e-12)
+    values[-2] = np.inf  # an infinite KL drawn at or next to the percentile: inf, never NaN
+    got = expanded_quantile(values, draws, q)
+    assert not np.isnan(got).any()
+    assert np.isinf(got).any() == (q > 0.9)

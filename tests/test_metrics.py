@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from builders import answers, small_task
 
-from evalkit.stats.metrics import aggregate, bootstrap_ci, combine, correct_by_subject
+from evalkit.questions.permute import ROTATIONS, rotated_id
+from evalkit.stats.metrics import aggregate, bootstrap_ci, combine, correct_by_subject, questions_by_subject
 from evalkit.types import EvalkitError, QuestionResult, Task
 from tasks import get_task
 
@@ -144,3 +147,30 @@ def test_bootstrap_bad_input():
         bootstrap_ci({"s": [1.0]}, "micro", level=95)
     with pytest.raises(EvalkitError, match="no labeled results"):
         bootstrap_ci(correct_by_subject(answers("t", "s1", 0, 2, gold=None)), "micro")
+
+
+def test_cluster_bootstrap_equals_resampling_whole_questions():
+    """With `questions`, a draw is a question with all its lines (rotations), sums and line counts
+    resampled together: the interval matches index resampling of whole questions, including questions
+    whose rotations disagree and a question with fewer lines."""
+    rng = np.random.default_rng(3)
+    per_question = [rng.integers(0, 2, size=4 if i else 2).astype(float) for i in range(150)]
+    values = np.concatenate(per_question)
+    questions = np.repeat(np.arange(150), [len(v) for v in per_question])
+    ours = bootstrap_ci({"s": values}, "micro", questions={"s": questions}, n_boot=20000, seed=1)
+    sums = np.array([v.sum() for v in per_question])
+    sizes = np.array([len(v) for v in per_question])
+    drawn = np.random.default_rng(2).integers(0, 150, size=(20000, 150))
+    low, high = np.quantile(sums[drawn].sum(axis=1) / sizes[drawn].sum(axis=1), [0.025, 0.975])
+    assert ours.low == pytest.approx(low, abs=0.006) and ours.high == pytest.approx(high, abs=0.006)
+
+
+def test_report_intervals_of_a_cyclic_run_resample_questions():
+    results = answers("t", "s1", 30, 60) + answers("t", "s2", 10, 40)
+    rotated = [dataclasses.replace(r, id=rotated_id(r.id, k)) for r in results for k in range(ROTATIONS)]
+    values, questions = correct_by_subject(rotated), questions_by_subject(rotated)
+    assert [len(np.unique(questions[s])) for s in ("s1", "s2")] == [60, 40]
+    for aggregation in ("micro", "macro"):
+        assert bootstrap_ci(values, aggregation, questions=questions) == bootstrap_ci(
+            correct_by_subject(results), aggregation
+        )

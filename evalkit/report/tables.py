@@ -18,7 +18,14 @@ import pandas as pd
 
 from evalkit.report.run_setting import run_setting_note
 from evalkit.report.text import AVERAGE, footnote
-from evalkit.stats.metrics import Interval, bootstrap_ci, correct_by_subject, group_members, subject_points
+from evalkit.stats.metrics import (
+    Interval,
+    bootstrap_ci,
+    correct_by_subject,
+    group_members,
+    questions_by_subject,
+    subject_points,
+)
 from evalkit.stats.published import PublishedRow, check_names, matching, named_rows
 from evalkit.store.records import Metric, ReportRun, RunResult
 from evalkit.store.saved_runs import SUBMISSION_FILE, run_label, short_model_name
@@ -135,13 +142,17 @@ def _notes(task: Task, runs: Sequence[ReportRun], labels: Sequence[str]) -> list
 def _group_intervals(task: Task, run: ReportRun, columns: Sequence[str]) -> dict[str, Interval]:
     """The bootstrap 95% CI of each figure (category, extra group, Average) from the run's questions."""
     values = correct_by_subject(run.questions or ())
+    questions = questions_by_subject(run.questions or ())  # a question's rotations: one draw
     aggregation = run.result.scheme.aggregation
     out = {}
     for column in columns:
         members = list(values) if column == AVERAGE else group_members(task, column, values)
         if members:
             out[column] = bootstrap_ci(
-                {m: values[m] for m in members}, aggregation, weights=subject_points(task)
+                {m: values[m] for m in members},
+                aggregation,
+                questions={m: questions[m] for m in members},
+                weights=subject_points(task),
             )
     return out
 

@@ -9,7 +9,8 @@
 - Brier (multiclass): per question sum over the four letters of (p - y)^2 with y the one-hot gold, in
   [0, 2]; averaged over the same pooled questions.
 - Intervals: bootstrap percentile 95%, questions resampled within subjects (as evalkit.stats.metrics
-  does for accuracy) as multinomial weights, so the same draw can weight two runs for a paired delta.
+  does for accuracy; a question's option rotations are one draw) as multinomial weights, so the same
+  draw can weight two runs for a paired delta.
 - Letter mass: the mean over questions of the four letters' summed full-vocabulary probability, over the
   questions that carry it (`n` of `of`: runs saved before it existed, or backends that cannot give it,
   have none; nothing is guessed).
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evalkit.stats.metrics import Interval
+from evalkit.stats.metrics import Interval, bootstrap_weights, question_index
 from evalkit.types import LETTERS, EvalkitError, QuestionResult
 
 DEFAULT_BINS = 10
@@ -35,11 +36,13 @@ CHUNK = 200  # bootstrap replicates weighted at once (replicates x questions flo
 
 @dataclass(frozen=True)
 class PerQuestion:
-    """One subject's per-question inputs: confidence of the predicted letter, 1/0 correct, Brier term."""
+    """One subject's per-line inputs: confidence of the predicted letter, 1/0 correct, Brier term, and
+    the question each line belongs to (a --permute cyclic question has four lines)."""
 
     confidence: np.ndarray  # (n,) in [0.25, 1]
     correct: np.ndarray  # (n,) 1.0 / 0.0
     brier: np.ndarray  # (n,) in [0, 2]
+    question: np.ndarray  # (n,) int, evalkit.stats.metrics.question_index within the subject
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ def probabilities(result: QuestionResult) -> np.ndarray:
 def per_question(results: Iterable[QuestionResult]) -> dict[str, PerQuestion]:
     """Per subject, the labeled questions' confidence, correctness and Brier term (unlabeled left out)."""
     grouped: dict[str, list[tuple[float, float, float]]] = {}
+    ids: dict[str, list[str]] = {}
     for r in results:
         if r.correct is None or r.gold is None:
             continue
@@ -103,8 +107,9 @@ def per_question(results: Iterable[QuestionResult]) -> dict[str, PerQuestion]:
         onehot[LETTERS.index(r.gold)] = 1.0
         row = (float(p[LETTERS.index(r.pred)]), 1.0 if r.correct else 0.0, float(((p - onehot) ** 2).sum()))
         grouped.setdefault(r.subject, []).append(row)
+        ids.setdefault(r.subject, []).append(r.id)
     return {
-        s: PerQuestion(*(np.asarray(column) for column in zip(*rows, strict=True)))
+        s: PerQuestion(*(np.asarray(column) for column in zip(*rows, strict=True)), question_index(ids[s]))
         for s, rows in grouped.items()
     }
 
@@ -115,6 +120,8 @@ def bin_index(confidence: np.ndarray, bins: int) -> np.ndarray:
 
 
 def _pooled(parts: Mapping[str, PerQuestion]) -> PerQuestion:
+    """The subjects' lines end to end (question numbers repeat across subjects: _draws reads them per
+    subject)."""
     order = sorted(parts)  # fixed order: the weights of a draw line up with the questions
     columns = [f.name for f in dataclasses.fields(PerQuestion)]
     return PerQuestion(*(np.concatenate([getattr(parts[s], c) for s in order]) for c in columns))
@@ -131,12 +138,11 @@ def _weighted(pooled: PerQuestion, weights: np.ndarray, bins: int) -> tuple[np.n
 
 
 def _draws(parts: Mapping[str, PerQuestion], n_boot: int, seed: int) -> Iterable[np.ndarray]:
-    """Bootstrap weights (chunks of replicates x n, questions in _pooled's order), resampled per subject."""
+    """Bootstrap weights (chunks of replicates x lines, in _pooled's order), questions drawn per subject."""
     rng = np.random.default_rng(seed)
-    sizes = [len(parts[s].correct) for s in sorted(parts)]
     for start in range(0, n_boot, CHUNK):
         reps = min(CHUNK, n_boot - start)
-        yield np.concatenate([rng.multinomial(n, np.full(n, 1 / n), size=reps) for n in sizes], axis=1)
+        yield np.concatenate([bootstrap_weights(rng, parts[s].question, reps) for s in sorted(parts)], axis=1)
 
 
 def _interval(values: np.ndarray, level: float = 0.95) -> Interval:

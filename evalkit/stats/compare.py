@@ -34,7 +34,14 @@ from evalkit.stats.divergence import (
     divergence,
     per_question,
 )
-from evalkit.stats.metrics import Interval, bootstrap_ci, combine, group_members, subject_points
+from evalkit.stats.metrics import (
+    Interval,
+    bootstrap_ci,
+    combine,
+    group_members,
+    question_index,
+    subject_points,
+)
 from evalkit.stats.pairing import check_comparable, pair_by_task, shared_ids
 from evalkit.store.records import Metric, SavedRun
 from evalkit.store.saved_runs import run_label
@@ -149,6 +156,7 @@ def mcnemar_p(right_to_wrong: int, wrong_to_right: int) -> float:
 def _delta(
     xa: Mapping[str, np.ndarray],
     xb: Mapping[str, np.ndarray],
+    questions: Mapping[str, np.ndarray],
     pq: Mapping[str, PerQuestion],
     aggregation: Aggregation,
     n_boot: int,
@@ -164,7 +172,7 @@ def _delta(
         a=ma,
         b=mb,
         delta=mb.accuracy - ma.accuracy,
-        ci=bootstrap_ci(diffs, aggregation, n_boot=n_boot, seed=seed, weights=weights),
+        ci=bootstrap_ci(diffs, aggregation, questions=questions, n_boot=n_boot, seed=seed, weights=weights),
         right_to_wrong=right_to_wrong,
         wrong_to_right=wrong_to_right,
         p_value=mcnemar_p(right_to_wrong, wrong_to_right),
@@ -220,6 +228,7 @@ def compare_pair(
     aggregation = a.result.scheme.aggregation
     weights = subject_points(task)
     by_subject = _ids_by_subject(shared, by_id_a)
+    qi = {s: question_index(ids) for s, ids in by_subject.items()}  # rotations of a question: one draw
     ca = {s: calibration_inputs([by_id_a[i] for i in ids])[s] for s, ids in by_subject.items()}
     cb = {s: calibration_inputs([by_id_b[i] for i in ids])[s] for s, ids in by_subject.items()}
 
@@ -233,6 +242,7 @@ def compare_pair(
             groups[group] = _delta(
                 {s: va[s] for s in members},
                 {s: vb[s] for s in members},
+                {s: qi[s] for s in members},
                 {s: pq[s] for s in members},
                 aggregation,
                 n_boot,
@@ -247,11 +257,13 @@ def compare_pair(
         label_b=run_label(b.result, task.eval_split),
         aggregation=aggregation,
         subjects={
-            s: _delta({s: va[s]}, {s: vb[s]}, {s: pq[s]}, aggregation, n_boot, seed, cal([s]), weights)
+            s: _delta(
+                {s: va[s]}, {s: vb[s]}, {s: qi[s]}, {s: pq[s]}, aggregation, n_boot, seed, cal([s]), weights
+            )
             for s in order
         },
         groups=groups,
-        overall=_delta(va, vb, pq, aggregation, n_boot, seed, cal(order), weights),
+        overall=_delta(va, vb, qi, pq, aggregation, n_boot, seed, cal(order), weights),
         flips=tuple(flips),
         only_a=only_a,
         only_b=only_b,

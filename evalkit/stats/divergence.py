@@ -10,7 +10,8 @@ pair of runs gives, per question, with P_A and P_B the two four-letter distribut
 Over a subject, group or benchmark: the means of the three follow the benchmark's aggregation
 (micro: over questions; macro: of the subject means), the 95th/99th percentiles of kl are over the
 pooled questions. Each comes with a paired bootstrap 95% interval: questions resampled within
-subjects, the same draw for every figure (the pair is one row, so A and B are drawn together).
+subjects (a question's option rotations are one draw), the same draw for every figure (the pair is
+one row, so A and B are drawn together).
 These move with every question while accuracy moves only on a flip, so they separate two
 precisions with far less noise than an accuracy delta does.
 """
@@ -25,7 +26,7 @@ from typing import get_args
 import numpy as np
 from scipy.stats import binom
 
-from evalkit.stats.metrics import Interval
+from evalkit.stats.metrics import Interval, bootstrap_weights, question_index
 from evalkit.types import LETTERS, Aggregation, EvalkitError, QuestionResult, unknown
 
 PERCENTILES = (95, 99)
@@ -35,11 +36,13 @@ ALPHA = 0.05  # the power note: the level of McNemar's exact test
 
 @dataclass(frozen=True)
 class PerQuestion:
-    """The per-question figures of one subject of a pair, each of shape (questions,)."""
+    """The per-line figures of one subject of a pair, each of shape (lines,): one line per question, or
+    four for a --permute cyclic question (`question` says which)."""
 
     kl: np.ndarray  # KL(P_A || P_B), nats
     agree: np.ndarray  # 1.0 where the top letters are the same
     gold_shift: np.ndarray  # |P_B(gold) - P_A(gold)|, probability in [0, 1]
+    question: np.ndarray  # int, evalkit.stats.metrics.question_index within the subject
 
 
 @dataclass(frozen=True)
@@ -85,37 +88,67 @@ def per_question(a: Sequence[QuestionResult], b: Sequence[QuestionResult]) -> Pe
     p_a, p_b = p_a / p_a.sum(axis=1, keepdims=True), p_b / p_b.sum(axis=1, keepdims=True)  # as letter_kl
     gold_shift = np.abs(p_b[rows, gold] - p_a[rows, gold])
     agree = np.asarray([qa.pred == qb.pred for qa, qb in zip(a, b, strict=True)], dtype=float)
-    return PerQuestion(kl=letter_kl(lp_a, lp_b), agree=agree, gold_shift=gold_shift)
+    return PerQuestion(
+        kl=letter_kl(lp_a, lp_b), agree=agree, gold_shift=gold_shift, question=question_index(q.id for q in a)
+    )
 
 
 def _mean(
-    by_subject: Sequence[np.ndarray], aggregation: Aggregation, weights: Sequence[float] | None = None
+    by_subject: Sequence[np.ndarray],
+    draws: Sequence[np.ndarray],
+    aggregation: Aggregation,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """The mean along the last axis of arrays (..., n_s), one per subject, micro, macro or by points."""
+    """(replicates,) micro, macro or points mean of per-subject lines (n_s,) under line weights
+    (replicates, n_s) (a row of ones: the plain mean)."""
+    sums = [d @ v for v, d in zip(by_subject, draws, strict=True)]  # each (replicates,)
+    lines = [d.sum(axis=1) for d in draws]
     if aggregation == "points":
         if weights is None:
             raise EvalkitError("the points aggregation needs each subject's points")
-        total = sum(w * v.shape[-1] for w, v in zip(weights, by_subject, strict=True))
-        return sum(w * v.sum(axis=-1) for w, v in zip(weights, by_subject, strict=True)) / total
+        return sum(w * s for w, s in zip(weights, sums, strict=True)) / sum(
+            w * n for w, n in zip(weights, lines, strict=True)
+        )
     if aggregation == "micro":
-        return sum(v.sum(axis=-1) for v in by_subject) / sum(v.shape[-1] for v in by_subject)
+        return sum(sums) / sum(lines)
     if aggregation == "macro":
-        return sum(v.mean(axis=-1) for v in by_subject) / len(by_subject)
+        return sum(s / n for s, n in zip(sums, lines, strict=True)) / len(sums)
     raise unknown("aggregation", aggregation, get_args(Aggregation))
 
 
+def expanded_quantile(values: np.ndarray, draws: np.ndarray, q: float) -> np.ndarray:
+    """(replicates,) np.quantile's default (linear) rule on the sample that repeats values[i]
+    draws[r, i] times, per row r of integer weights: a resample's percentile without building it."""
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]  # (n,)
+    cumulative = np.cumsum(draws[:, order], axis=1)  # (replicates, n): lines up to each sorted value
+    position = (cumulative[:, -1] - 1) * q  # (replicates,): 0-based place in the expanded sample
+    low, high = np.floor(position), np.ceil(position)
+
+    def at(place: np.ndarray) -> np.ndarray:  # the value at a 0-based place of the expanded sample
+        return ordered[(cumulative <= place[:, None]).sum(axis=1)]
+
+    below, above = at(low), at(high)
+    with np.errstate(invalid="ignore"):  # inf - inf between two infinite KLs: that value is inf
+        between = below + (position - low) * (above - below)
+    return np.where(above == below, below, between)
+
+
 def _statistics(
-    parts: Sequence[PerQuestion], aggregation: Aggregation, weights: Sequence[float] | None = None
+    parts: Sequence[PerQuestion],
+    draws: Sequence[np.ndarray],
+    aggregation: Aggregation,
+    weights: Sequence[float] | None = None,
 ) -> np.ndarray:
-    """(5, ...) kl mean, kl p95, kl p99, agreement, gold shift of per-subject arrays (..., n_s)."""
-    pooled = np.concatenate([p.kl for p in parts], axis=-1)
-    quantiles = np.quantile(pooled, [q / 100 for q in PERCENTILES], axis=-1)
+    """(5, replicates) kl mean, kl p95, kl p99, agreement, gold shift of per-subject lines under line
+    weights (replicates, n_s) each."""
+    pooled, pooled_draws = np.concatenate([p.kl for p in parts]), np.concatenate(draws, axis=1)
     return np.stack(
         [
-            _mean([p.kl for p in parts], aggregation, weights),
-            *quantiles,
-            _mean([p.agree for p in parts], aggregation, weights),
-            _mean([p.gold_shift for p in parts], aggregation, weights),
+            _mean([p.kl for p in parts], draws, aggregation, weights),
+            *(expanded_quantile(pooled, pooled_draws, q / 100) for q in PERCENTILES),
+            _mean([p.agree for p in parts], draws, aggregation, weights),
+            _mean([p.gold_shift for p in parts], draws, aggregation, weights),
         ]
     )
 
@@ -136,16 +169,13 @@ def divergence(
         raise EvalkitError("no paired questions to measure a divergence on")
     parts = [by_subject[name] for name in names]
     w = [weights[name] for name in names] if weights is not None else None  # the points aggregation's
-    point = _statistics(parts, aggregation, w)  # (5,)
+    point = _statistics(parts, [np.ones((1, len(p.kl))) for p in parts], aggregation, w)[:, 0]  # (5,)
     rng = np.random.default_rng(seed)
     replicates = []
     for start in range(0, n_boot, CHUNK):
         size = min(CHUNK, n_boot - start)
-        drawn = []
-        for p in parts:
-            index = rng.integers(0, len(p.kl), size=(size, len(p.kl)))  # (size, n_s)
-            drawn.append(PerQuestion(kl=p.kl[index], agree=p.agree[index], gold_shift=p.gold_shift[index]))
-        replicates.append(_statistics(drawn, aggregation, w))  # (5, size)
+        draws = [bootstrap_weights(rng, p.question, size) for p in parts]  # each (size, n_s)
+        replicates.append(_statistics(parts, draws, aggregation, w))  # (5, size)
     boot = np.concatenate(replicates, axis=1)  # (5, n_boot)
     tail = (1 - level) / 2
     with np.errstate(invalid="ignore"):  # an inf KL makes its interval inf, not an error

@@ -6,6 +6,10 @@ accuracy is the unweighted mean of its subjects' accuracies. points (GAOKAO-Benc
 accuracy weighted by its total points, i.e. each question by its subject's points per question.
 Only subjects that have results count, so a `--subjects` subset run reports the groups it touched
 and nothing else.
+
+Bootstrap intervals resample questions, not lines: the four option rotations of a `--permute cyclic`
+question are one draw (a cluster bootstrap), since they are four looks at one question, not four
+independent questions; a plain run has one line per question and the two are the same.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import get_args
 
 import numpy as np
 
+from evalkit.questions.permute import base_id
 from evalkit.store.records import Metric
 from evalkit.types import Aggregation, EvalkitError, QuestionResult, Task, unknown
 
@@ -45,6 +50,29 @@ def correct_by_subject(results: Iterable[QuestionResult]) -> dict[str, np.ndarra
         if result.correct is not None:
             grouped.setdefault(result.subject, []).append(1.0 if result.correct else 0.0)
     return {subject: np.asarray(values) for subject, values in grouped.items()}
+
+
+def question_index(ids: Iterable[str]) -> np.ndarray:
+    """Line -> question number, in first-seen order: a question's option rotations share one number,
+    every other line has its own. The unit a bootstrap draws."""
+    seen: dict[str, int] = {}
+    return np.asarray([seen.setdefault(base_id(i), len(seen)) for i in ids], dtype=int)
+
+
+def questions_by_subject(results: Iterable[QuestionResult]) -> dict[str, np.ndarray]:
+    """question_index of the labeled results per subject, aligned with correct_by_subject."""
+    ids: dict[str, list[str]] = {}
+    for result in results:
+        if result.correct is not None:
+            ids.setdefault(result.subject, []).append(result.id)
+    return {subject: question_index(values) for subject, values in ids.items()}
+
+
+def bootstrap_weights(rng: np.random.Generator, questions: np.ndarray, size: int) -> np.ndarray:
+    """(size, lines) bootstrap weights of one subject: its questions drawn with replacement as
+    multinomial counts, every line weighted by how often its question (`question_index`) was drawn."""
+    n = int(questions.max()) + 1 if len(questions) else 0
+    return rng.multinomial(n, np.full(n, 1 / n), size=size)[:, questions]  # (size, questions) -> lines
 
 
 def subject_points(task: Task) -> dict[str, float]:
@@ -123,6 +151,7 @@ def bootstrap_ci(
     values_by_subject: Mapping[str, Sequence[float] | np.ndarray],
     aggregation: Aggregation,
     *,
+    questions: Mapping[str, np.ndarray] | None = None,
     level: float = 0.95,
     n_boot: int = 2000,
     seed: int = 0,
@@ -130,11 +159,13 @@ def bootstrap_ci(
 ) -> Interval:
     """Percentile interval of `combine(values_by_subject)`, resampling questions within each subject.
 
-    Values are 1/0 correctness for an accuracy, or per-question differences (B - A) for a paired
-    delta: both aggregations are linear, so the delta of two aggregates is the aggregate of the
-    differences. A resample of n values drawn with replacement only matters through how often each
-    distinct value is drawn, so it is drawn as multinomial counts: the same distribution as index
-    resampling, at a cost independent of the number of questions.
+    Values are 1/0 correctness for an accuracy, or per-line differences (B - A) for a paired delta:
+    both aggregations are linear, so the delta of two aggregates is the aggregate of the differences.
+    `questions` (question_index per subject; default: every line its own question) makes the lines of
+    one question (its option rotations) one draw, each drawn question bringing the sum and count of its
+    lines. A resample of n questions drawn with replacement only matters through how often each
+    distinct (sum, lines) pair is drawn, so it is drawn as multinomial counts: the same distribution as
+    index resampling, at a cost independent of the number of questions.
     """
     if not 0 < level < 1:
         raise EvalkitError(f"confidence level must be in (0, 1), got {level}")
@@ -142,20 +173,23 @@ def bootstrap_ci(
     if not arrays:
         raise EvalkitError("no labeled results to bootstrap")
     rng = np.random.default_rng(seed)
-    sums = []
+    sums, lines = [], []
     for subject in sorted(arrays):  # fixed order: the interval depends only on the seed
-        distinct, counts = np.unique(arrays[subject], return_counts=True)
-        draws = rng.multinomial(len(arrays[subject]), counts / counts.sum(), size=n_boot)
-        sums.append(draws @ distinct)
-    totals = np.stack(sums)  # subjects x n_boot: resampled sum of values per subject
-    sizes = np.array([len(arrays[s]) for s in sorted(arrays)], dtype=float)
+        values = arrays[subject]
+        index = questions[subject] if questions is not None else np.arange(len(values))
+        per_question = np.stack([np.bincount(index, weights=values), np.bincount(index)], axis=1)  # (q, 2)
+        distinct, counts = np.unique(per_question, axis=0, return_counts=True)  # (d, 2): sum, lines
+        draws = rng.multinomial(len(per_question), counts / counts.sum(), size=n_boot)  # (n_boot, d)
+        sums.append(draws @ distinct[:, 0])
+        lines.append(draws @ distinct[:, 1])
+    totals, sizes = np.stack(sums), np.stack(lines)  # subjects x n_boot: resampled sum and lines
     if aggregation == "points":
-        w = np.array([_points(weights)[s] for s in sorted(arrays)], dtype=float)
-        stats = (totals * w[:, None]).sum(axis=0) / (sizes * w).sum()
+        w = np.array([_points(weights)[s] for s in sorted(arrays)], dtype=float)[:, None]
+        stats = (totals * w).sum(axis=0) / (sizes * w).sum(axis=0)
     elif aggregation == "micro":
-        stats = totals.sum(axis=0) / sizes.sum()
+        stats = totals.sum(axis=0) / sizes.sum(axis=0)
     elif aggregation == "macro":
-        stats = (totals / sizes[:, None]).mean(axis=0)
+        stats = (totals / sizes).mean(axis=0)
     else:
         raise unknown("aggregation", aggregation, get_args(Aggregation))
     tail = (1 - level) / 2
