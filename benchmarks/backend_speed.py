@@ -25,21 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
-
-def prompts(tokenizer, task_name: str, data_dir: Path, subjects: list[str], limit: int):
-    """[(subject, token ids)] and the letter ids, exactly as the runner builds them."""
-    from evalkit.questions.data import load_task_data
-    from evalkit.questions.prompts import build_prompts
-    from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
-    from tasks import get_task
-
-    task = get_task(task_name)
-    scheme = task.schemes["official"]
-    out = []
-    for data in load_task_data(task, data_dir, subjects=subjects, limit=limit):
-        built = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
-        out.append((data.subject.name, encode_prompts(tokenizer, [p.text for p in built], scheme.bos)))
-    return out, letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
+from shared_scoring import agreement, prompts  # noqa: E402  (beside this script)
 
 
 def timed(scorer, subjects) -> tuple[float, dict]:
@@ -107,16 +93,11 @@ def main() -> int:
         )
 
     ratios = [v / h for v, h in zip(rates["vllm"], rates["hf"], strict=True)]
-    same, worst = 0, 0.0
-    for key, hf_scores in results["hf"].items():
-        a, b = torch.tensor(hf_scores), torch.tensor(results["vllm"][key])
-        same += int(a.argmax()) == int(b.argmax())
-        worst = max(worst, (a - b).abs().max().item())
     print(
         f"median q/s: HF {statistics.median(rates['hf']):.2f}, vLLM {statistics.median(rates['vllm']):.2f}; "
         f"median ratio vLLM/HF {statistics.median(ratios):.2f}"
     )
-    print(f"agreement: {same}/{questions} same predictions, max |log-prob difference| {worst:.2e}")
+    print(agreement(results["hf"], results["vllm"]))
     return 0
 
 

@@ -28,21 +28,7 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # support_server: the tests' server launcher
 
-
-def prompts(tokenizer, task_name: str, data_dir: Path, subjects: list[str], limit: int):
-    """[token ids per subject] and the letter ids, exactly as the runner builds them."""
-    from evalkit.questions.data import load_task_data
-    from evalkit.questions.prompts import build_prompts
-    from evalkit.questions.tokens import count_tokens_fn, encode_prompts, letter_tokens
-    from tasks import get_task
-
-    task = get_task(task_name)
-    scheme = task.schemes["official"]
-    out = []
-    for data in load_task_data(task, data_dir, subjects=subjects, limit=limit):
-        built = build_prompts(scheme, data, count_tokens_fn(tokenizer, scheme.bos))
-        out.append(encode_prompts(tokenizer, [p.text for p in built], scheme.bos))
-    return out, letter_tokens(tokenizer, scheme.letter_rule, scheme).ids
+from shared_scoring import agreement, prompts  # noqa: E402  (beside this script)
 
 
 def run_server(scorer, subjects) -> tuple[float, float, dict]:
@@ -93,7 +79,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="server-speed-"))
     model_dir = dequantize_gguf(args.gguf, work / "model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    subjects, letters = prompts(tokenizer, args.task, args.data_dir, args.subjects.split(","), args.limit)
+    named, letters = prompts(tokenizer, args.task, args.data_dir, args.subjects.split(","), args.limit)
+    subjects = [seqs for _, seqs in named]
     questions = sum(map(len, subjects))
     tokens = sum(len(p) for seqs in subjects for p in seqs)
 
@@ -148,18 +135,13 @@ def main() -> int:
         server.kill()
 
     ratios = [a / b for a, b in zip(rates["server"], rates["vllm"], strict=True)]
-    same, worst = 0, 0.0
-    for key, mine in results["server"].items():
-        a, b = torch.tensor(mine), torch.tensor(results["vllm"][key])
-        same += int(a.argmax()) == int(b.argmax())
-        worst = max(worst, (a - b).abs().max().item())
     print(
         f"median q/s: server {statistics.median(rates['server']):.2f}, in-process vLLM "
         f"{statistics.median(rates['vllm']):.2f}; median ratio server/in-process "
         f"{statistics.median(ratios):.2f}; "
         f"client share of the server run's wall time: median {100 * statistics.median(shares):.1f}%"
     )
-    print(f"agreement: {same}/{questions} same predictions, max |log-prob difference| {worst:.2e}")
+    print(agreement(results["server"], results["vllm"]))
     return 0
 
 
