@@ -255,7 +255,7 @@ class ServerSettings:
     model: str | None = None  # the served model name; None: the only one the server's /v1/models lists
     concurrency: int = DEFAULT_CONCURRENCY  # requests in flight per server (default sized for a GPU server)
     max_retries: int = DEFAULT_MAX_RETRIES  # retries of a refused/reset/timed-out/429/5xx request
-    timeout_s: float = DEFAULT_TIMEOUT_S  # per request (connect, read and write each)
+    timeout_s: float = DEFAULT_TIMEOUT_S  # per request, whole: connect, send and the answer to its last byte
     api_key_env: str | None = None  # the variable holding the bearer token, e.g. "VLLM_API_KEY"
     verify_tls: bool = True  # False: accept any certificate (recorded in run.json)
     backoff_s: float = 0.5  # the first retry's wait; doubled each retry, with up to 50% random jitter

@@ -13,8 +13,8 @@ import pytest
 from builders import saved_run
 from scipy.stats import binomtest
 
-from evalkit.stats.compare import compare, compare_pair
 from evalkit.questions.permute import ROTATION_MARK, ROTATIONS, rotated_id
+from evalkit.stats.compare import compare, compare_pair
 from evalkit.stats.divergence import detectable_drop, expanded_quantile, letter_kl
 from evalkit.store.saved_runs import find_runs, load_run
 from evalkit.types import LETTERS, QuestionResult, RunConfig

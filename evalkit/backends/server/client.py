@@ -12,10 +12,12 @@ answer is read is evalkit.backends.server.protocol.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import json
 import random
+import socket
 import ssl
 import threading
 import time
@@ -121,19 +123,39 @@ class Endpoint:
             self._local.conn = None
 
     def _send(self, method: str, path: str, body: dict | None) -> Reply:
-        """One HTTP exchange on this thread's connection; transport failures become Retryable."""
+        """One HTTP exchange on this thread's connection; transport failures become Retryable. The
+        exchange as a whole has --request-timeout: past it the socket is shut, so an answer dripping
+        in a byte at a time ends too (a socket timeout alone bounds each read, not the request)."""
         data = json.dumps(body).encode("utf-8") if body is not None else None
         conn = self._connection()
+        cut = threading.Event()
+        held: list[socket.socket] = []  # the exchange's socket: a closing answer takes it off `conn`
+
+        def cut_off() -> None:
+            cut.set()
+            for sock in held or [conn.sock]:
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked read
+
+        deadline = threading.Timer(self.settings.timeout_s, cut_off)
+        deadline.daemon = True
+        deadline.start()
         try:
             conn.request(method, self._root + path, body=data, headers=self._headers)
+            held.append(conn.sock)
             response = conn.getresponse()
             payload = response.read()
-        except TimeoutError as exc:  # socket.timeout: connect or a read past --request-timeout
+        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed mid-answer, timeout
             self._drop()
-            raise Retryable(f"timed out after {self.settings.timeout_s:g} s") from exc
-        except (OSError, http.client.HTTPException) as exc:  # refused, reset, closed mid-answer
-            self._drop()
+            if cut.is_set() or isinstance(exc, TimeoutError):
+                raise Retryable(f"timed out after {self.settings.timeout_s:g} s") from exc
             raise Retryable(f"{type(exc).__name__}: {self.redact(str(exc))}") from exc
+        finally:
+            deadline.cancel()
+        if cut.is_set():  # cut as the answer ended: it may be whole, but the connection is shut
+            self._drop()
+            raise Retryable(f"timed out after {self.settings.timeout_s:g} s")
         self._local.used = time.monotonic()
         if response.will_close:
             self._drop()

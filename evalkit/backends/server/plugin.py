@@ -49,7 +49,8 @@ FLAGS = FlagGroup(
         ),
         Flag(
             "timeout_s",
-            f"seconds per request (default: {DEFAULT_TIMEOUT_S:g})",
+            f"seconds per request, whole: connect, send and the answer to its last byte; a request "
+            f"past it is retried (default: {DEFAULT_TIMEOUT_S:g})",
             kind="seconds",
             name="--request-timeout",
         ),
