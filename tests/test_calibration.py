@@ -17,7 +17,8 @@ from evalkit.stats.calibration import (
     per_question,
     reliability,
 )
-from evalkit.stats.compare import check_thresholds, compare
+from evalkit.stats.compare import compare
+from evalkit.stats.gates import check_thresholds
 from evalkit.stats.permutation import position_bias, robustness
 from evalkit.store.records import SavedRun
 from evalkit.types import EvalkitError, QuestionResult, RunConfig

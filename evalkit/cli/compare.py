@@ -69,7 +69,8 @@ def add_parser(sub: argparse._SubParsersAction, program: str) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from evalkit.report.compare_tables import to_markdown
-    from evalkit.stats.compare import check_thresholds, compare
+    from evalkit.stats.compare import compare
+    from evalkit.stats.gates import check_thresholds
     from evalkit.store.saved_runs import saved_runs
     from tasks import get_task
 

@@ -13,8 +13,9 @@ from collections.abc import Mapping
 import pandas as pd
 
 from evalkit.report.text import markdown_table
-from evalkit.stats.compare import BenchmarkComparison, Comparison, Delta, Gate
+from evalkit.stats.compare import BenchmarkComparison, Comparison, Delta
 from evalkit.stats.divergence import divergence_columns
+from evalkit.stats.gates import Gate
 
 DIVERGENCE_HEADING = (
     "Letter distributions of B against A: KL(P_A ‖ P_B) over the four letters in nats "
