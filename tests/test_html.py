@@ -15,7 +15,8 @@ import matplotlib.image
 import pytest
 from builders import answers, saved_run
 
-from evalkit.report.html import category_figure, write_html
+from evalkit.report.html import write_html
+from evalkit.report.plots import category_figure
 from evalkit.report.tables import build_tables
 from evalkit.stats.published import PublishedRow
 from evalkit.store.records import ModelInfo, ReportRun
@@ -128,7 +129,7 @@ def test_precision_section_carries_the_letter_divergence_table_and_its_kl_plot(r
 
 
 def test_kl_plot_draws_one_curve_per_compared_row_and_benchmark():
-    from evalkit.report.html import kl_figure
+    from evalkit.report.plots import kl_figure
     from evalkit.report.quantization import build_quant_table
 
     table = build_quant_table(

@@ -1,7 +1,7 @@
 """The calibration and robustness table of a report: per benchmark, one row per run with ECE and Brier
 (95% CI), mean letter mass (and the questions that carry it), circular accuracy, mean accuracy over
-rotations and position bias; the same figures per category and Average for the CSV, and the reliability
-diagram for the HTML page. "–" where a run has no data for a figure (saved before it existed, a plain
+rotations and position bias; the same figures per category and Average for the CSV (the reliability
+diagram: evalkit.report.plots). "–" where a run has no data for a figure (saved before it existed, a plain
 run's rotations): nothing is recomputed or guessed.
 """
 
@@ -9,19 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from evalkit.report.tables import _labels as row_labels  # the accuracy table's row labels, shared
 from evalkit.report.text import AVERAGE, markdown_table
-from evalkit.stats.calibration import DEFAULT_BINS, per_question, reliability
+from evalkit.stats.calibration import DEFAULT_BINS
 from evalkit.stats.summary import GroupFigures, run_summary
 from evalkit.store.records import ReportRun
 from evalkit.types import LETTERS
-
-if TYPE_CHECKING:  # matplotlib only where the page is drawn: `eval` and `compare` never import it
-    from matplotlib.figure import Figure
 
 DASH = "–"
 NOTES = (
@@ -175,32 +171,3 @@ def csv_fields(row: CalibrationRow, group: str) -> dict:
             position_skew=100 * bias.largest_skew,
         )
     return fields
-
-
-def reliability_figure(rows: dict[str, list[CalibrationRow]], bins: int = DEFAULT_BINS) -> Figure | None:
-    """The reliability diagram: accuracy against mean confidence per bin, one line per run and benchmark
-    (matplotlib's object API, as evalkit.report.html); None where no run has labeled questions."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 5))
-    ax = fig.subplots()
-    drawn = 0
-    for task_rows in rows.values():
-        for row in task_rows:
-            if row.run.questions is None:
-                continue
-            points = [b for b in reliability(per_question(row.run.questions), bins) if b.n]
-            if points:
-                label = f"{row.run.task.title}: {row.label}"
-                ax.plot([b.confidence for b in points], [b.accuracy for b in points], marker="o", label=label)
-                drawn += 1
-    if not drawn:
-        return None
-    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    ax.set(
-        xlabel="confidence of the top letter (bin mean)", ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1)
-    )
-    ax.set_title(f"Reliability ({bins} equal-width bins)")
-    ax.legend(fontsize="x-small")
-    fig.tight_layout()
-    return fig
