@@ -174,7 +174,7 @@ def test_eval_prints_the_plan_and_one_estimate_per_task(tiny_spm_model_dir, tiny
             f"{without / with_reuse:.1f}x fewer\n" in err
         ), err
         estimates = re.findall(
-            rf"^{title} official fp32: first batch \(\d+ questions\) took [\d.]+ s: "
+            rf"^{title} official fp32: \d+ questions scored in [\d.]+ s: "
             rf"about [\d.]+ (?:s|min|h) for the {questions} questions to score$",
             err,
             re.M,

@@ -3,7 +3,8 @@
 The plan is arithmetic on token ids (evalkit.backends.hf.batching's prefix groups), so it is exact before the
 first forward: prompt tokens without reuse are the sum of the prompts' lengths; with reuse each
 prefix group's shared prefix is computed once, saving (members - 1) * prefix tokens. The time
-estimate extrapolates the first batch's measured seconds by prompt tokens. No torch.
+estimate extrapolates the batches after the first by prompt tokens: the first carries the engine's
+one-off probe and a prefix, and alone it overestimated a 3-minute task as 52 minutes. No torch.
 """
 
 from __future__ import annotations
@@ -67,9 +68,17 @@ def describe_resume(path: object, plan: TokenPlan) -> str:
     return f"resuming {path}: {plan.done} of {plan.questions} questions already scored"
 
 
-def estimate_seconds(batch_seconds: float, batch_tokens: int, plan: TokenPlan, processes: int = 1) -> float:
-    """The task's scoring time extrapolated from one batch by prompt tokens (processes share the work)."""
-    return batch_seconds * plan.plain_tokens / max(batch_tokens, 1) / max(processes, 1)
+ESTIMATE_SHARE = 0.1  # the estimate waits for this share of the prompt tokens after the first batch,
+ESTIMATE_SECONDS = 60.0  # or for this many seconds of them, whichever comes first
+
+
+def estimate_seconds(
+    first_seconds: float, first_tokens: int, seconds: float, tokens: int, plan: TokenPlan, processes: int = 1
+) -> float:
+    """The task's scoring time: the first batch as it took, the rest of this process's share of the
+    prompt tokens at the rate of the batches after it (`seconds` for `tokens`)."""
+    rest = max(plan.plain_tokens / max(processes, 1) - first_tokens, 0)
+    return first_seconds + seconds * rest / max(tokens, 1)
 
 
 def format_duration(seconds: float) -> str:
@@ -82,26 +91,40 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe_estimate(title: str, rows: int, batch_seconds: float, estimate: float, plan: TokenPlan) -> str:
+def describe_estimate(title: str, rows: int, seconds: float, estimate: float, plan: TokenPlan) -> str:
     return (
-        f"{title}: first batch ({rows} questions) took {format_duration(batch_seconds)}: "
+        f"{title}: {rows} questions scored in {format_duration(seconds)}: "
         f"about {format_duration(estimate)} for the {plan.todo} questions to score"
     )
 
 
-class FirstBatchEstimate:
-    """Times the first batch a task's scoring yields (from when scoring starts) and prints, once, the
-    task's time extrapolated from it; the first batch carries the engine's probe, so it errs long."""
+class ScoringEstimate:
+    """Prints, once, the task's scoring time: the first batch counted as it took, the rest extrapolated by
+    prompt tokens from the batches after it, once they make ESTIMATE_SHARE of the tokens or have taken
+    ESTIMATE_SECONDS. A task done in one batch needs no estimate."""
 
     def __init__(self, title: str, plan: TokenPlan, processes: int = 1) -> None:
         self.title, self.plan, self.processes = title, plan, processes
-        self.started: float | None = time.perf_counter()
+        self.started = time.perf_counter()
+        self.first: tuple[float, int] | None = None  # seconds and prompt tokens of the first batch
+        self.tokens = self.rows = 0  # of the batches after it
+        self.done = False
 
     def batch_done(self, token_ids: Sequence[Sequence[int]]) -> None:
-        """Called with each batch's prompts; acts on the first only."""
-        if self.started is None:
+        """Called with each batch's prompts."""
+        if self.done:
             return
-        seconds = time.perf_counter() - self.started
-        self.started = None
-        total = estimate_seconds(seconds, sum(map(len, token_ids)), self.plan, self.processes)
-        tqdm.write(describe_estimate(self.title, len(token_ids), seconds, total, self.plan), file=sys.stderr)
+        elapsed, tokens = time.perf_counter() - self.started, sum(map(len, token_ids))
+        self.rows += len(token_ids)
+        if self.first is None:
+            self.first = elapsed, tokens
+            return
+        self.tokens += tokens
+        first_seconds, first_tokens = self.first
+        seconds = elapsed - first_seconds
+        share = self.tokens / max(self.plan.plain_tokens / max(self.processes, 1) - first_tokens, 1)
+        if share < ESTIMATE_SHARE and seconds < ESTIMATE_SECONDS:
+            return
+        self.done = True
+        total = estimate_seconds(first_seconds, first_tokens, seconds, self.tokens, self.plan, self.processes)
+        tqdm.write(describe_estimate(self.title, self.rows, elapsed, total, self.plan), file=sys.stderr)

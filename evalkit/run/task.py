@@ -25,7 +25,7 @@ from evalkit.models.loading import LoadedModel
 from evalkit.questions.permute import permute_subjects
 from evalkit.questions.prepare import Prepared, prepare_subjects, report_long_prompts
 from evalkit.questions.tokens import LetterTokens, encode_prompts, letter_tokens
-from evalkit.run.plan import FirstBatchEstimate, describe_plan, describe_resume
+from evalkit.run.plan import ScoringEstimate, describe_plan, describe_resume
 from evalkit.run.sharing import my_share, open_shared_run_dir
 from evalkit.stats.metrics import aggregate
 from evalkit.store.interrupt import reraise_while_scoring
@@ -95,7 +95,7 @@ def _score_subjects(
     done: dict[str, QuestionResult],
     scorer: ScoringBackend,
     title: str,
-    estimate: FirstBatchEstimate | None = None,
+    estimate: ScoringEstimate | None = None,
 ) -> set[str]:
     """Score what is not done yet in one call to the backend (which may work on several subjects at once),
     appending each batch to this process's questions file as it comes (this loop is the one writer);
@@ -173,7 +173,7 @@ def run_task(
             if run_dir.resumed:
                 print(describe_resume(run_dir.path, plan), file=sys.stderr)
             print(describe_plan(name, plan, _reuse_note(config, scorer)), file=sys.stderr)
-            estimate = FirstBatchEstimate(name, plan, state.num_processes)
+            estimate = ScoringEstimate(name, plan, state.num_processes)
         engines = _score_subjects(own, mine, config, run_dir, done, scorer, title, estimate)
         scoring_seconds = time.perf_counter() - started
         modes = {scorer.mode or "plain"} if engines else set()  # no probe ran: nothing was worth reusing
