@@ -37,7 +37,7 @@ def run(
     **config,
 ) -> ReportRun:
     """A saved run with questions, as `report` loads it; weight bytes 4/2/1/0.5 GiB by precision."""
-    backend = "bnb" if precision in ("int8", "int4") else None
+    backend = config.pop("quant_backend", "bnb" if precision in ("int8", "int4") else None)
     if questions is None:
         subject = "astronomy" if task == "mmlu" else "accountant"
         questions = answers(task, subject, RIGHT[precision], 100, split=get_task(task).eval_split)
@@ -53,12 +53,16 @@ def pair(report_run: ReportRun) -> SavedRun:
 
 def test_rows_are_model_by_precision_against_the_fp32_row():
     runs = [run(p, t) for p in ("bf16", "int8", "fp32", "int4") for t in ("mmlu", "ceval")]
-    table = build_quant_table(runs)
+    rtn = [run("int4", t, quant_backend="rtn") for t in ("mmlu", "ceval")]
+    table = build_quant_table(
+        rtn + runs
+    )  # rows in precision order, then backend order, whatever the runs' order
     assert [(r.label, r.baseline) for r in table.rows] == [
         ("Model-7B fp32", None),
         ("Model-7B bf16", "Model-7B fp32"),
         ("Model-7B int8/bnb", "Model-7B fp32"),
         ("Model-7B int4/bnb", "Model-7B fp32"),
+        ("Model-7B int4/rtn", "Model-7B fp32"),
     ]
     assert table.titles == {"mmlu": "MMLU", "ceval": "C-Eval"}
     int8 = table.rows[2].cells["mmlu"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from evalkit.models.quant.choices import BACKENDS, PRECISIONS
 from evalkit.report.text import AVERAGE, footnote
 from evalkit.stats.compare import Delta, compare_pair
 from evalkit.stats.published import FULL, FULL_PRECISIONS, PublishedRow, matching
@@ -135,6 +136,14 @@ def _group_rows(runs: Sequence[ReportRun]) -> dict[tuple, dict[tuple, dict[str, 
     return groups
 
 
+def _precision_rank(key: tuple) -> tuple[int, int]:
+    """Where a (precision, backend) row goes: precisions as --precision lists them (fp32, bf16, fp16, int8,
+    int4), then the quantization backends in their --quant-backend order."""
+    precision, backend = key
+    rank = PRECISIONS.index(precision) if precision in PRECISIONS else len(PRECISIONS)
+    return rank, BACKENDS.index(backend) if backend in BACKENDS else -1 if backend is None else len(BACKENDS)
+
+
 def _baseline(keys: Sequence[tuple]) -> tuple | None:
     for precision in FULL_PRECISIONS:
         if (precision, None) in keys:
@@ -215,7 +224,7 @@ def build_quant_table(
     for group, (settings, cells) in enumerate(_group_rows(runs).items()):
         base_key = _baseline(list(cells))
         base_label = None
-        for key in sorted(cells, key=lambda k: k != base_key):  # the baseline first, then in run order
+        for key in sorted(cells, key=lambda k: (k != base_key, *_precision_rank(k))):  # baseline first
             first = next(iter(cells[key].values()))
             label = run_label(first.result, first.task.eval_split)
             weights, peak, kind = _memory(list(cells[key].values()))
