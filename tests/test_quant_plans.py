@@ -204,6 +204,7 @@ def test_info_records_method_group_and_compute_dtype(tiny_spm_model_dir: Path) -
     if HAS_BNB:
         nf4 = _load(tiny_spm_model_dir, "int4").info  # bnb is the default backend
         assert (nf4.quant_backend, nf4.quant_method, nf4.group_size) == ("bnb", "NF4", 64)
+        assert nf4.compute_dtype in ("float32", "bfloat16")  # bf16: the AVX512-BF16 CPU kernel
         assert _load(tiny_spm_model_dir, "int8").info.quant_method == "LLM.int8"
     for info in (rtn, _load(tiny_spm_model_dir, "fp32").info):
         assert info.peak_rss_bytes > 0 and info.load_seconds >= 0 and info.source_quantization is None
@@ -432,3 +433,37 @@ def test_nf4_takes_every_shape_on_cpu(tiny_spm_model_dir: Path, aligned_model_di
         assert sorted(loaded.info.nf4_generic_kernel_layers) == (misfit if has_avx512bf16() else [])
         assert torch.isfinite(_last_logprobs(loaded)).all()
     assert not _load(aligned_model_dir, "int4", "bnb").info.nf4_generic_kernel_layers
+
+
+@pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed")
+def test_nf4_on_the_cpu_kernel_is_recorded_and_probed_as_bf16(aligned_model_dir: Path) -> None:
+    """bitsandbytes' AVX512-BF16 NF4 kernel computes in bf16 under fp32 weights: the info says so and the
+    engine's probe judges prefix reuse with the bf16 bound, as for a bf16 model (on a CPU without the
+    kernel the layers run in fp32 and the fp32 bound holds). Either way the engine reuses the prefix, and
+    every letter stays within that bound of a plain forward."""
+    from bitsandbytes.functional import has_avx512bf16
+
+    from evalkit.backends import plugin
+    from evalkit.backends.hf.probe import PROBE_TOLERANCE
+    from evalkit.backends.hf.scorer import Scorer
+    from evalkit.types import RunConfig
+
+    loaded = _load(aligned_model_dir, "int4", "bnb")
+    expected = "bfloat16" if has_avx512bf16() else "float32"
+    assert (loaded.info.compute_dtype, loaded.info.dtype) == (expected, "float32")
+    shared = loaded.tokenizer("a question about law, with five examples before it: " * 6).input_ids
+    prompts = [shared + loaded.tokenizer(f" question {i}, answer:").input_ids for i in range(6)]
+    letters = [loaded.tokenizer(f" {x}").input_ids[-1] for x in "ABCD"]
+
+    def scores(engine: str) -> tuple[Scorer, torch.Tensor]:
+        config = RunConfig(model=str(aligned_model_dir), task="mmlu", precision="int4", engine=engine)
+        scorer = plugin("hf").scorer(loaded, letters, config)  # as a run builds it
+        assert scorer.compute_dtype == getattr(torch, expected)
+        got = dict(scorer.score(prompts))
+        return scorer, torch.tensor([got[i].logprobs for i in range(len(prompts))])
+
+    reused, got = scores("prefix")
+    _, plain = scores("plain")
+    assert reused.mode in ("packed", "rows") and not reused.fallbacks
+    bound = PROBE_TOLERANCE.get(getattr(torch, expected), 1e-3)
+    assert float((got - plain).abs().max()) <= bound

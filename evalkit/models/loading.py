@@ -24,6 +24,7 @@ from evalkit.models.pretrained import from_pretrained
 from evalkit.models.quant.libraries import (
     bnb_config,
     fit_nf4_cpu_kernel,
+    nf4_cpu_kernel_layers,
     quantize_bnb_modules,
     quantize_torchao,
     quantize_with_model_code,
@@ -236,6 +237,12 @@ def load_model(
             network, plan = _load_network(source, plan, target, trust_remote_code, device_map)
         network.eval()
         load_seconds = time.perf_counter() - started
+    nf4 = (plan.backend, plan.bits) == ("bnb", 4)
+    # NF4 layers the AVX512-BF16 CPU kernel cannot repack, kept on bitsandbytes' generic path
+    nf4_generic = fit_nf4_cpu_kernel(network) if nf4 else []
+    compute_dtype = plan.compute_dtype_name
+    if nf4 and target == "cpu" and nf4_cpu_kernel_layers(network):
+        compute_dtype = "bfloat16"  # that kernel computes in bf16, whatever bnb_4bit_compute_dtype says
     quantized, floating = linear_layer_report(network)
     llm_int8 = any(type(module).__name__ == "Linear8bitLt" for module in network.modules())
     activations = plan.activation_quantization or (LLM_INT8_ACTIVATIONS if llm_int8 else None)
@@ -245,7 +252,7 @@ def load_model(
         quant_bits=plan.bits,
         quant_method=plan.method,
         group_size=plan.group_size,
-        compute_dtype=plan.compute_dtype_name,
+        compute_dtype=compute_dtype,
         activation_quantization=activations,  # LLM.int8 built by a model's own quantize() too
         source_quantization=plan.source_label,
         requantized_from=plan.requantized_from,
@@ -271,9 +278,6 @@ def load_model(
         remote_code_executed=any(
             type(obj).__module__.startswith("transformers_modules") for obj in (network, tokenizer)
         ),
-        # NF4 layers the AVX512-BF16 CPU kernel cannot repack, kept on bitsandbytes' generic path
-        nf4_generic_kernel_layers=(
-            fit_nf4_cpu_kernel(network) if (plan.backend, plan.bits) == ("bnb", 4) else []
-        ),
+        nf4_generic_kernel_layers=nf4_generic,
     )
     return LoadedModel(network, tokenizer, source, info)

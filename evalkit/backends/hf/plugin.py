@@ -54,6 +54,7 @@ def scorer(loaded: LoadedModel, letter_ids: Sequence[int], config: RunConfig) ->
         engine=config.engine,
         progress=False,
         isolated=loaded.info.activation_quantization is not None,
+        compute_dtype=loaded.info.compute_dtype,
     )
 
 

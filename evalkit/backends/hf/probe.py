@@ -11,10 +11,11 @@ import torch
 from evalkit.backends.base import LetterScores
 from evalkit.backends.hf.batching import Group
 
-# The probe's bound on a log-prob's difference from a lone forward (1e-3 for other dtypes: fp32
-# rounding moves it ~1e-5). A 16-bit letter logit of magnitude 16-32 is rounded to steps of 2^-6
-# (fp16) or 2^-3 (bf16), and another order of the same arithmetic moves it by a step or two: on
-# SmolLM2 bf16 (CMMLU) the prefix forms differed by 0.16-0.19, where a 0.1 bound threw them out.
+# The probe's bound on a log-prob's difference from a lone forward, by the dtype the matmuls run in
+# (1e-3 for other dtypes: fp32 rounding moves it ~1e-5). A 16-bit letter logit of magnitude 16-32 is
+# rounded to steps of 2^-6 (fp16) or 2^-3 (bf16), and another order of the same arithmetic moves it by a
+# step or two: on SmolLM2 bf16 (CMMLU) the prefix forms differed by 0.16-0.19, where a 0.1 bound threw
+# them out.
 PROBE_TOLERANCE = {torch.float16: 0.1, torch.bfloat16: 0.5}
 
 

@@ -52,6 +52,8 @@ class Scorer(OneByOne):
     (packed rows: prefix + their suffixes). Results do not depend on it beyond float rounding (~1e-5).
     `isolated`: one prompt per forward, no prefix reuse (see the module docstring).
     `mass`: also give each prompt's letter log-mass (LetterScores.log_mass); False only to measure its cost.
+    `compute_dtype`: the dtype the matmuls run in (ModelInfo.compute_dtype), which bounds how far the probe
+    lets a reuse mode move; default the weights' dtype.
 
     Public state: `mode` is the reuse mode ("packed" | "rows" | "plain", settled by the first probe;
     "isolated" from the start; None before), `candidates` the modes the probe tries in order, `fallbacks`
@@ -70,6 +72,7 @@ class Scorer(OneByOne):
         progress: bool = True,
         isolated: bool = False,
         mass: bool = True,
+        compute_dtype: str | None = None,
     ):
         if engine not in get_args(EngineChoice):
             raise unknown("engine", engine, get_args(EngineChoice))
@@ -80,6 +83,9 @@ class Scorer(OneByOne):
         embeddings = model.get_input_embeddings().weight
         self.model, self.device, self.engine, self.progress = model, embeddings.device, engine, progress
         self.dtype = embeddings.dtype if embeddings.dtype.is_floating_point else torch.float32
+        # the precision the matmuls really run in (ModelInfo.compute_dtype: bf16 for NF4 on bitsandbytes'
+        # AVX512-BF16 CPU kernel, under fp32 weights) sets how far the probe lets a reuse mode move
+        self.compute_dtype = getattr(torch, compute_dtype) if compute_dtype else self.dtype
         self.letter_ids = torch.tensor(list(letter_ids), device=self.device)
         self.batch_tokens = batch_tokens or hf_model.default_batch_tokens(model)
         self.engine_used = ""  # "prefix" | "plain" | "isolated" once score() has run
@@ -203,7 +209,7 @@ class Scorer(OneByOne):
             )
             bad = next(alone_bad, group.members[0])
             raise NonFiniteLogits([bad]) from None
-        tolerance = PROBE_TOLERANCE.get(self.dtype, 1e-3)
+        tolerance = PROBE_TOLERANCE.get(self.compute_dtype, 1e-3)
         for mode in self.candidates:
             try:
                 cache = self._prefix_cache(seqs[group.members[0]][: group.prefix])
