@@ -185,8 +185,9 @@ def kl_figure(table: QuantTable) -> Figure:
 
 
 def reliability_figure(rows: dict[str, list[CalibrationRow]], bins: int = DEFAULT_BINS) -> Figure | None:
-    """The reliability diagram: accuracy against mean confidence per bin, one line per run and benchmark
-    None where no run has labeled questions."""
+    """The reliability diagram: accuracy against mean confidence per bin, one line per run and benchmark,
+    each bin's marker area proportional to its questions (a bin of one question swings from 0 to 1 and
+    must not look like evidence); None where no run has labeled questions."""
     fig = Figure(figsize=(6, 5))
     ax = fig.subplots()
     drawn = 0
@@ -197,7 +198,10 @@ def reliability_figure(rows: dict[str, list[CalibrationRow]], bins: int = DEFAUL
             points = [b for b in reliability(per_question(row.run.questions), bins) if b.n]
             if points:
                 label = f"{row.run.task.title}: {row.label}"
-                ax.plot([b.confidence for b in points], [b.accuracy for b in points], marker="o", label=label)
+                x, y = [b.confidence for b in points], [b.accuracy for b in points]
+                (line,) = ax.plot(x, y, linewidth=1, alpha=0.8, label=label)
+                total = sum(b.n for b in points)
+                ax.scatter(x, y, s=[400 * b.n / total for b in points], color=line.get_color(), alpha=0.8)
                 drawn += 1
     if not drawn:
         return None
@@ -205,7 +209,7 @@ def reliability_figure(rows: dict[str, list[CalibrationRow]], bins: int = DEFAUL
     ax.set(
         xlabel="confidence of the top letter (bin mean)", ylabel="accuracy in bin", xlim=(0, 1), ylim=(0, 1)
     )
-    ax.set_title(f"Reliability ({bins} equal-width bins)")
+    ax.set_title(f"Reliability ({bins} equal-width bins; marker area: share of questions)")
     ax.legend(fontsize="x-small")
     fig.tight_layout()
     return fig
