@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,16 @@ _WORDS_EN = (
 _WORDS_ZH = list(
     "以下是中国关于考试的单项选择题请选出其中正确答案题目会计税法原则物理历史数学直接给出选项农学"
 )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_reaches_the_tests() -> None:
+    """A shell that starts pytest in the background (`cmd &`, no job control) leaves SIGINT ignored, and
+    Python then installs no KeyboardInterrupt handler, in this process and in the `eval` processes it
+    starts: the Ctrl-C tests (test_interrupt, test_faults) would see their real SIGINTs vanish. Python's
+    own handler is taken back (a handled signal is reset to its default in a child at exec)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _corpus(seed: int = 0, lines: int = 3000) -> list[str]:
