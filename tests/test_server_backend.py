@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -26,10 +27,14 @@ from support_cli import run_dirs_by_task  # noqa: E402
 from support_server import START_TIMEOUT_S, FaultProxy, VllmServer, vllm_tiny_model  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from evalkit.backends.base import ScoringBackend, backend_record  # noqa: E402
+from evalkit.backends.base import (  # noqa: E402
+    ScoringBackend,
+    backend_record,
+    from_vocab_logprobs,  # noqa: E402
+)
 from evalkit.backends.hf.scorer import Scorer  # noqa: E402
 from evalkit.backends.server.loader import load_for_run  # noqa: E402
-from evalkit.backends.server.scorer import ServerScorer, letter_mass, renormalise  # noqa: E402
+from evalkit.backends.server.scorer import ServerScorer  # noqa: E402
 from evalkit.backends.server.settings import check_settings  # noqa: E402
 from evalkit.models.source import resolve_source  # noqa: E402
 from evalkit.questions.data import load_task_data  # noqa: E402
@@ -169,8 +174,8 @@ def test_one_server_equals_an_hf_forward(fx, caplog):
     print(f"\none server: {len(got)} questions, max |dlogprob| vs HF {diff:.2e}")
     assert diff <= TOLERANCE
     for scores, vocab in got.values():  # the renormalised scores are the vocab values' log-softmax
-        assert max(abs(a - b) for a, b in zip(renormalise([vocab])[0], scores)) <= 1e-6
-        assert 0.0 < letter_mass(vocab) <= 1.0
+        assert max(abs(a - b) for a, b in zip(from_vocab_logprobs(vocab).logprobs, scores)) <= 1e-6
+        assert 0.0 < math.exp(from_vocab_logprobs(vocab).log_mass) <= 1.0
     assert scorer.engine_used == "server" and scorer.mode == "prefix_cache" and scorer.fallbacks == []
     record = backend_record(scorer)
     server = record["servers"][fx.servers[0].url]

@@ -42,6 +42,7 @@ evalkit.backends.hf.scorer.Scorer satisfies this Protocol structurally (no base 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Iterator, Sequence
 from typing import NamedTuple, Protocol, runtime_checkable
 
@@ -65,6 +66,19 @@ class LetterScores(NamedTuple):
 
     logprobs: Scores
     log_mass: float | None = None
+
+
+def from_vocab_logprobs(vocab_logprobs: Sequence[float], *, full_vocabulary: bool = True) -> LetterScores:
+    """LetterScores from the four letters' log-probs as vLLM returns them (in-process or served): their fp32
+    log-softmax, and, where they are full-vocabulary log-probs, their logsumexp as the log-mass (None where
+    that is not finite: never a guess)."""
+    import torch
+
+    values = torch.tensor(list(vocab_logprobs), dtype=torch.float32)  # (4,)
+    log_mass = float(torch.logsumexp(values, dim=-1)) if full_vocabulary else None
+    if log_mass is not None and not math.isfinite(log_mass):
+        log_mass = None
+    return LetterScores(tuple(torch.log_softmax(values, dim=-1).tolist()), log_mass)
 
 
 class SubjectScore(NamedTuple):

@@ -2,9 +2,9 @@
 
 Each question is one /v1/completions request of one new token with evalkit's own token ids as the prompt
 and `logprob_token_ids` = the four letter ids: the server returns their full-vocabulary log-probs, and they
-are renormalised over the four letters here in fp32 exactly as evalkit.backends.vllm.scorer.VllmScorer does (a
-log-softmax of four values; the full-vocabulary values' common offset cancels). The full-vocabulary values
-are kept too: their probabilities' sum is the letter mass.
+are renormalised over the four letters in fp32 by the same function as evalkit.backends.vllm.scorer.VllmScorer
+(evalkit.backends.base.from_vocab_logprobs: a log-softmax of four values, the full-vocabulary values' common
+offset cancels; their logsumexp is the letters' log-mass). The full-vocabulary values are kept too.
 
 `score_subjects` scores many subjects at once over every server (evalkit.backends.server.dispatch);
 `score_batches` is the one-subject contract on top of it.
@@ -13,12 +13,11 @@ are kept too: their probabilities' sum is the letter mass.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Collection, Iterator, Sequence
 
 from tqdm import tqdm
 
-from evalkit.backends.base import LetterScores, OneByOne, Scores, SubjectScore
+from evalkit.backends.base import OneByOne, Scores, SubjectScore, from_vocab_logprobs
 from evalkit.backends.server.client import ServerDown
 from evalkit.backends.server.dispatch import Dispatcher, Handoff
 from evalkit.backends.server.loader import ServedModel
@@ -27,25 +26,6 @@ from evalkit.backends.server.protocol import MissingLetters, VocabLogprobs
 from evalkit.types import EvalkitError
 
 MODE = "prefix_cache"  # the servers' automatic prefix caching (subject-affine routing feeds it)
-
-
-def letter_mass(vocab_logprobs: VocabLogprobs) -> float:
-    """The probability the model puts on the four letters together (1.0: it answers with a letter)."""
-    return math.fsum(math.exp(v) for v in vocab_logprobs)
-
-
-def log_mass(vocab_logprobs: VocabLogprobs) -> float:
-    """log(letter_mass), as LetterScores carries it: a log-sum-exp of the four full-vocabulary values."""
-    top = max(vocab_logprobs)
-    return top + math.log(math.fsum(math.exp(v - top) for v in vocab_logprobs))
-
-
-def renormalise(rows: Sequence[VocabLogprobs]) -> list[Scores]:
-    """fp32 log-softmax over the four letters of each row, as VllmScorer computes it."""
-    import torch
-
-    values = torch.tensor(rows, dtype=torch.float32)  # (rows, 4)
-    return [tuple(row) for row in torch.log_softmax(values, dim=-1).tolist()]
 
 
 class ServerScorer(OneByOne):
@@ -122,13 +102,11 @@ class ServerScorer(OneByOne):
         bar = tqdm(total=total, disable=not self.progress, desc="scoring (server)", unit="q")
         try:
             for answers in dispatcher.run():
-                scores = renormalise([a.vocab_logprobs for a in answers])
                 bar.update(len(answers))
                 self.scored_by.update(((a.subject, a.index), urls[a.server]) for a in answers)
                 self.vocab_logprobs.update(((a.subject, a.index), a.vocab_logprobs) for a in answers)
                 yield [
-                    SubjectScore(a.subject, a.index, LetterScores(s, log_mass(a.vocab_logprobs)))
-                    for a, s in zip(answers, scores)
+                    SubjectScore(a.subject, a.index, from_vocab_logprobs(a.vocab_logprobs)) for a in answers
                 ]
         finally:
             bar.close()

@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterator, Sequence
 
 from tqdm import tqdm
 
-from evalkit.backends.base import LetterScores, NonFiniteLogits, OneByOne
+from evalkit.backends.base import LetterScores, NonFiniteLogits, OneByOne, from_vocab_logprobs
 from evalkit.backends.vllm.engine import VllmSettings, require_logprob_token_ids
 from evalkit.types import EvalkitError
 
@@ -137,20 +137,14 @@ class VllmScorer(OneByOne):
     def _result(self, out, index: int) -> tuple[int, LetterScores]:
         """(index, fp32 log-softmax over the four letters and their log-mass) of one finished request;
         cache counters."""
-        import torch
-
         self.cache.requests += 1
         self.cache.prompt_tokens += len(out.prompt_token_ids)
         self.cache.cached_tokens += out.num_cached_tokens or 0
         step = out.outputs[0].logprobs[0]  # {token id: Logprob} of the one new token
         if missing := [t for t in self.letter_ids if t not in step]:
             raise EvalkitError(f"vLLM returned no value for letter id(s) {missing} (got ids {sorted(step)})")
-        values = torch.tensor([step[t].logprob for t in self.letter_ids], dtype=torch.float32)  # (4,)
-        log_mass = None
-        if self.logprobs_mode == "raw_logprobs":  # full-vocabulary log-probs: their logsumexp is the mass
-            mass = float(torch.logsumexp(values, dim=-1))
-            log_mass = mass if math.isfinite(mass) else None
-        return index, LetterScores(tuple(torch.log_softmax(values, dim=-1).tolist()), log_mass)
+        values = [step[t].logprob for t in self.letter_ids]
+        return index, from_vocab_logprobs(values, full_vocabulary=self.logprobs_mode == "raw_logprobs")
 
     def describe(self) -> dict:
         """run.json's record of the backend: vLLM version, settings, prefix-cache statistics."""
